@@ -1,0 +1,183 @@
+"""Tests of the embedded verifiable tasks."""
+
+import random
+
+import pytest
+from ltune.datamodules.tasks import CATEGORIES, FORMATS, EmbeddedTasks, Problem, generate_problems, split_of
+
+from ltune.rewards import extract_answer, is_equivalent
+
+COLUMNS = {
+    "instruction": {"prompt", "response", "answer", "category"},
+    "preference": {"prompt", "chosen", "rejected", "answer", "category"},
+    "critique": {"question", "solution", "critique", "answer", "category"},
+    "judgment": {"instruction", "response", "judgment", "label", "answer", "category"},
+    "paraphrase": {"instruction", "paraphrase", "input", "output", "answer", "category"},
+    "prompts": {"prompt", "answer", "category"},
+    "pool": {"prompt", "response", "answer", "category", "quality", "duplicate", "difficulty"},
+}
+
+
+def test_problem_example_format():
+    p = Problem("add", 2, "What is 23+58?", "81", "23+58=81. The answer is 81.", ("a", "b", "c"), "23+58")
+    assert p.solution_for("80") == "23+58=80. The answer is 80."
+    assert p.solution_for(p.answer) == p.solution
+
+
+def test_generate_is_deterministic_per_seed():
+    assert generate_problems(200, seed=3) == generate_problems(200, seed=3)
+    assert generate_problems(200, seed=3) != generate_problems(200, seed=4)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_splits_are_disjoint_and_follow_the_hash(seed):
+    splits = {s: generate_problems(300, seed=seed, split=s, difficulties=(1, 2, 3)) for s in ("train", "val", "test")}
+    keys = {s: {(p.category, p.question) for p in ps} for s, ps in splits.items()}
+    assert not keys["train"] & keys["val"] and not keys["train"] & keys["test"] and not keys["val"] & keys["test"]
+    for s, ps in splits.items():
+        assert len(keys[s]) == len(ps) == 300  # distinct within a split
+        assert all(split_of(p) == s for p in ps)
+    # a different seed draws other problems but never crosses splits
+    other = {(p.category, p.question) for p in generate_problems(300, seed=seed + 10, split="test")}
+    assert not other & keys["train"]
+
+
+def test_all_categories_and_difficulties_appear():
+    problems = generate_problems(600, seed=0, difficulties=(1, 2, 3))
+    assert {p.category for p in problems} == set(CATEGORIES)
+    assert {p.difficulty for p in problems} == {1, 2, 3}
+
+
+def _mul(a: int, b: int) -> Problem:
+    return Problem("mul", 1, f"What is {a}*{b}?", str(a * b), "", ())
+
+
+def test_too_small_space_raises():
+    with pytest.raises(ValueError, match="problems"):
+        generate_problems(500, categories=["mul"], difficulties=[1])  # only 144 questions in all
+    in_test = sum(split_of(_mul(a, b)) == "test" for a in range(1, 13) for b in range(1, 13))
+    assert len(generate_problems(in_test, categories=["mul"], difficulties=[1], split="test")) == in_test
+    with pytest.raises(ValueError, match="distinct"):  # the space is exhausted while sampling
+        generate_problems(in_test + 1, categories=["mul"], difficulties=[1], split="test")
+    with pytest.raises(ValueError, match="unknown categories"):
+        generate_problems(10, categories=["divide"])
+    with pytest.raises(ValueError, match="split"):
+        generate_problems(10, split="dev")
+
+
+def test_solutions_right_and_wrong_answers_wrong():
+    rng = random.Random(0)
+    for p in generate_problems(1200, seed=0, difficulties=(1, 2, 3)):
+        assert len(p.paraphrases) >= 3 and p.question not in p.paraphrases
+        assert p.solution.endswith(f"The answer is {p.answer}.")
+        assert is_equivalent(extract_answer(p.solution), p.answer), p
+        assert 10 <= len(p.question) <= 60 and len(p.solution) <= 60, p
+        wrong = p.wrong_answer(rng)
+        assert wrong != p.answer and not is_equivalent(wrong, p.answer), (p, wrong)
+        assert not is_equivalent(extract_answer(p.solution_for(wrong)), p.answer)
+
+
+def test_answers_are_correct_by_category():
+    for p in generate_problems(300, seed=5, difficulties=(1, 2, 3)):
+        expr = p.expression
+        if p.category == "add":
+            a, b = expr.split("+")
+            assert int(p.answer) == int(a) + int(b)
+        elif p.category == "sub":
+            a, b = expr.split("-")
+            assert int(p.answer) == int(a) - int(b) >= 0
+        elif p.category == "mul":
+            a, b = expr.split("*")
+            assert int(p.answer) == int(a) * int(b)
+        elif p.category == "compare":
+            a, b = expr[4:-1].split(",")
+            assert float(p.answer) == max(float(a), float(b)) and a != b
+        elif p.category == "reverse":
+            assert p.answer == expr[8:-1][::-1] != expr[8:-1]
+        else:
+            assert p.answer == "".join(sorted(expr[5:-1])) != expr[5:-1]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_every_format_columns_and_nonempty(fmt):
+    source = EmbeddedTasks(format=fmt, n=200, seed=1)
+    rows = source.rows()
+    assert len(rows) == 200
+    assert rows == EmbeddedTasks(format=fmt, n=200, seed=1).rows()  # deterministic
+    assert source.name == f"embedded:{fmt}/train/seed1"
+    for row in rows:
+        assert set(row) == COLUMNS[fmt]
+        for key, value in row.items():
+            if key == "input":
+                assert value == ""
+            elif key == "duplicate":
+                assert isinstance(value, bool)
+            elif key == "difficulty":
+                assert value in (1, 2)
+            else:
+                assert isinstance(value, str) and value.strip(), (key, row)
+
+
+def test_load_gives_a_dataset():
+    ds = EmbeddedTasks(format="prompts", n=20).load()
+    assert len(ds) == 20 and set(ds.column_names) == COLUMNS["prompts"]
+
+
+def test_preference_chosen_right_rejected_wrong():
+    for row in EmbeddedTasks(format="preference", n=300).rows():
+        assert row["chosen"] != row["rejected"]
+        assert is_equivalent(extract_answer(row["chosen"]), row["answer"])
+        assert not is_equivalent(extract_answer(row["rejected"]), row["answer"])
+
+
+def test_critique_and_judgment_labels_match_content():
+    rows = EmbeddedTasks(format="critique", n=200).rows()
+    wrong = [r for r in rows if r["critique"].endswith("Conclusion: wrong")]
+    assert len(wrong) == 100
+    for r in rows:
+        right = is_equivalent(extract_answer(r["solution"]), r["answer"])
+        assert r["critique"].endswith("Conclusion: right" if right else "Conclusion: wrong")
+        if not right:
+            assert f"={r['answer']}." in r["critique"]  # names the correct result
+    rows = EmbeddedTasks(format="judgment", n=200).rows()
+    assert sum(r["label"] == "negative" for r in rows) == 100
+    for r in rows:
+        right = is_equivalent(extract_answer(r["response"]), r["answer"])
+        assert r["label"] == ("positive" if right else "negative")
+
+
+def test_paraphrase_differs_from_instruction():
+    for row in EmbeddedTasks(format="paraphrase", n=100).rows():
+        assert row["paraphrase"] != row["instruction"]
+        assert is_equivalent(extract_answer(row["output"]), row["answer"])
+
+
+def test_instruction_splits_disjoint():
+    train = {r["prompt"] for r in EmbeddedTasks(n=500, split="train").rows()}
+    test = {r["prompt"] for r in EmbeddedTasks(n=300, split="test").rows()}
+    assert not train & test
+
+
+def test_pool_mixture():
+    source = EmbeddedTasks(format="pool", n=1000, difficulties=[1, 2, 3], noise_fraction=0.2, duplicate_fraction=0.1)
+    rows = source.rows()
+    duplicates = [r for r in rows if r["duplicate"]]
+    originals = [r for r in rows if not r["duplicate"]]
+    assert len(duplicates) == 100
+    assert sum(r["quality"] == "noisy" for r in originals) == 180  # 20% of the 900 distinct rows
+    assert {r["difficulty"] for r in rows} == {1, 2, 3} and len({r["category"] for r in rows}) == len(CATEGORIES)
+    by_response = {}
+    for r in originals:
+        by_response.setdefault(r["response"], []).append(r)
+    for d in duplicates:  # each duplicate repeats an original's response and answer
+        assert any(o["answer"] == d["answer"] for o in by_response[d["response"]])
+    for r in rows:
+        verified = is_equivalent(extract_answer(r["response"]), r["answer"])
+        assert verified == (r["quality"] == "good"), r
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="format"):
+        EmbeddedTasks(format="chat")
+    with pytest.raises(ValueError, match="noise_fraction"):
+        EmbeddedTasks(format="pool", noise_fraction=1.5)
