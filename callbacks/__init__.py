@@ -1,1 +1,5 @@
-"""ltune package."""
+"""Callbacks: HF export, and later the self-training rounds (installed as ``ltune.callbacks``)."""
+
+from ltune.callbacks.export import HFExport
+
+__all__ = ["HFExport"]

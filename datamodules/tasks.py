@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
+from ltune.datamodules.sources import Source
+
 if TYPE_CHECKING:
     import datasets
 
@@ -254,7 +256,7 @@ def generate_problems(
     return problems
 
 
-class EmbeddedTasks:
+class EmbeddedTasks(Source):
     """Procedurally generated verifiable tasks as rows of any ltune data format.
 
     Row columns per format (strings unless noted):

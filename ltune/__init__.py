@@ -1,3 +1,7 @@
 """ltune: composable Lightning pieces for fine-tuning language models."""
 
 __version__ = "0.1.0"
+
+from ltune.objectives import SFT, Objective  # noqa: E402
+
+__all__ = ["SFT", "Objective", "__version__"]

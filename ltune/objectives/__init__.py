@@ -1,1 +1,6 @@
-"""ltune package."""
+"""One LightningModule per training objective."""
+
+from ltune.objectives.base import NonFiniteLossError, Objective
+from ltune.objectives.sft import SFT
+
+__all__ = ["SFT", "NonFiniteLossError", "Objective"]

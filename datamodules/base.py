@@ -1,0 +1,331 @@
+"""The base DataModule: load -> validate every row -> render (chat template) -> tokenize -> length policy -> batches.
+
+A format subclass declares its fields and turns a validated row into sequences (``encode``). The base handles
+sources, column mapping, validation errors that name the source, row and field, the length policy, samplers that
+resume mid-epoch and shard across ranks, and padding.
+
+Length policy (``overlong``): with ``"truncate_prompt"`` a row longer than ``max_length`` tokens loses tokens from
+the left of its prompt; a row whose completion alone does not fit is skipped. With ``"skip"`` every over-long row
+is skipped. Both are counted and logged per split.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, Literal
+
+import lightning as L
+import torch
+from ltune.datamodules.sources import DataError, Source, as_source
+from torch.utils.data import DataLoader, DistributedSampler
+
+log = logging.getLogger(__name__)
+IGNORE = -100
+
+
+class Overlong(Exception):
+    """Raised by ``encode`` for a row that the length policy skips."""
+
+
+class LTuneData(L.LightningDataModule):
+    """Base DataModule. Subclasses set ``fields``/``optional`` and implement ``encode``.
+
+    Args:
+        train: Training rows: a file path, a Hugging Face dataset id, or a ``Source`` (e.g. ``EmbeddedTasks``).
+        val: Validation rows in the same format (validation loss and format metrics).
+        eval_prompts: Prompt/answer rows scored by greedy generation and exact match of the final answer.
+        columns: Maps this format's field names onto your column names, e.g. ``{"prompt": "instruction"}``.
+        template: ``"chat"`` renders through the tokenizer's chat template (plain when it has none).
+        system: Optional system message put before every prompt.
+        max_length: Longest sequence in tokens.
+        overlong: Length policy: ``"truncate_prompt"`` (from the left) or ``"skip"``.
+        batch_size: Rows per batch per device.
+        eval_batch_size: Rows per validation batch (defaults to ``batch_size``).
+        num_workers: DataLoader worker processes.
+        seed: Seed of the shuffling order (epoch ``e`` uses ``seed + e``).
+    """
+
+    fields: ClassVar[dict[str, type | tuple[type, ...]]] = {}
+    optional: ClassVar[dict[str, type | tuple[type, ...]]] = {}
+
+    def __init__(
+        self,
+        train: str | Source | None = None,
+        val: str | Source | None = None,
+        eval_prompts: str | Source | None = None,
+        columns: dict[str, str] | None = None,
+        template: Literal["chat", "plain"] = "chat",
+        system: str | None = None,
+        max_length: int = 1024,
+        overlong: Literal["truncate_prompt", "skip"] = "truncate_prompt",
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.sources = {"train": train, "val": val, "eval": eval_prompts}
+        self.columns = dict(columns or {})
+        self.template, self.system = template, system
+        self.max_length, self.overlong = max_length, overlong
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
+        self.num_workers, self.seed = num_workers, seed
+        self.tokenizer = None  # set by the user, or taken from the LightningModule in setup()
+        self.data: dict[str, list[dict]] = {}
+        self.stats: dict[str, dict[str, int]] = {}
+
+    # ---- loading and validation -------------------------------------------------------------------------------
+    def load_rows(
+        self, spec: str | Source, fields: dict, optional: dict, check: Callable[[dict], str | None] | None = None
+    ) -> list[dict]:
+        """Load a source, map columns, and validate every row; raise ``DataError`` naming source, row and field."""
+        source = as_source(spec)
+        ds = source.load()
+        errors, rows = [], []
+        for i, raw in enumerate(ds, start=1):
+            row, err = self._validate(raw, fields, optional)
+            err = err or (check(row) if check else None)
+            if err:
+                errors.append(f"{source.name}: row {i}: {err}")
+            rows.append(row)
+        if errors:
+            more = f" (and {len(errors) - 1} more bad rows)" if len(errors) > 1 else ""
+            raise DataError(errors[0] + more)
+        if not rows:
+            raise DataError(f"{source.name}: no rows")
+        return rows
+
+    def _validate(self, raw: dict, fields: dict, optional: dict) -> tuple[dict, str | None]:
+        row = {}
+        for name, kind in [*((f, t) for f, t in fields.items()), *((f, t) for f, t in optional.items())]:
+            col = self.columns.get(name, name)
+            value = raw.get(col)
+            if value is None:
+                if name in fields:
+                    return row, f"field '{name}' (column '{col}') is missing"
+                continue
+            if not isinstance(value, kind):
+                want = " or ".join(t.__name__ for t in (kind if isinstance(kind, tuple) else (kind,)))
+                return row, f"field '{name}' (column '{col}') is {type(value).__name__}, expected {want}"
+            if isinstance(value, str) and not value.strip() and name in fields:
+                return row, f"field '{name}' (column '{col}') is empty"
+            row[name] = value
+        return row, None
+
+    def check(self, row: dict) -> str | None:
+        """Format-specific validation of a row; return an error message (without the row prefix) or ``None``."""
+        return None
+
+    # ---- rendering and tokenization ---------------------------------------------------------------------------
+    def messages(self, prompt: str | list[dict]) -> list[dict]:
+        """Chat messages of a prompt: a string becomes one user turn (after the optional system message)."""
+        msgs = list(prompt) if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+        if self.system and not any(m["role"] == "system" for m in msgs):
+            msgs.insert(0, {"role": "system", "content": self.system})
+        return msgs
+
+    def render(self, prompt: str | list[dict], completion: str | None = None) -> tuple[str, str | None]:
+        """Prompt text (ending where the model starts to answer) and completion text (ending with the stop token)."""
+        tok = self.tokenizer
+        msgs = self.messages(prompt)
+        if self.template == "chat" and tok.chat_template:
+            ptext = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+            if completion is None:
+                return ptext, None
+            full = tok.apply_chat_template([*msgs, {"role": "assistant", "content": completion}], tokenize=False)
+            if not full.startswith(ptext):
+                raise DataError("the chat template does not render the prompt as a prefix of the conversation")
+            return ptext, full[len(ptext) :].rstrip("\n")
+        ptext = "".join(f"{m['content']}\n" for m in msgs)
+        return ptext, None if completion is None else completion + (tok.eos_token or "")
+
+    def tokens(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def encode_pair(self, prompt: str | list[dict], completion: str) -> dict[str, list[int]]:
+        """Token ids and labels (``-100`` on the prompt) of one prompt/completion, after the length policy."""
+        ptext, ctext = self.render(prompt, completion)
+        p, c = self.tokens(ptext), self.tokens(ctext)
+        if len(p) + len(c) > self.max_length:
+            if self.overlong == "skip" or len(c) >= self.max_length:
+                raise Overlong
+            p = p[len(p) + len(c) - self.max_length :]
+            self._truncated += 1
+        return {"input_ids": p + c, "labels": [IGNORE] * len(p) + c}
+
+    def encode_prompt(self, prompt: str | list[dict]) -> list[int]:
+        """Token ids of a prompt for generation (left-truncated to ``max_length``)."""
+        ids = self.tokens(self.render(prompt)[0])
+        return ids[-self.max_length :]
+
+    def encode(self, row: dict) -> dict[str, Any]:
+        """Turn a validated row into model inputs. Implemented by each format."""
+        raise NotImplementedError
+
+    # ---- setup --------------------------------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.tokenizer is None:
+            if self.trainer is None or not hasattr(self.trainer.lightning_module, "tokenizer"):
+                raise RuntimeError("set `datamodule.tokenizer`, or fit with an ltune objective that provides one")
+            self.tokenizer = self.trainer.lightning_module.tokenizer
+        for split in ("train", "val"):
+            if self.sources[split] is not None and split not in self.data:
+                rows = self.load_rows(self.sources[split], self.fields, self.optional, self.check)
+                self.data[split] = self._encode_all(split, rows, self.encode)
+        if self.sources["eval"] is not None and "eval" not in self.data:
+            rows = self.load_rows(self.sources["eval"], {"prompt": (str, list), "answer": str}, {"category": str})
+            self.data["eval"] = self._encode_all("eval", rows, self.encode_eval)
+
+    def encode_eval(self, row: dict) -> dict[str, Any]:
+        return {
+            "prompt_ids": self.encode_prompt(row["prompt"]),
+            "answer": row["answer"],
+            "category": row.get("category", "all"),
+        }
+
+    def _encode_all(self, split: str, rows: list[dict], fn: Callable[[dict], dict]) -> list[dict]:
+        self._truncated, skipped, out = 0, 0, []
+        for row in rows:
+            try:
+                out.append(fn(row))
+            except Overlong:
+                skipped += 1
+        self.stats[split] = {"rows": len(rows), "kept": len(out), "skipped": skipped, "truncated": self._truncated}
+        if skipped or self._truncated:
+            log.warning(
+                "%s: %d of %d rows exceed max_length=%d: %d prompts truncated on the left, %d rows skipped",
+                split,
+                skipped + self._truncated,
+                len(rows),
+                self.max_length,
+                self._truncated,
+                skipped,
+            )
+        if not out:
+            raise DataError(f"{split}: every row was skipped by the length policy (max_length={self.max_length})")
+        return out
+
+    # ---- batching -----------------------------------------------------------------------------------------------
+    def collate(self, examples: Sequence[dict]) -> dict[str, Any]:
+        """Right-pad token sequences; left-pad ``prompt_ids`` (for generation); keep other keys as lists."""
+        batch: dict[str, Any] = {}
+        pad = self.tokenizer.pad_token_id
+        for key in examples[0]:
+            values = [e[key] for e in examples]
+            if key == "prompt_ids":
+                batch["prompt_ids"], batch["prompt_mask"] = pad_left(values, pad)
+            elif key.endswith("input_ids"):
+                batch[key], batch[key.replace("input_ids", "attention_mask")] = pad_right(values, pad)
+            elif key.endswith("labels"):
+                batch[key] = pad_right(values, IGNORE)[0]
+            else:
+                batch[key] = values
+        return batch
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        data = self.data[split]
+        world = self.trainer.world_size if self.trainer else 1
+        rank = self.trainer.global_rank if self.trainer else 0
+        if shuffle:
+            sampler = ResumableSampler(data, world, rank, self.seed, self.batch_size)
+            return ResumableLoader(
+                data,
+                self._batches_done,
+                batch_size=self.batch_size,
+                sampler=sampler,
+                collate_fn=self.collate,
+                num_workers=self.num_workers,
+            )
+        return DataLoader(
+            data,
+            batch_size=self.eval_batch_size,
+            sampler=Shard(data, world, rank),
+            collate_fn=self.collate,
+            num_workers=self.num_workers,
+        )
+
+    def _batches_done(self) -> int:
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return [self._loader(s, shuffle=False) for s in ("val", "eval") if s in self.data]
+
+    def set_train_rows(self, rows: list[dict]) -> None:
+        """Replace the training set with new (validated, encoded here) rows; used by self-training callbacks."""
+        self.data["train"] = self._encode_all("train", rows, self.encode)
+
+
+def pad_right(seqs: Sequence[Sequence[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[B, T]`` ids padded on the right and the attention mask."""
+    n = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), n), value, dtype=torch.long)
+    mask = torch.zeros((len(seqs), n), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+def pad_left(seqs: Sequence[Sequence[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[B, T]`` ids padded on the left (as generation needs) and the attention mask."""
+    n = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), n), value, dtype=torch.long)
+    mask = torch.zeros((len(seqs), n), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if len(s):
+            ids[i, n - len(s) :] = torch.as_tensor(s, dtype=torch.long)
+            mask[i, n - len(s) :] = 1
+    return ids, mask
+
+
+class ResumableSampler(DistributedSampler):
+    """Seeded shuffle (``seed + epoch``), sharded over ranks, that can skip the batches already trained.
+
+    Subclassing ``DistributedSampler`` keeps Lightning from replacing it under DDP.
+    """
+
+    def __init__(self, data: Sequence, world: int, rank: int, seed: int, batch_size: int) -> None:
+        super().__init__(data, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=False)
+        self.batch_size = batch_size
+        self.resume: tuple[int, int] | None = None  # (epoch, batches already trained in it)
+
+    def __iter__(self):
+        indices = list(super().__iter__())
+        if self.resume is not None:
+            epoch, done = self.resume
+            self.resume = None
+            if epoch == self.epoch:
+                indices = indices[done * self.batch_size :]
+        return iter(indices)
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader whose state (epoch, batches trained) goes into Lightning checkpoints, for mid-epoch resume."""
+
+    def __init__(self, data: Sequence, progress: Callable[[], int], **kwargs: Any) -> None:
+        super().__init__(data, **kwargs)
+        self._progress = progress
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.sampler.epoch, "batches": self._progress()}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.resume = (state["epoch"], state["batches"])
+
+
+class Shard(DistributedSampler):
+    """In-order shard ``rank::world`` without the padding ``DistributedSampler`` adds, so no row counts twice."""
+
+    def __init__(self, data: Sequence, world: int, rank: int) -> None:
+        super().__init__(data, num_replicas=world, rank=rank, shuffle=False)
+        self.indices = list(range(rank, len(data), world))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)

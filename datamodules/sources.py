@@ -1,0 +1,128 @@
+"""Where rows come from: local files (jsonl/json/parquet/csv), a Hugging Face dataset, or the embedded tasks.
+
+Every source loads through ``datasets`` and has a ``name`` used in error messages. A plain string in a config is
+a file path when it ends in a known extension or exists on disk, and a Hub dataset name otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import datasets
+
+
+class DataError(ValueError):
+    """Bad input data: the message names the source, the row (1-based; the line of a jsonl file) and the field."""
+
+
+class Source(ABC):
+    """A dataset of rows with a name for error messages."""
+
+    @property
+    @abstractmethod
+    def name(self) -> str: ...
+
+    @abstractmethod
+    def load(self) -> datasets.Dataset: ...
+
+
+_EXTENSIONS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+class Files(Source):
+    """Rows from local files, all of one format.
+
+    Args:
+        paths: One path or a list of paths (``.jsonl``, ``.json``, ``.parquet`` or ``.csv``).
+    """
+
+    def __init__(self, paths: str | list[str]) -> None:
+        self.paths = [paths] if isinstance(paths, str) else list(paths)
+        kinds = {_EXTENSIONS.get(Path(p).suffix.lower()) for p in self.paths}
+        if None in kinds or len(kinds) != 1:
+            raise DataError(f"{self.paths}: expected files of one format among {sorted(_EXTENSIONS)}")
+        self.kind = kinds.pop()
+        for p in self.paths:
+            if not Path(p).is_file():
+                raise DataError(f"{p}: no such file")
+
+    @property
+    def name(self) -> str:
+        return ", ".join(self.paths)
+
+    def load(self) -> datasets.Dataset:
+        try:
+            return datasets.load_dataset(self.kind, data_files=self.paths, split="train")
+        except Exception as err:  # find the offending line ourselves: the Arrow message does not name it
+            if self.kind != "json":
+                raise DataError(f"{self.name}: could not be read: {err}") from err
+            return datasets.Dataset.from_list(_read_json_rows(self.paths))
+
+
+def _read_json_rows(paths: list[str]) -> list[dict]:
+    rows = []
+    for path in paths:
+        text = Path(path).read_text(encoding="utf-8")
+        if path.endswith(".json"):
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}: not valid JSON ({err})") from err
+            if not isinstance(data, list):
+                raise DataError(f"{path}: expected a JSON list of objects")
+            numbered = [(i, r) for i, r in enumerate(data, start=1)]
+        else:
+            numbered = []
+            for i, line in enumerate(text.splitlines(), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    numbered.append((i, json.loads(line)))
+                except json.JSONDecodeError as err:
+                    raise DataError(f"{path}: row {i}: not valid JSON ({err.msg})") from err
+        types: dict[str, type] = {}
+        for i, row in numbered:
+            if not isinstance(row, dict):
+                raise DataError(f"{path}: row {i}: expected a JSON object, got {type(row).__name__}")
+            for key, value in row.items():
+                if value is None:
+                    continue
+                seen = types.setdefault(key, type(value))
+                if seen is not type(value):
+                    raise DataError(
+                        f"{path}: row {i}: field '{key}' is {type(value).__name__}, earlier rows have {seen.__name__}"
+                    )
+            rows.append(row)
+    return rows
+
+
+class Hub(Source):
+    """A dataset from the Hugging Face Hub (or its local cache when offline).
+
+    Args:
+        path: Dataset id, e.g. ``"TIGER-Lab/WebInstruct-CFT"``.
+        subset: Configuration name, if the dataset has several.
+        split: Split to load.
+        revision: Git revision of the dataset repository.
+    """
+
+    def __init__(self, path: str, subset: str | None = None, split: str = "train", revision: str | None = None) -> None:
+        self.path, self.subset, self.split, self.revision = path, subset, split, revision
+
+    @property
+    def name(self) -> str:
+        return f"{self.path}[{self.subset or 'default'}:{self.split}]"
+
+    def load(self) -> datasets.Dataset:
+        return datasets.load_dataset(self.path, self.subset, split=self.split, revision=self.revision)
+
+
+def as_source(spec: str | Source) -> Source:
+    """A ``Source`` from a config value: a path string, a Hub id string, or a ``Source`` already."""
+    if isinstance(spec, Source):
+        return spec
+    if Path(spec).suffix.lower() in _EXTENSIONS or Path(spec).exists():
+        return Files(spec)
+    return Hub(spec)

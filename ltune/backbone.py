@@ -1,0 +1,262 @@
+"""Load a causal LM and its tokenizer (Hugging Face id, local folder, or the embedded ``tiny`` preset), add LoRA,
+compute completion log-probs through :mod:`ltune.kernels`, and export a Hugging Face folder.
+
+The ``tiny`` preset is a small Llama built from a config with the file-less byte-level ``ByT5Tokenizer`` and a
+two-line chat template (``Q: ...`` / ``A: ...``): every config runs offline on a CPU with it.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from ltune.kernels import LogProbs, linear_token_logprobs
+
+log = logging.getLogger(__name__)
+
+TINY_CHAT_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m['role'] == 'system' %}{{ m['content'] }}\n"
+    "{% elif m['role'] == 'user' %}Q: {{ m['content'] }}\n"
+    "{% else %}A: {{ m['content'] }}{{ eos_token }}\n{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}A: {% endif %}"
+)
+
+
+@dataclass
+class LoRA:
+    """LoRA adapter settings, passed to ``peft.LoraConfig``.
+
+    Args:
+        r: Rank of the update.
+        alpha: Scaling numerator (the update is scaled by alpha / r).
+        dropout: Dropout on the LoRA input.
+        target_modules: Module names to adapt, or ``"all-linear"``.
+    """
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] | str = "all-linear"
+
+
+@dataclass
+class Tiny:
+    """Shape of the embedded ``tiny`` Llama (byte vocabulary of 384).
+
+    Args:
+        hidden_size: Width of the residual stream.
+        num_layers: Decoder layers.
+        num_heads: Attention heads.
+        num_kv_heads: Key/value heads (grouped-query attention).
+        intermediate_size: MLP width.
+        max_positions: Longest sequence (in bytes) the model accepts.
+        init_seed: Seed of the random initialisation, so two runs start from the same weights.
+    """
+
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 384
+    max_positions: int = 512
+    init_seed: int = 0
+
+
+@dataclass
+class Backbone:
+    """Which causal LM to fine-tune and how to load it.
+
+    Args:
+        name_or_path: A Hugging Face model id, a local folder, or ``"tiny"`` for the embedded preset.
+        dtype: Weight dtype at load time (``"auto"`` keeps the checkpoint's).
+        lora: LoRA settings; ``None`` trains all weights.
+        gradient_checkpointing: Recompute activations in the backward pass to save memory.
+        attn_implementation: ``"sdpa"``, ``"eager"``, ``"flash_attention_2"``, or ``None`` for the model's default.
+        trust_remote_code: Allow model code from the Hub; off unless you trust the repository.
+        revision: Git revision of a Hub model.
+        tiny: Shape of the ``tiny`` preset (ignored otherwise).
+    """
+
+    name_or_path: str = "tiny"
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    lora: LoRA | None = None
+    gradient_checkpointing: bool = False
+    attn_implementation: str | None = "sdpa"
+    trust_remote_code: bool = False
+    revision: str | None = None
+    tiny: Tiny = field(default_factory=Tiny)
+
+    def __post_init__(self) -> None:
+        self._tokenizer = None
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_tokenizer"] = None  # tokenizers are rebuilt on demand; keeps checkpoints and hparams small
+        return state
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.name_or_path == "tiny"
+
+    @property
+    def tokenizer(self):
+        """The tokenizer, loaded once. Pads on the right; ``pad_token`` falls back to ``eos_token``."""
+        if self._tokenizer is None:
+            self._tokenizer = self._load_tokenizer()
+        return self._tokenizer
+
+    def _load_tokenizer(self):
+        if self.is_tiny:
+            from transformers import ByT5Tokenizer
+
+            tok = ByT5Tokenizer()
+            tok.chat_template = TINY_CHAT_TEMPLATE
+        else:
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(
+                self.name_or_path, revision=self.revision, trust_remote_code=self.trust_remote_code
+            )
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        tok.padding_side = "right"
+        return tok
+
+    def load_model(self) -> nn.Module:
+        """Build or load the model, apply gradient checkpointing and LoRA. Heavy: call from ``configure_model``."""
+        dtype = None if self.dtype == "auto" else getattr(torch, self.dtype)
+        if self.is_tiny:
+            from transformers import LlamaConfig, LlamaForCausalLM
+
+            t, tok = self.tiny, self.tokenizer
+            config = LlamaConfig(
+                vocab_size=len(tok),
+                hidden_size=t.hidden_size,
+                intermediate_size=t.intermediate_size,
+                num_hidden_layers=t.num_layers,
+                num_attention_heads=t.num_heads,
+                num_key_value_heads=t.num_kv_heads,
+                max_position_embeddings=t.max_positions,
+                tie_word_embeddings=True,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
+                bos_token_id=None,
+                attn_implementation=self.attn_implementation,
+            )
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(t.init_seed)
+                model = LlamaForCausalLM(config)
+            if dtype is not None:
+                model = model.to(dtype)
+        else:
+            from transformers import AutoModelForCausalLM
+
+            kwargs = {"dtype": dtype} if dtype is not None else {"dtype": "auto"}
+            if self.attn_implementation:
+                kwargs["attn_implementation"] = self.attn_implementation
+            model = AutoModelForCausalLM.from_pretrained(
+                self.name_or_path, revision=self.revision, trust_remote_code=self.trust_remote_code, **kwargs
+            )
+        model.generation_config.pad_token_id = self.tokenizer.pad_token_id
+        if self.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if self.lora is not None:
+            from peft import LoraConfig, get_peft_model
+
+            cfg = LoraConfig(
+                r=self.lora.r,
+                lora_alpha=self.lora.alpha,
+                lora_dropout=self.lora.dropout,
+                target_modules=self.lora.target_modules,
+                task_type="CAUSAL_LM",
+            )
+            model = get_peft_model(model, cfg)
+        return model
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The ``transformers`` model under a peft wrapper (LoRA layers stay injected and active)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def reference_model(model: nn.Module):
+    """Context manager that runs ``model`` as its reference: LoRA adapter disabled (a no-op without LoRA).
+
+    Objectives that need a frozen reference without LoRA keep their own copy instead.
+    """
+    import contextlib
+
+    return model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
+
+
+def hidden_states(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """Final (normed) hidden states ``[B, T, H]`` of the decoder, without computing the logits."""
+    decoder = unwrap(model).get_decoder()
+    return decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+
+
+def completion_logprobs(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    labels: Tensor,
+    *,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    with_argmax: bool = False,
+) -> LogProbs:
+    """Per-token float32 log-probs of the labelled tokens, through :func:`ltune.kernels.linear_token_logprobs`.
+
+    ``labels`` is ``input_ids`` with ``-100`` at tokens that are not scored (prompt, padding). The logits at
+    position ``t`` score token ``t + 1``, so the outputs have shape ``[B, T - 1]`` and are 0 where unscored.
+
+    Args:
+        model: A causal LM (optionally wrapped by peft).
+        input_ids: ``[B, T]`` token ids.
+        attention_mask: ``[B, T]`` 1 for real tokens.
+        labels: ``[B, T]`` target ids, ``-100`` where unscored.
+        temperature: Divides the logits before the softmax.
+        with_entropy: Also return the per-token entropy (detached).
+        with_argmax: Also return whether the argmax token equals the label.
+    """
+    hidden = hidden_states(model, input_ids, attention_mask)[:, :-1]
+    head = unwrap(model).get_output_embeddings()
+    return linear_token_logprobs(
+        hidden,
+        head.weight,
+        labels[:, 1:],
+        bias=getattr(head, "bias", None),
+        temperature=temperature,
+        with_entropy=with_entropy,
+        with_argmax=with_argmax,
+    )
+
+
+def export_hf(
+    model: nn.Module, tokenizer, output_dir: str | Path, merge_lora: bool = True, inplace: bool = False
+) -> Path:
+    """Write a Hugging Face folder that ``AutoModelForCausalLM.from_pretrained`` and vLLM load.
+
+    Args:
+        model: The trained model (optionally a peft model).
+        tokenizer: Saved beside the weights (with its chat template).
+        output_dir: Destination folder.
+        merge_lora: Merge a LoRA adapter into the weights (default); otherwise save the adapter alone.
+        inplace: Merge in place (cheaper; the model is unusable for training afterwards).
+    """
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if hasattr(model, "merge_and_unload") and merge_lora:
+        model = (model if inplace else copy.deepcopy(model)).merge_and_unload()
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    log.info("exported Hugging Face folder to %s", out)
+    return out

@@ -1,0 +1,121 @@
+"""Sampling completions from a policy: ``G`` samples per prompt, with token ids, completion masks and the sampler's
+per-token log-probs. ``HFSampler`` uses ``transformers``' ``generate`` (KV cache); anything that follows the
+``Sampler`` protocol (e.g. a vLLM engine) can replace it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class Samples:
+    """Completions of ``B`` prompts, ``G`` each, laid out prompt-major (rows ``b*G .. b*G+G-1`` share prompt ``b``).
+
+    Attributes:
+        prompt_ids: ``[B*G, P]`` left-padded prompt ids.
+        prompt_mask: ``[B*G, P]`` 1 on real prompt tokens.
+        completion_ids: ``[B*G, C]`` generated ids, padded after the stop token.
+        completion_mask: ``[B*G, C]`` 1 up to and including the first stop token.
+        logprobs: ``[B*G, C]`` float32 log-probs of the generated tokens under the sampling distribution, or None.
+    """
+
+    prompt_ids: Tensor
+    prompt_mask: Tensor
+    completion_ids: Tensor
+    completion_mask: Tensor
+    logprobs: Tensor | None = None
+
+
+class Sampler(Protocol):
+    """Anything that turns left-padded prompts into :class:`Samples`."""
+
+    def __call__(
+        self,
+        model: nn.Module,
+        prompt_ids: Tensor,
+        prompt_mask: Tensor,
+        *,
+        num_samples: int,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        eos_token_id: int,
+        pad_token_id: int,
+    ) -> Samples: ...
+
+
+class HFSampler:
+    """Sampling with ``model.generate`` (greedy when ``temperature == 0``), in eval mode with the KV cache.
+
+    Args:
+        with_logprobs: Also return the per-token log-probs of the sampled tokens (tempered, top-p not applied).
+    """
+
+    def __init__(self, with_logprobs: bool = False) -> None:
+        self.with_logprobs = with_logprobs
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        model: nn.Module,
+        prompt_ids: Tensor,
+        prompt_mask: Tensor,
+        *,
+        num_samples: int = 1,
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        eos_token_id: int,
+        pad_token_id: int,
+    ) -> Samples:
+        was_training = model.training
+        model.eval()
+        sampling = temperature > 0
+        out = model.generate(
+            input_ids=prompt_ids,
+            attention_mask=prompt_mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=sampling,
+            temperature=temperature if sampling else None,
+            top_p=top_p if sampling else None,
+            top_k=None,
+            num_return_sequences=num_samples,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+            return_dict_in_generate=True,
+            output_logits=self.with_logprobs,
+            use_cache=True,
+        )
+        model.train(was_training)
+        p = prompt_ids.shape[1]
+        completion = out.sequences[:, p:]
+        mask = completion_mask(completion, eos_token_id)
+        completion = completion.masked_fill(mask == 0, pad_token_id)
+        logprobs = None
+        if self.with_logprobs:
+            logits = torch.stack(out.logits, dim=1).float() / (temperature if sampling else 1.0)
+            logprobs = logits.log_softmax(-1).gather(-1, completion.unsqueeze(-1)).squeeze(-1) * mask
+        return Samples(
+            prompt_ids.repeat_interleave(num_samples, 0),
+            prompt_mask.repeat_interleave(num_samples, 0),
+            completion,
+            mask,
+            logprobs,
+        )
+
+
+def completion_mask(ids: Tensor, eos_token_id: int) -> Tensor:
+    """``[N, C]`` long mask that is 1 up to and including the first ``eos_token_id`` of each row."""
+    is_eos = ids == eos_token_id
+    before = is_eos.long().cumsum(-1) - is_eos.long()  # number of eos strictly before each position
+    return (before == 0).long()
+
+
+def decode(tokenizer, samples: Samples) -> list[str]:
+    """Completion texts without special tokens."""
+    return tokenizer.batch_decode(samples.completion_ids, skip_special_tokens=True)  # padded with pad after the stop

@@ -1,0 +1,115 @@
+"""What every objective shares: the backbone (loaded in ``configure_model``), the optimizer, the non-finite-loss
+guard, and evaluation by greedy generation + exact match of the final answer. No method logic lives here.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor
+
+from ltune.backbone import Backbone, export_hf
+from ltune.generation import HFSampler, decode
+from ltune.metrics import ExactMatch
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss was NaN or infinite; training stops instead of stepping on it."""
+
+
+class Objective(L.LightningModule):
+    """Base LightningModule of ltune objectives.
+
+    Args:
+        backbone: The model to fine-tune (default: the embedded ``tiny`` preset).
+        optimizer: Optimizer factory called with the trainable parameters.
+        scheduler: Optional LR scheduler factory, stepped every optimizer step.
+        max_new_tokens: Token budget of greedy generation on ``eval_prompts``.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone | None = None,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        scheduler: LRSchedulerCallable | None = None,
+        max_new_tokens: int = 32,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.backbone = backbone or Backbone()
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.max_new_tokens = max_new_tokens
+        self.model: torch.nn.Module | None = None
+        self.exact_match = ExactMatch()
+        self.category_match: dict[str, ExactMatch] = defaultdict(ExactMatch)
+
+    @property
+    def tokenizer(self):
+        return self.backbone.tokenizer
+
+    def configure_model(self) -> None:
+        if self.model is None:  # idempotent: Lightning may call it more than once
+            self.model = self.backbone.load_model()
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params)
+        if self.scheduler_factory is None:
+            return optimizer
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"},
+        }
+
+    def check_finite(self, loss: Tensor, batch_idx: int) -> None:
+        """Stop every rank together (no DDP hang) when any rank's loss is NaN/inf."""
+        bad = self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss)), all=False)
+        if bad:
+            raise NonFiniteLossError(
+                f"non-finite loss ({loss.item()}) at global step {self.global_step}, batch {batch_idx} on some rank; "
+                "lower the learning rate, check the data, or use a wider dtype"
+            )
+
+    # ---- evaluation by generation --------------------------------------------------------------------------------
+    def generate_text(self, prompt_ids: Tensor, prompt_mask: Tensor) -> list[str]:
+        """Greedy completions of left-padded prompts."""
+        tok = self.tokenizer
+        samples = HFSampler()(
+            self.model,
+            prompt_ids,
+            prompt_mask,
+            max_new_tokens=self.max_new_tokens,
+            temperature=0.0,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
+        return decode(tok, samples)
+
+    def eval_step(self, batch: dict) -> None:
+        """Exact match of the final answer of greedy completions (``val/exact_match`` and per category)."""
+        texts = self.generate_text(batch["prompt_ids"], batch["prompt_mask"])
+        self.exact_match.update(texts, batch["answer"])
+        for cat in sorted(set(batch["category"])):
+            idx = [i for i, c in enumerate(batch["category"]) if c == cat]
+            self.category_match[cat].to(self.device).update([texts[i] for i in idx], [batch["answer"][i] for i in idx])
+
+    def on_validation_epoch_end(self) -> None:
+        if self.exact_match.update_count:
+            self.log("val/exact_match", self.exact_match.compute(), sync_dist=False)
+            self.exact_match.reset()
+        cats = set(self.category_match)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():  # same metrics on every rank
+            gathered = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, cats)
+            cats = set().union(*gathered)
+        for cat in sorted(cats):
+            metric = self.category_match[cat].to(self.device)
+            self.log(f"val/exact_match/{cat}", metric.compute())
+            metric.reset()
+
+    def export(self, output_dir: str, merge_lora: bool = True) -> None:
+        """Write a Hugging Face folder (LoRA merged by default)."""
+        export_hf(self.model, self.tokenizer, output_dir, merge_lora=merge_lora)
