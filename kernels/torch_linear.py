@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .torch_logprobs import compute_dtype
+from .torch_logprobs import chunk_dlogits_, chunk_logprobs, compute_dtype, take_rows
 
 
 def _chunk_logits(h: Tensor, weight_c: Tensor, bias_c: Tensor | None) -> Tensor:
@@ -68,16 +68,16 @@ class LinearLogProbsTorch(torch.autograd.Function):
         for start in range(0, idx.numel(), chunk_size):
             rows = idx[start : start + chunk_size]
             tgt = targets[rows]
-            z = _chunk_logits(hidden.index_select(0, rows).to(cdt), weight_c, bias_c)
+            z = _chunk_logits(take_rows(hidden, rows).to(cdt), weight_c, bias_c)
             if with_argmax:
                 hit[rows] = z.argmax(-1) == tgt
-            z.div_(temperature)
-            lse_c = torch.logsumexp(z, dim=-1)
+            if temperature != 1.0:
+                z.div_(temperature)
+            lp_c, lse_c, ent_c = chunk_logprobs(z, tgt, with_entropy)
+            logp[rows] = lp_c.float()
             lse[start : start + chunk_size] = lse_c
-            logp[rows] = (z.gather(1, tgt.unsqueeze(1)).squeeze(1) - lse_c).float()
             if with_entropy:
-                p = torch.exp(z - lse_c.unsqueeze(1))
-                entropy[rows] = (lse_c - (p * z).sum(-1)).float()
+                entropy[rows] = ent_c.float()
             del z
         ctx.save_for_backward(hidden, weight, bias, targets, lse, idx)
         ctx.temperature = temperature
@@ -100,12 +100,11 @@ class LinearLogProbsTorch(torch.autograd.Function):
         grad_b = torch.zeros(bias.shape, dtype=cdt, device=bias.device) if need_b else None
         for start in range(0, idx.numel(), chunk_size):
             rows = idx[start : start + chunk_size]
-            h = hidden.index_select(0, rows).to(cdt)
-            g = grad_logp[rows].to(cdt).unsqueeze(1)
-            d = _chunk_logits(h, weight_c, bias_c)
-            d.div_(temperature).sub_(lse[start : start + chunk_size].unsqueeze(1)).exp_().mul_(-g)  # -g * softmax
-            d.scatter_add_(1, targets[rows].unsqueeze(1), g)
-            d.div_(temperature)  # d = dlogits
+            h = take_rows(hidden, rows).to(cdt)
+            z = _chunk_logits(h, weight_c, bias_c)
+            if temperature != 1.0:
+                z.div_(temperature)
+            d = chunk_dlogits_(z, targets[rows], lse[start : start + chunk_size], grad_logp[rows], temperature)
             if grad_h is not None:
                 grad_h[rows] = (d @ weight_c).to(grad_h.dtype)
             if grad_w is not None:

@@ -2,8 +2,7 @@
 
 Forward, per valid row ``i`` (``z = logits / T``, computed in float32, or float64 for float64 inputs)::
 
-    LSE_i  = logsumexp_v z_iv
-    logp_i = z_i,t_i - LSE_i
+    logp_i = log_softmax(z_i)_t_i,   LSE_i = z_i,t_i - logp_i  (saved)
     H_i    = LSE_i - sum_v softmax(z_i)_v z_iv          (optional, detached)
     hit_i  = argmax_v logits_iv == t_i                  (optional)
 
@@ -31,6 +30,32 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def _row_chunk(vocab: int) -> int:
     return max(1, _CHUNK_ELEMENTS // max(vocab, 1))
+
+
+def _is_range(rows: Tensor) -> bool:
+    return int(rows[-1]) - int(rows[0]) + 1 == rows.numel()
+
+
+def take_rows(x: Tensor, rows: Tensor) -> Tensor:
+    """``x[rows]``: a view when ``rows`` is a contiguous ascending range (the common all-valid case), else a copy."""
+    return x[int(rows[0]) : int(rows[-1]) + 1] if _is_range(rows) else x.index_select(0, rows)
+
+
+def chunk_logprobs(z: Tensor, tgt: Tensor, with_entropy: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+    """``z [c, V]`` (already divided by T) -> ``(logp [c], lse [c], entropy [c] | None)`` in ``z.dtype``."""
+    lp_all = torch.log_softmax(z, dim=-1)
+    logp = lp_all.gather(1, tgt.unsqueeze(1)).squeeze(1)
+    lse = z.gather(1, tgt.unsqueeze(1)).squeeze(1) - logp
+    entropy = -(lp_all.exp() * lp_all).sum(-1) if with_entropy else None
+    return logp, lse, entropy
+
+
+def chunk_dlogits_(z: Tensor, tgt: Tensor, lse: Tensor, g: Tensor, temperature: float) -> Tensor:
+    """Overwrite ``z [c, V]`` (already divided by T) with ``g (onehot(tgt) - exp(z - lse)) / T`` and return it."""
+    g = g.to(z.dtype).unsqueeze(1)
+    z.sub_(lse.unsqueeze(1)).exp_().mul_(-g)
+    z.scatter_add_(1, tgt.unsqueeze(1), g)
+    return z.div_(temperature) if temperature != 1.0 else z
 
 
 class TokenLogProbsTorch(torch.autograd.Function):
@@ -61,16 +86,15 @@ class TokenLogProbsTorch(torch.autograd.Function):
         for start in range(0, idx.numel(), step):
             rows = idx[start : start + step]
             tgt = targets[rows]
-            x = logits.index_select(0, rows).to(cdt)  # a copy: the caller's tensor is never written
+            x = take_rows(logits, rows)
             if with_argmax:
                 hit[rows] = x.argmax(-1) == tgt
-            x.div_(temperature)
-            lse_c = torch.logsumexp(x, dim=-1)
+            z = x.to(cdt) / temperature if temperature != 1.0 else x.to(cdt)  # never in place: may be the caller's
+            lp_c, lse_c, ent_c = chunk_logprobs(z, tgt, with_entropy)
+            logp[rows] = lp_c.float()
             lse[start : start + step] = lse_c
-            logp[rows] = (x.gather(1, tgt.unsqueeze(1)).squeeze(1) - lse_c).float()
             if with_entropy:
-                p = torch.exp(x - lse_c.unsqueeze(1))
-                entropy[rows] = (lse_c - (p * x).sum(-1)).float()
+                entropy[rows] = ent_c.float()
         ctx.save_for_backward(logits, targets, lse, idx)
         ctx.temperature = temperature
         ctx.mark_non_differentiable(entropy, hit)
@@ -82,16 +106,19 @@ class TokenLogProbsTorch(torch.autograd.Function):
         if grad_logp is None or not ctx.needs_input_grad[0]:
             return None, None, None, None, None, None
         temperature = ctx.temperature
-        cdt = lse.dtype
         grad = torch.zeros_like(logits)
         step = _row_chunk(logits.shape[1])
         for start in range(0, idx.numel(), step):
             rows = idx[start : start + step]
-            g = grad_logp[rows].to(cdt).unsqueeze(1)
-            d = logits.index_select(0, rows).to(cdt)
-            d.div_(temperature).sub_(lse[start : start + step].unsqueeze(1)).exp_().mul_(-g)  # -g * softmax
-            d.scatter_add_(1, targets[rows].unsqueeze(1), g)
-            grad[rows] = d.div_(temperature).to(grad.dtype)
+            x = take_rows(logits, rows)
+            z = x.to(lse.dtype, copy=True)  # overwritten below
+            if temperature != 1.0:
+                z.div_(temperature)
+            d = chunk_dlogits_(z, targets[rows], lse[start : start + step], grad_logp[rows], temperature)
+            if _is_range(rows):
+                take_rows(grad, rows).copy_(d)
+            else:
+                grad.index_copy_(0, rows, d.to(grad.dtype))
         return grad, None, None, None, None, None
 
 
