@@ -53,12 +53,15 @@ class Files(Source):
         return ", ".join(self.paths)
 
     def load(self) -> datasets.Dataset:
-        try:
-            return datasets.load_dataset(self.kind, data_files=self.paths, split="train")
-        except Exception as err:  # find the offending line ourselves: the Arrow message does not name it
-            if self.kind != "json":
-                raise DataError(f"{self.name}: could not be read: {err}") from err
+        if self.kind == "json":  # parsed here: exact line numbers, and no Arrow type coercion of mixed columns
             return datasets.Dataset.from_list(_read_json_rows(self.paths))
+        try:
+            ds = datasets.load_dataset(self.kind, data_files=self.paths, split="train")
+            if self.kind == "csv":  # csv has no types: read every column as text
+                ds = ds.cast(datasets.Features({c: datasets.Value("string") for c in ds.column_names}))
+            return ds
+        except Exception as err:
+            raise DataError(f"{self.name}: could not be read: {err}") from err
 
 
 def _read_json_rows(paths: list[str]) -> list[dict]:

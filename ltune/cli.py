@@ -44,27 +44,15 @@ class LTuneCLI(LightningCLI):
         return {k: float(v) for d in out for k, v in d.items()}
 
 
-def export(config: str, ckpt_path: str, output_dir: str, merge_lora: bool = True) -> None:
-    """Write a Hugging Face folder from a run's ``config.yaml`` and a Lightning checkpoint.
+def export(ckpt_path: str, output_dir: str, merge_lora: bool = True) -> None:
+    """Write a Hugging Face folder (weights, config, tokenizer) from a checkpoint of an ltune run.
 
     Args:
-        config: The ``config.yaml`` that LightningCLI saved in the run folder (only ``model`` is read).
-        ckpt_path: A checkpoint of that run.
-        output_dir: Destination folder for ``save_pretrained`` (weights, config, tokenizer).
+        ckpt_path: A Lightning checkpoint; its hyperparameters rebuild the backbone (no config needed).
+        output_dir: Destination folder for ``save_pretrained``.
         merge_lora: Merge a LoRA adapter into the weights (otherwise the adapter alone is written).
     """
-    import torch
-    import yaml
-    from jsonargparse import ArgumentParser
-
-    with open(config) as f:
-        model_cfg = yaml.safe_load(f)["model"]
-    parser = ArgumentParser()
-    parser.add_argument("--model", type=Objective)
-    model = parser.instantiate_classes(parser.parse_object({"model": model_cfg})).model
-    model.configure_model()
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=False)["state_dict"]
-    model.load_state_dict(state)
+    model = Objective.load_from_checkpoint(ckpt_path, map_location="cpu")
     model.export(output_dir, merge_lora=merge_lora)
     print(f"exported {ckpt_path} -> {output_dir}")
 
@@ -74,7 +62,7 @@ def main(args: list[str] | None = None) -> None:
     if argv[:1] == ["export"]:
         from jsonargparse import CLI
 
-        CLI(export, args=argv[1:])
+        CLI(export, args=argv[1:], as_positional=False)
         return
     LTuneCLI(
         Objective,

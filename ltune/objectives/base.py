@@ -4,8 +4,6 @@ guard, and evaluation by greedy generation + exact match of the final answer. No
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -44,7 +42,7 @@ class Objective(L.LightningModule):
         self.max_new_tokens = max_new_tokens
         self.model: torch.nn.Module | None = None
         self.exact_match = ExactMatch()
-        self.category_match: dict[str, ExactMatch] = defaultdict(ExactMatch)
+        self.category_match: dict[str, ExactMatch] = {}
 
     @property
     def tokenizer(self):
@@ -94,9 +92,19 @@ class Objective(L.LightningModule):
         self.exact_match.update(texts, batch["answer"])
         for cat in sorted(set(batch["category"])):
             idx = [i for i, c in enumerate(batch["category"]) if c == cat]
-            self.category_match[cat].to(self.device).update([texts[i] for i in idx], [batch["answer"][i] for i in idx])
+            self._category_metric(cat).update([texts[i] for i in idx], [batch["answer"][i] for i in idx])
+
+    def _category_metric(self, category: str) -> ExactMatch:
+        if category not in self.category_match:  # created lazily, outside inference mode so states stay updatable
+            with torch.inference_mode(False):
+                self.category_match[category] = ExactMatch().to(self.device)
+        return self.category_match[category]
 
     def on_validation_epoch_end(self) -> None:
+        with torch.inference_mode(False):  # reset() re-creates metric states: keep them normal (updatable) tensors
+            self._log_exact_match()
+
+    def _log_exact_match(self) -> None:
         if self.exact_match.update_count:
             self.log("val/exact_match", self.exact_match.compute(), sync_dist=False)
             self.exact_match.reset()
@@ -106,7 +114,7 @@ class Objective(L.LightningModule):
             torch.distributed.all_gather_object(gathered, cats)
             cats = set().union(*gathered)
         for cat in sorted(cats):
-            metric = self.category_match[cat].to(self.device)
+            metric = self._category_metric(cat)
             self.log(f"val/exact_match/{cat}", metric.compute())
             metric.reset()
 

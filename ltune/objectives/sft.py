@@ -5,6 +5,8 @@ ltune fit --config configs/objectives/sft.yaml
 
 from __future__ import annotations
 
+from torchmetrics import MeanMetric, SumMetric
+
 from ltune.backbone import completion_logprobs
 from ltune.losses.sft import sft_loss
 from ltune.objectives.base import Objective
@@ -18,6 +20,11 @@ class SFT(Objective):
     ``val/token_accuracy`` and, with ``eval_prompts``, ``val/exact_match`` (greedy decoding).
     Arguments are those of :class:`~ltune.objectives.base.Objective`.
     """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # token-weighted over the whole validation set, reduced exactly across DDP ranks
+        self.val_loss, self.val_accuracy, self.val_tokens = MeanMetric(), MeanMetric(), SumMetric()
 
     def forward_loss(self, batch: dict):
         lp = completion_logprobs(
@@ -40,7 +47,12 @@ class SFT(Objective):
             return
         loss, metrics = self.forward_loss(batch)
         n = metrics["tokens"]
-        self.log("val/loss", loss, batch_size=int(n), sync_dist=True, add_dataloader_idx=False)
-        self.log(
-            "val/token_accuracy", metrics["token_accuracy"], batch_size=int(n), sync_dist=True, add_dataloader_idx=False
-        )
+        self.val_loss.update(loss, n)
+        self.val_accuracy.update(metrics["token_accuracy"], n)
+        self.val_tokens.update(n)
+        for name, metric in (
+            ("loss", self.val_loss),
+            ("token_accuracy", self.val_accuracy),
+            ("tokens", self.val_tokens),
+        ):
+            self.log(f"val/{name}", metric, add_dataloader_idx=False)

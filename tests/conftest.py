@@ -1,0 +1,44 @@
+"""Shared fixtures: offline, no W&B, tiny models only."""
+
+from __future__ import annotations
+
+import json
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from ltune.backbone import Backbone, Tiny  # noqa: E402
+
+
+def micro_backbone(**kwargs) -> Backbone:
+    """A smaller-than-tiny Llama for fast unit tests."""
+    tiny = Tiny(hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=64, max_positions=256)
+    return Backbone(name_or_path="tiny", tiny=tiny, **kwargs)
+
+
+@pytest.fixture
+def backbone() -> Backbone:
+    return micro_backbone()
+
+
+@pytest.fixture
+def tokenizer(backbone):
+    return backbone.tokenizer
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def write_jsonl(path, rows) -> str:
+    with open(path, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    return str(path)

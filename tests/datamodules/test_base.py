@@ -1,0 +1,138 @@
+"""Loading, validation errors naming source/row/field, rendering, exact completion masks, length policy, samplers."""
+
+import json
+
+import pandas as pd
+import pytest
+from ltune.datamodules import CritiqueData, DataError, EmbeddedTasks, InstructionData, PromptData
+from ltune.datamodules.base import ResumableSampler, Shard
+
+from tests.conftest import write_jsonl
+
+ROWS = [{"instruction": "What is 2+2?", "output": "2+2=4. The answer is 4."}, {"instruction": "Hi", "output": "Hello"}]
+
+
+def _setup(dm, tokenizer):
+    dm.tokenizer = tokenizer
+    dm.setup("fit")
+    return dm
+
+
+@pytest.mark.parametrize("ext", ["jsonl", "json", "parquet", "csv"])
+def test_loads_every_file_format_with_column_mapping(tmp_path, tokenizer, ext):
+    path = tmp_path / f"d.{ext}"
+    if ext == "jsonl":
+        write_jsonl(path, ROWS)
+    elif ext == "json":
+        path.write_text(json.dumps(ROWS))
+    else:
+        getattr(pd.DataFrame(ROWS), f"to_{ext}")(path, **({"index": False} if ext == "csv" else {}))
+    dm = _setup(InstructionData(train=str(path), columns={"prompt": "instruction", "response": "output"}), tokenizer)
+    assert len(dm.data["train"]) == 2
+
+
+def test_completion_mask_is_exact(tokenizer):
+    dm = _setup(InstructionData(train=EmbeddedTasks(n=5)), tokenizer)
+    rows = EmbeddedTasks(n=5).rows()
+    for row, ex in zip(rows, dm.data["train"]):
+        completion = [t for t, lab in zip(ex["input_ids"], ex["labels"]) if lab != -100]
+        prompt = [t for t, lab in zip(ex["input_ids"], ex["labels"]) if lab == -100]
+        assert tokenizer.decode(completion) == row["response"] + tokenizer.eos_token
+        assert tokenizer.decode(prompt) == f"Q: {row['prompt']}\nA: "
+        assert ex["labels"][len(prompt) :] == ex["input_ids"][len(prompt) :]
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ({"instruction": "x"}, "row 2: field 'response' (column 'output') is missing"),
+        ({"instruction": "x", "output": "   "}, "row 2: field 'response' (column 'output') is missing or empty"),
+        ({"instruction": "x", "output": 3}, "row 2: field "),
+        ({"instruction": ["x"], "output": "y"}, "row 2: field "),
+    ],
+)
+def test_bad_rows_name_file_row_and_field(tmp_path, tokenizer, row, message):
+    path = write_jsonl(tmp_path / "bad.jsonl", [ROWS[0], row, ROWS[1]])
+    dm = InstructionData(train=path, columns={"prompt": "instruction", "response": "output"})
+    with pytest.raises(DataError) as err:
+        _setup(dm, tokenizer)
+    assert str(err.value).startswith(f"{path}: ") and message in str(err.value)
+
+
+def test_wrong_type_in_a_consistent_column_is_named(tmp_path, tokenizer):
+    path = write_jsonl(tmp_path / "t.jsonl", [{"prompt": "a", "response": "b"}, {"prompt": "c", "response": "d"}])
+    dm = InstructionData(train=path, columns={"response": "prompt", "prompt": "response"})
+    _setup(dm, tokenizer)  # fine: strings both ways
+    path = write_jsonl(tmp_path / "n.jsonl", [{"question": "q", "solution": "s", "critique": 1}] * 2)
+    with pytest.raises(DataError, match=r"n.jsonl: row 1: field 'critique' \(column 'critique'\) is int, expected str"):
+        _setup(CritiqueData(train=path), tokenizer)
+
+
+def test_malformed_json_line_is_named(tmp_path, tokenizer):
+    path = tmp_path / "m.jsonl"
+    path.write_text(json.dumps(ROWS[0]) + "\n{not json\n")
+    with pytest.raises(DataError, match="m.jsonl: row 2: not valid JSON"):
+        _setup(InstructionData(train=str(path)), tokenizer)
+
+
+def test_messages_format_trains_on_last_assistant_turn(tmp_path, tokenizer):
+    msgs = [
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "b"},
+        {"role": "user", "content": "c"},
+        {"role": "assistant", "content": "dd"},
+    ]
+    dm = _setup(InstructionData(train=write_jsonl(tmp_path / "c.jsonl", [{"messages": msgs}])), tokenizer)
+    ex = dm.data["train"][0]
+    assert tokenizer.decode([t for t, lab in zip(ex["input_ids"], ex["labels"]) if lab != -100]) == "dd</s>"
+    assert ex["input_ids"] == tokenizer("Q: a\nA: b</s>\nQ: c\nA: dd</s>", add_special_tokens=False).input_ids
+    bad = [{"messages": msgs[:3]}]
+    with pytest.raises(DataError, match="row 1: field 'messages' must end with a non-empty assistant turn"):
+        _setup(InstructionData(train=write_jsonl(tmp_path / "b.jsonl", bad)), tokenizer)
+
+
+def test_length_policy_truncates_prompt_from_left_or_skips_and_counts(tmp_path, tokenizer):
+    rows = [
+        {"prompt": "p" * 40, "response": "r" * 5},
+        {"prompt": "q", "response": "s" * 60},
+        {"prompt": "x", "response": "y"},
+    ]
+    path = write_jsonl(tmp_path / "l.jsonl", rows)
+    dm = _setup(InstructionData(train=path, max_length=30), tokenizer)
+    assert dm.stats["train"] == {"rows": 3, "kept": 2, "skipped": 1, "truncated": 1}
+    ex = dm.data["train"][0]
+    assert len(ex["input_ids"]) == 30 and tokenizer.decode(ex["input_ids"]).endswith("p\nA: rrrrr</s>")
+    dm = _setup(InstructionData(train=path, max_length=30, overlong="skip"), tokenizer)
+    assert dm.stats["train"] == {"rows": 3, "kept": 1, "skipped": 2, "truncated": 0}
+
+
+def test_critique_and_prompt_formats(tokenizer):
+    dm = _setup(CritiqueData(train=EmbeddedTasks(format="critique", n=4)), tokenizer)
+    text = tokenizer.decode(dm.data["train"][0]["input_ids"])
+    assert "Please critique whether" in text and "\n\nSolution:\n" in text and "Conclusion:" in text
+    dm = _setup(PromptData(train=EmbeddedTasks(format="prompts", n=3)), tokenizer)
+    batch = dm.collate(dm.data["train"])
+    assert batch["prompt_ids"].shape[0] == 3 and batch["prompt_mask"][:, -1].all()  # left padded
+    assert all(isinstance(a, str) for a in batch["answer"])
+
+
+def test_collate_pads_right_with_ignored_labels(tokenizer):
+    dm = _setup(InstructionData(train=EmbeddedTasks(n=4)), tokenizer)
+    b = dm.collate(dm.data["train"])
+    lengths = b["attention_mask"].sum(1)
+    for i, ex in enumerate(dm.data["train"]):
+        assert lengths[i] == len(ex["input_ids"])
+        assert (b["labels"][i, lengths[i] :] == -100).all() and (b["input_ids"][i, lengths[i] :] == 0).all()
+
+
+def test_resumable_sampler_skips_trained_batches_and_shards_cover_once():
+    data = list(range(23))
+    full = list(ResumableSampler(data, 1, 0, seed=3, batch_size=4))
+    s = ResumableSampler(data, 1, 0, seed=3, batch_size=4)
+    s.resume = (0, 2)
+    assert list(s) == full[8:]
+    assert list(s) == full  # the skip applies once
+    s.set_epoch(1)
+    assert sorted(s) == data and list(s) != full
+    shards = [list(Shard(data, 3, r)) for r in range(3)]
+    assert sorted(sum(shards, [])) == data

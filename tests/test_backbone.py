@@ -1,0 +1,98 @@
+"""Backbone: tiny preset, loading by local path (the real-model code path), LoRA, log-probs, export."""
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from ltune.backbone import LoRA, completion_logprobs, export_hf, reference_model
+from ltune.objectives import SFT
+from tests.conftest import micro_backbone
+
+
+def _batch(tok):
+    ids = [
+        tok("Q: 1+2?\nA: 3", add_special_tokens=False).input_ids,
+        tok("Q: 9?\nA: no", add_special_tokens=False).input_ids,
+    ]
+    n = max(map(len, ids))
+    input_ids = torch.tensor([x + [tok.pad_token_id] * (n - len(x)) for x in ids])
+    mask = torch.tensor([[1] * len(x) + [0] * (n - len(x)) for x in ids])
+    labels = input_ids.masked_fill(mask == 0, -100)
+    labels[:, :6] = -100  # prompt
+    return input_ids, mask, labels
+
+
+def _reference_logprobs(model, input_ids, mask, labels):
+    logits = model(input_ids=input_ids, attention_mask=mask).logits.double()[:, :-1]
+    targets = labels[:, 1:]
+    lp = logits.log_softmax(-1).gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    return lp * (targets != -100)
+
+
+def test_tiny_is_deterministic_and_chat_templated(backbone):
+    a, b = backbone.load_model(), micro_backbone().load_model()
+    for (n, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(p, q), n
+    text = backbone.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    )
+    assert text == "Q: hi\nA: "
+
+
+def test_objective_init_does_not_load_weights(backbone):
+    assert SFT(backbone=backbone).model is None
+
+
+def test_completion_logprobs_match_full_logits(backbone):
+    model = backbone.load_model()
+    ids, mask, labels = _batch(backbone.tokenizer)
+    lp = completion_logprobs(model, ids, mask, labels).logprobs
+    assert lp.dtype == torch.float32 and lp.shape == (2, ids.shape[1] - 1)
+    torch.testing.assert_close(lp.double(), _reference_logprobs(model, ids, mask, labels), atol=1e-5, rtol=1e-5)
+
+
+def test_lora_reference_is_adapter_disabled_and_logprobs_flow_through_lora():
+    bb = micro_backbone(lora=LoRA(r=4, alpha=8, dropout=0.0))
+    model = bb.load_model()
+    ids, mask, labels = _batch(bb.tokenizer)
+    base = _reference_logprobs(model, ids, mask, labels)  # lora_B = 0 at init: same as base
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    lp = completion_logprobs(model, ids, mask, labels)
+    torch.testing.assert_close(
+        lp.logprobs.double(), _reference_logprobs(model, ids, mask, labels), atol=1e-5, rtol=1e-5
+    )
+    assert not torch.allclose(lp.logprobs.double(), base, atol=1e-3)
+    with reference_model(model):
+        ref = completion_logprobs(model, ids, mask, labels).logprobs
+    torch.testing.assert_close(ref.double(), base, atol=1e-5, rtol=1e-5)
+    lp.logprobs.sum().backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    assert (
+        grads and all("lora" in n for n in grads) and all(g is not None and g.abs().sum() > 0 for g in grads.values())
+    )
+
+
+def test_load_by_local_path_and_export_roundtrip(tmp_path):
+    bb = micro_backbone(lora=LoRA(r=4, alpha=8, dropout=0.0))
+    model = bb.load_model()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    ids, mask, labels = _batch(bb.tokenizer)
+    expected = model(input_ids=ids, attention_mask=mask).logits
+    out = export_hf(model, bb.tokenizer, tmp_path / "hf")
+    assert not any("lora" in k for k in AutoModelForCausalLM.from_pretrained(out).state_dict())
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    torch.testing.assert_close(reloaded(input_ids=ids, attention_mask=mask).logits, expected, atol=1e-4, rtol=1e-4)
+    # the real-model path: a local folder, loaded by path through the same Backbone
+    from ltune.backbone import Backbone
+
+    local = Backbone(name_or_path=str(out))
+    assert isinstance(AutoTokenizer.from_pretrained(out), type(bb.tokenizer))
+    assert local.tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False) == "Q: x\n"
+    torch.testing.assert_close(
+        local.load_model()(input_ids=ids, attention_mask=mask).logits, expected, atol=1e-4, rtol=1e-4
+    )

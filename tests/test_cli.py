@@ -1,0 +1,178 @@
+"""The real CLI: every config parses, the quickstart runs (shortened), export reloads, resume, DDP on CPU."""
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from ltune.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name not in {"trainer", "logger"})
+FRAGMENTS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name in {"trainer", "logger"})
+MICRO = [  # shrink the tiny preset and the data so a CLI run takes seconds
+    "--model.init_args.backbone.tiny.hidden_size=32",
+    "--model.init_args.backbone.tiny.num_layers=2",
+    "--model.init_args.backbone.tiny.num_heads=2",
+    "--model.init_args.backbone.tiny.num_kv_heads=1",
+    "--model.init_args.backbone.tiny.intermediate_size=64",
+]
+
+
+def _run(args, capsys=None):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code in (0, None)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_config_validates_with_print_config(config, capsys):
+    _run(["fit", "--config", str(config), "--print_config"])
+    assert "class_path" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("fragment", FRAGMENTS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_fragments_compose(fragment, capsys):
+    _run(["fit", "--config", str(ROOT / "configs/objectives/sft.yaml"), "--config", str(fragment), "--print_config"])
+
+
+def test_every_config_starts_with_its_command():
+    for config in CONFIGS + FRAGMENTS:
+        head = config.read_text().split("\n\n")[0]
+        assert head.startswith("#") and "ltune fit --config configs/" in head, config
+
+
+def test_help_lists_verbs(capsys):
+    _run(["--help"])
+    out = capsys.readouterr().out
+    assert all(verb in out for verb in ("fit", "validate", "test", "predict"))
+    _run(["fit", "--model", "ltune.SFT", "--model.help", "ltune.SFT"])
+    assert "max_new_tokens" in capsys.readouterr().out
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    with open(run_dir / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_quickstart_runs_through_the_cli_and_exports(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    main(
+        [
+            "fit",
+            "--config",
+            str(ROOT / "configs/quickstart.yaml"),
+            *MICRO,
+            "--trainer.max_steps=6",
+            "--trainer.val_check_interval=3",
+            "--trainer.log_every_n_steps=1",
+            "--data.init_args.eval_prompts.init_args.n=8",
+            "--data.init_args.train.init_args.n=64",
+            "--trainer.enable_progress_bar=false",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert "validation before -> after fit" in out and "val/exact_match" in out
+    run = tmp_path / "runs/quickstart/version_0"
+    rows = _metrics(run)
+    assert any(r.get("train/loss") for r in rows) and sum(1 for r in rows if r.get("val/exact_match")) >= 3
+    assert (run / "config.yaml").is_file()
+    hf = AutoModelForCausalLM.from_pretrained(run / "hf")
+    (ckpt,) = (run / "checkpoints").glob("*.ckpt")
+    main(["export", "--ckpt_path", str(ckpt), "--output_dir", "exported"])
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "exported")
+    ids = torch.tensor([[81, 35, 52, 46, 53, 66, 13, 68, 35]])
+    torch.testing.assert_close(exported(ids).logits, hf(ids).logits)
+
+
+RESUME_CFG = """
+seed_everything: 0
+trainer:
+  accelerator: cpu
+  log_every_n_steps: 1
+  enable_progress_bar: false
+  logger: {class_path: lightning.pytorch.loggers.CSVLogger, init_args: {save_dir: runs, name: r}}
+  callbacks:
+    - {class_path: lightning.pytorch.callbacks.ModelCheckpoint, init_args: {every_n_train_steps: 5, save_top_k: -1}}
+model:
+  class_path: ltune.SFT
+  init_args:
+    optimizer: {class_path: torch.optim.AdamW, init_args: {lr: 0.01}}
+data:
+  class_path: ltune.datamodules.InstructionData
+  init_args:
+    train: {class_path: ltune.datamodules.EmbeddedTasks, init_args: {n: 96}}
+    batch_size: 8
+"""
+
+
+def _losses(run_dir: Path) -> dict[int, float]:
+    return {int(r["step"]): float(r["train/loss"]) for r in _metrics(run_dir) if r.get("train/loss")}
+
+
+def test_resume_mid_epoch_continues_the_same_loss_trajectory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.yaml").write_text(RESUME_CFG)
+    base = ["fit", "--config", "c.yaml", *MICRO]
+    main([*base, "--trainer.max_steps=16"])  # 12 batches per epoch: crosses an epoch boundary
+    main([*base, "--trainer.max_steps=5"])  # stopped mid-epoch, checkpoint at step 5
+    ckpt = next((tmp_path / "runs/r/version_1/checkpoints").glob("*step=5.ckpt"))
+    main([*base, "--trainer.max_steps=16", f"--ckpt_path={ckpt}"])
+    straight, resumed = _losses(tmp_path / "runs/r/version_0"), _losses(tmp_path / "runs/r/version_2")
+    assert sorted(resumed) == list(range(5, 16))
+    for step in resumed:
+        assert resumed[step] == pytest.approx(straight[step], rel=1e-5, abs=1e-6), step
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_reduce_metrics_across_ranks(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    common = [
+        "--config",
+        str(ROOT / "configs/objectives/sft.yaml"),
+        *MICRO,
+        "--trainer.enable_progress_bar=false",
+        "--data.init_args.train.init_args.n=64",
+        "--data.init_args.val.init_args.n=37",
+        "--data.init_args.eval_prompts.init_args.n=11",
+        "--validate_around_fit=false",
+        "--trainer.logger.0.init_args.save_dir=runs",
+    ]
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ltune.cli",
+            "fit",
+            *common,
+            "--trainer.max_steps=4",
+            "--trainer.val_check_interval=4",
+            "--trainer.strategy=ddp",
+            "--trainer.devices=2",
+        ],
+        cwd=tmp_path,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    ddp_run = tmp_path / "runs/sft/version_0"
+    ddp = [r for r in _metrics(ddp_run) if r.get("val/tokens")][-1]
+    (ckpt,) = (ddp_run / "checkpoints").glob("*.ckpt")
+    subprocess.run(
+        [sys.executable, "-m", "ltune.cli", "validate", *common, f"--ckpt_path={ckpt}"],
+        cwd=tmp_path,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    single = [r for r in _metrics(tmp_path / "runs/sft/version_1") if r.get("val/tokens")][-1]
+    assert float(ddp["val/tokens"]) == float(single["val/tokens"]) > 0  # every val token counted exactly once
+    for key in ("val/loss", "val/token_accuracy", "val/exact_match"):
+        assert float(ddp[key]) == pytest.approx(float(single[key]), rel=1e-4), key
