@@ -205,7 +205,8 @@ def cpu_worker(spec: dict) -> dict:
     """One CPU measurement in this (fresh) process: median ms, and peak RSS above the inputs during the timed reps.
 
     The peak is Linux's VmHWM, reset after a warm-up run (``/proc/self/clear_refs``), so that lazily loaded code
-    (torch.compile's compiler) is not counted as working memory.
+    (torch.compile's compiler) is not counted as working memory; the parent fixes glibc's mmap threshold so freed
+    large blocks leave the resident set instead of hiding the next run's temporaries.
     """
     torch.set_num_threads(spec["threads"])
     n, v, h = (int(x) for x in spec["shape"].split("x"))
@@ -229,7 +230,10 @@ def run_cpu(args) -> list[dict]:
                     spec = dict(kernel=kind, shape=shape, method=name, mode=mode, dtype=args.dtype)
                     spec.update(reps=args.reps, chunk_size=args.chunk_size, threads=torch.get_num_threads())
                     proc = subprocess.run(
-                        [sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True
+                        [sys.executable, __file__, "--worker", json.dumps(spec)],
+                        capture_output=True,
+                        text=True,
+                        env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"},  # big blocks go back to the OS
                     )
                     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
                     row = json.loads(lines[-1]) if lines else {**spec, "error": proc.stderr.strip()[-200:]}

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .torch_logprobs import chunk_dlogits_, chunk_logprobs, compute_dtype, take_rows
+from .torch_logprobs import chunk_logprobs, compute_dtype, dlogits_from_shifted_, take_rows
 
 
 def _chunk_logits(h: Tensor, weight_c: Tensor, bias_c: Tensor | None) -> Tensor:
@@ -104,7 +104,8 @@ class LinearLogProbsTorch(torch.autograd.Function):
             z = _chunk_logits(h, weight_c, bias_c)
             if temperature != 1.0:
                 z.div_(temperature)
-            d = chunk_dlogits_(z, targets[rows], lse[start : start + chunk_size], grad_logp[rows], temperature)
+            z.sub_(lse[start : start + chunk_size].unsqueeze(1))
+            d = dlogits_from_shifted_(z, targets[rows], grad_logp[rows], temperature)
             if grad_h is not None:
                 grad_h[rows] = (d @ weight_c).to(grad_h.dtype)
             if grad_w is not None:

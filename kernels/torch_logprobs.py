@@ -50,12 +50,11 @@ def chunk_logprobs(z: Tensor, tgt: Tensor, with_entropy: bool) -> tuple[Tensor, 
     return logp, lse, entropy
 
 
-def chunk_dlogits_(z: Tensor, tgt: Tensor, lse: Tensor, g: Tensor, temperature: float) -> Tensor:
-    """Overwrite ``z [c, V]`` (already divided by T) with ``g (onehot(tgt) - exp(z - lse)) / T`` and return it."""
-    g = g.to(z.dtype).unsqueeze(1)
-    z.sub_(lse.unsqueeze(1)).exp_().mul_(-g)
-    z.scatter_add_(1, tgt.unsqueeze(1), g)
-    return z.div_(temperature) if temperature != 1.0 else z
+def dlogits_from_shifted_(e: Tensor, tgt: Tensor, g: Tensor, temperature: float) -> Tensor:
+    """Overwrite ``e [c, V]``, holding ``z - LSE`` (z = logits / T), with ``g (onehot(tgt) - exp(e)) / T``."""
+    gs = (g.to(e.dtype) / temperature).unsqueeze(1)
+    e.exp_().mul_(-gs)
+    return e.scatter_add_(1, tgt.unsqueeze(1), gs)
 
 
 class TokenLogProbsTorch(torch.autograd.Function):
@@ -96,7 +95,7 @@ class TokenLogProbsTorch(torch.autograd.Function):
             if with_entropy:
                 entropy[rows] = ent_c.float()
         ctx.save_for_backward(logits, targets, lse, idx)
-        ctx.temperature = temperature
+        ctx.temperature, ctx.ignore_index = temperature, ignore_index
         ctx.mark_non_differentiable(entropy, hit)
         return logp, entropy, hit
 
@@ -106,18 +105,17 @@ class TokenLogProbsTorch(torch.autograd.Function):
         if grad_logp is None or not ctx.needs_input_grad[0]:
             return None, None, None, None, None, None
         temperature = ctx.temperature
-        grad = torch.zeros_like(logits)
+        grad = torch.empty_like(logits)
+        grad.index_fill_(0, (targets == ctx.ignore_index).nonzero().squeeze(1), 0)  # the rest is written below
         step = _row_chunk(logits.shape[1])
         for start in range(0, idx.numel(), step):
             rows = idx[start : start + step]
             x = take_rows(logits, rows)
-            z = x.to(lse.dtype, copy=True)  # overwritten below
-            if temperature != 1.0:
-                z.div_(temperature)
-            d = chunk_dlogits_(z, targets[rows], lse[start : start + step], grad_logp[rows], temperature)
-            if _is_range(rows):
-                take_rows(grad, rows).copy_(d)
-            else:
+            neg_lse = lse[start : start + step].neg().unsqueeze(1)
+            direct = _is_range(rows) and grad.dtype == lse.dtype  # write straight into the gradient rows
+            e = torch.add(neg_lse, x, alpha=1.0 / temperature, out=take_rows(grad, rows) if direct else None)
+            d = dlogits_from_shifted_(e, targets[rows], grad_logp[rows], temperature)
+            if not direct:
                 grad.index_copy_(0, rows, d.to(grad.dtype))
         return grad, None, None, None, None, None
 
