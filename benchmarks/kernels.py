@@ -171,7 +171,7 @@ def run_gpu(args) -> list[dict]:
         copy_gbs = copy_bandwidth_gbs(n * v * 2)
         mm_tflops = matmul_tflops(n, h, v)
         print(f"# {dev} {shape}: copy {copy_gbs:.0f} GB/s, bf16 matmul {mm_tflops:.0f} TFLOP/s", flush=True)
-        for kind in ("a", "b"):
+        for kind in args.kernels:
             for name, factory in methods(kind, "cuda", args.chunk_size).items():
                 for mode in ("fwd", "fwd+bwd"):
                     row = {"kernel": kind, "shape": shape, "method": name, "mode": mode, "device": dev}
@@ -224,7 +224,7 @@ def cpu_worker(spec: dict) -> dict:
 def run_cpu(args) -> list[dict]:
     rows = []
     for shape in args.shapes:
-        for kind in ("a", "b"):
+        for kind in args.kernels:
             for name in methods(kind, "cpu", args.chunk_size):
                 for mode in ("fwd", "fwd+bwd"):
                     spec = dict(kernel=kind, shape=shape, method=name, mode=mode, dtype=args.dtype)
@@ -265,6 +265,7 @@ def main() -> None:
     parser.add_argument("--dtype", choices=list(DTYPES), help="default bf16 on GPU, fp32 on CPU")
     parser.add_argument("--reps", type=int, help="timed repetitions (median reported); default 10 GPU, 3 CPU")
     parser.add_argument("--chunk-size", type=int, default=None, help="ltune chunk_size (default 4096 GPU, 512 CPU)")
+    parser.add_argument("--kernels", nargs="+", choices=["a", "b"], default=["a", "b"], help="which kernels to run")
     parser.add_argument("--json", help="also write the rows to this JSON file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -65,7 +65,7 @@ def poisoned_outputs():
 
 def _targets(n: int, vocab: int, ignore_every: int = 3, seed: int = 0) -> torch.Tensor:
     t = torch.randint(0, vocab, (n,), generator=torch.Generator().manual_seed(seed))
-    t[::ignore_every] = IGNORE
+    t[1::ignore_every] = IGNORE  # row 0 stays valid, so the single-row cases are real rows
     return t
 
 
