@@ -1,0 +1,146 @@
+"""GRPO: group-normalised advantages and the clipped policy-gradient loss with its aggregation variants.
+
+Shao et al., 2024 (DeepSeekMath, arXiv:2402.03300); Yu et al., 2025 (DAPO, arXiv:2503.14476); Liu et al., 2025
+(Dr. GRPO, arXiv:2503.20783). Names and defaults follow TRL's ``GRPOTrainer`` (``scale_rewards``, ``epsilon``,
+``epsilon_high``, ``beta``, ``loss_type``) so runs compare metric for metric.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+RewardScale = Literal["group", "batch", "none"]
+LossType = Literal["grpo", "bnpo", "dapo", "dr_grpo"]
+
+
+def group_advantages(
+    rewards: Tensor, group_size: int, scale: RewardScale = "group", eps: float = 1e-4
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Outcome advantages: the reward minus its group mean, divided by a standard deviation.
+
+    A_i = (R_i - mean_{j in g(i)} R_j) / (std + eps), where std is the Bessel-corrected standard deviation of the
+    group of ``i`` (``scale="group"``, GRPO), of the whole batch (``"batch"``), or 1 without ``eps``
+    (``"none"``, Dr. GRPO). TRL uses ``eps = 1e-4``.
+
+    Args:
+        rewards: ``[N]`` rewards, prompt-major: rows ``k*G .. k*G+G-1`` share a prompt.
+        group_size: ``G``, completions per prompt (>= 2); must divide ``N``.
+        scale: Which standard deviation divides the centred rewards.
+        eps: Added to the standard deviation.
+
+    Returns:
+        ``[N]`` float32 advantages and detached metrics: ``reward`` (mean), ``reward_std`` (mean of the group
+        standard deviations, as TRL logs it) and ``frac_reward_zero_std`` (share of groups whose rewards are all
+        equal, so their advantages are 0).
+    """
+    n = rewards.numel()
+    if group_size < 2 or n % group_size:
+        raise ValueError(f"group_size={group_size} must be >= 2 and divide the {n} rewards")
+    r = rewards.float().view(-1, group_size)
+    mean, std = r.mean(1, keepdim=True), r.std(1, keepdim=True)
+    centred = r - mean
+    if scale == "group":
+        adv = centred / (std + eps)
+    elif scale == "batch":
+        adv = centred / (rewards.float().std() + eps)
+    elif scale == "none":
+        adv = centred
+    else:
+        raise ValueError(f"scale must be 'group', 'batch' or 'none', got {scale!r}")
+    metrics = {
+        "reward": r.mean().detach(),
+        "reward_std": std.mean().detach(),
+        "frac_reward_zero_std": torch.isclose(std, torch.zeros_like(std)).float().mean().detach(),
+    }
+    return adv.reshape(-1), metrics
+
+
+def grpo_loss(
+    logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    old_logprobs: Tensor | None = None,
+    ref_logprobs: Tensor | None = None,
+    beta: float = 0.0,
+    epsilon_low: float = 0.2,
+    epsilon_high: float | None = None,
+    loss_type: LossType = "dapo",
+    max_completion_length: int | None = None,
+    num_items_in_batch: float | Tensor | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Clipped surrogate with an optional k3 KL penalty, aggregated as GRPO, BNPO, DAPO or Dr. GRPO.
+
+    Per token, with r = exp(log pi_theta - log pi_old) and Delta = log pi_ref - log pi_theta::
+
+        l_{i,t} = -min(r A_i, clip(r, 1 - eps_low, 1 + eps_high) A_i) + beta * (exp(Delta) - Delta - 1)
+
+    aggregated over the mask m (B completions, L_max = ``max_completion_length``)::
+
+        grpo     (1/B) sum_i (sum_t m l / sum_t m)               sequence mean of token means (DeepSeekMath)
+        bnpo     sum_{i,t} m l / sum_{i,t} m                     token mean over this micro-batch
+        dapo     sum_{i,t} m l / num_items_in_batch              token mean over the global batch (DAPO)
+        dr_grpo  sum_{i,t} m l / (B * L_max)                     constant normaliser (Dr. GRPO)
+
+    ``old_logprobs=None`` means on-policy (pi_old = sg[pi_theta]): r = 1, the loss value is -mean(A) (+ KL) but its
+    gradient is -A grad log pi. The k3 estimator is unbiased for KL(pi_theta || pi_ref) under samples of pi_theta.
+
+    Args:
+        logprobs: ``[B, C]`` log-probs of the sampled tokens under the policy (with gradient).
+        advantages: ``[B]`` advantages, one per completion.
+        mask: ``[B, C]`` 1 on completion tokens.
+        old_logprobs: ``[B, C]`` log-probs under the policy that sampled, or None (on-policy).
+        ref_logprobs: ``[B, C]`` log-probs under the reference; required when ``beta > 0``.
+        beta: KL coefficient (TRL default 0.0).
+        epsilon_low: Lower clip range (TRL ``epsilon``, 0.2).
+        epsilon_high: Upper clip range; None = ``epsilon_low`` (DAPO's clip-higher uses 0.28).
+        loss_type: Aggregation, see above (TRL default ``"dapo"``).
+        max_completion_length: L_max of ``dr_grpo``.
+        num_items_in_batch: Completion tokens of the global batch for ``dapo`` (all ranks; divide by the number of
+            processes when gradients are averaged across them); None = this micro-batch's count.
+
+    Returns:
+        The scalar loss and detached metrics: ``kl`` (masked token mean, when ``beta > 0``),
+        ``clip_ratio/low_mean``, ``clip_ratio/high_mean``, ``clip_ratio/region_mean``.
+    """
+    eps_high = epsilon_low if epsilon_high is None else epsilon_high
+    m = mask.to(logprobs.dtype)
+    old = logprobs.detach() if old_logprobs is None else old_logprobs
+    ratio = torch.exp(logprobs - old)
+    adv = advantages.to(logprobs.dtype).unsqueeze(1)
+    clipped = torch.clamp(ratio, 1 - epsilon_low, 1 + eps_high)
+    per_token = -torch.min(ratio * adv, clipped * adv)
+    metrics: dict[str, Tensor] = {}
+    tokens = m.sum().clamp_min(1)
+    if beta != 0.0:
+        if ref_logprobs is None:
+            raise ValueError("beta > 0 needs ref_logprobs")
+        delta = ref_logprobs - logprobs
+        kl = torch.exp(delta) - delta - 1
+        per_token = per_token + beta * kl
+        metrics["kl"] = ((kl * m).sum() / tokens).detach()
+    low = ((ratio < 1 - epsilon_low) & (adv < 0)).to(m.dtype)
+    high = ((ratio > 1 + eps_high) & (adv > 0)).to(m.dtype)
+    metrics["clip_ratio/low_mean"] = ((low * m).sum() / tokens).detach()
+    metrics["clip_ratio/high_mean"] = ((high * m).sum() / tokens).detach()
+    metrics["clip_ratio/region_mean"] = (((low + high).clamp_max(1) * m).sum() / tokens).detach()
+    total = (per_token * m).sum()
+    if loss_type == "grpo":
+        loss = ((per_token * m).sum(1) / m.sum(1).clamp_min(1)).mean()
+    elif loss_type == "bnpo":
+        loss = total / tokens
+    elif loss_type == "dapo":
+        norm = tokens if num_items_in_batch is None else torch.as_tensor(num_items_in_batch, dtype=m.dtype)
+        loss = total / norm.clamp_min(1)
+    elif loss_type == "dr_grpo":
+        if max_completion_length is None:
+            raise ValueError("loss_type='dr_grpo' needs max_completion_length")
+        loss = total / (logprobs.shape[0] * max_completion_length)
+    else:
+        raise ValueError(f"loss_type must be one of grpo, bnpo, dapo, dr_grpo; got {loss_type!r}")
+    return loss, metrics
+
+
+__all__ = ["LossType", "RewardScale", "group_advantages", "grpo_loss"]
