@@ -11,6 +11,7 @@ Every objective reaches the kernels through these functions. ``impl`` chooses th
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from typing import NamedTuple
@@ -40,9 +41,16 @@ class LogProbs(NamedTuple):
     argmax_hit: Tensor | None
 
 
+@functools.cache
 def triton_available() -> bool:
-    """Whether ``triton`` can be imported (checked without importing it)."""
-    return importlib.util.find_spec("triton") is not None
+    """Whether ``triton`` is installed and imports (imported only when a Triton path is being considered)."""
+    if importlib.util.find_spec("triton") is None:
+        return False
+    try:
+        import triton  # noqa: F401
+    except Exception:  # noqa: BLE001 - a broken install means "unavailable", with the torch path as fallback
+        return False
+    return True
 
 
 def resolve_impl(impl: str | None, *tensors: Tensor) -> str:
