@@ -119,3 +119,93 @@ def completion_mask(ids: Tensor, eos_token_id: int) -> Tensor:
 def decode(tokenizer, samples: Samples) -> list[str]:
     """Completion texts without special tokens."""
     return tokenizer.batch_decode(samples.completion_ids, skip_special_tokens=True)  # padded with pad after the stop
+
+
+def _pad_cols(t: Tensor, width: int, value: float) -> Tensor:
+    return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value)
+
+
+def concat_samples(parts: list[Samples], pad_token_id: int) -> Samples:
+    """Stack :class:`Samples` of prompt chunks (same left-padded prompt width) row-wise, right-padding completions."""
+    if len(parts) == 1:
+        return parts[0]
+    width = max(p.completion_ids.shape[1] for p in parts)
+    with_lp = all(p.logprobs is not None for p in parts)
+    return Samples(
+        torch.cat([p.prompt_ids for p in parts]),
+        torch.cat([p.prompt_mask for p in parts]),
+        torch.cat([_pad_cols(p.completion_ids, width, pad_token_id) for p in parts]),
+        torch.cat([_pad_cols(p.completion_mask, width, 0) for p in parts]),
+        torch.cat([_pad_cols(p.logprobs, width, 0.0) for p in parts]) if with_lp else None,
+    )
+
+
+def sample_groups(
+    sampler: Sampler,
+    model: nn.Module,
+    prompt_ids: Tensor,
+    prompt_mask: Tensor,
+    *,
+    num_samples: int,
+    generation_batch_size: int | None = None,
+    pad_token_id: int,
+    **kwargs,
+) -> Samples:
+    """``num_samples`` completions of each of ``B`` prompts, generated ``generation_batch_size`` completions at a
+    time (a multiple of ``num_samples``; None = all at once), laid out prompt-major.
+
+    Raises:
+        ValueError: If ``generation_batch_size`` is not a multiple of ``num_samples``.
+    """
+    if generation_batch_size is not None and (
+        generation_batch_size < num_samples or generation_batch_size % num_samples
+    ):
+        raise ValueError(
+            f"generation_batch_size={generation_batch_size} completions is not a multiple of "
+            f"num_samples={num_samples} completions per prompt"
+        )
+    step = prompt_ids.shape[0] if generation_batch_size is None else generation_batch_size // num_samples
+    parts = [
+        sampler(
+            model,
+            prompt_ids[i : i + step],
+            prompt_mask[i : i + step],
+            num_samples=num_samples,
+            pad_token_id=pad_token_id,
+            **kwargs,
+        )
+        for i in range(0, prompt_ids.shape[0], step)
+    ]
+    return concat_samples(parts, pad_token_id)
+
+
+def select(samples: Samples, index: Tensor) -> Samples:
+    """The rows ``index`` of ``samples`` (e.g. the first ``N_train`` of each group of ``N_vote``)."""
+    return Samples(
+        samples.prompt_ids[index],
+        samples.prompt_mask[index],
+        samples.completion_ids[index],
+        samples.completion_mask[index],
+        None if samples.logprobs is None else samples.logprobs[index],
+    )
+
+
+def training_inputs(samples: Samples, ignore_index: int = -100) -> dict[str, Tensor]:
+    """Prompt + completion as one sequence for a scoring forward: ``input_ids``, ``attention_mask`` and ``labels``
+    (the completion tokens up to and including the stop token; ``ignore_index`` elsewhere). Feed them to
+    :func:`ltune.backbone.completion_logprobs`; its outputs ``[:, P - 1:]`` line up with ``completion_ids``."""
+    input_ids = torch.cat([samples.prompt_ids, samples.completion_ids], 1)
+    attention_mask = torch.cat([samples.prompt_mask, samples.completion_mask], 1)
+    labels = torch.cat(
+        [
+            torch.full_like(samples.prompt_ids, ignore_index),
+            samples.completion_ids.masked_fill(samples.completion_mask == 0, ignore_index),
+        ],
+        1,
+    )
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def terminated(samples: Samples, eos_token_id: int) -> Tensor:
+    """``[N]`` bool: the completion stopped at ``eos_token_id`` (False = cut by ``max_new_tokens``)."""
+    return ((samples.completion_ids == eos_token_id) & (samples.completion_mask == 1)).any(1)

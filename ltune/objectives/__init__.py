@@ -4,3 +4,7 @@ from ltune.objectives.base import NonFiniteLossError, Objective
 from ltune.objectives.sft import SFT
 
 __all__ = ["SFT", "NonFiniteLossError", "Objective"]
+from ltune.objectives.policy_gradient import GRPO  # noqa: E402
+from ltune.objectives.ttrl import TTRL  # noqa: E402
+
+__all__ += ["GRPO", "TTRL"]

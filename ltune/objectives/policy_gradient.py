@@ -1,0 +1,184 @@
+"""GRPO: sample G completions per prompt inside ``training_step``, reward them, and take a clipped policy-gradient
+step on group-normalised advantages. TTRL and RLAIF are this objective with another reward.
+
+ltune fit --config configs/objectives/ttrl.yaml
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor
+
+from ltune.backbone import Backbone, completion_logprobs, reference_model
+from ltune.generation import HFSampler, Sampler, decode, sample_groups, select, terminated, training_inputs
+from ltune.losses.grpo import LossType, RewardScale, group_advantages, grpo_loss
+from ltune.objectives.base import Objective
+from ltune.rewards import verifier_reward
+
+
+class GRPO(Objective):
+    """Group Relative Policy Optimization (Shao et al., 2024, arXiv:2402.03300) with a verifier reward.
+
+    Batch semantics: a training batch holds ``B`` prompts (``data.batch_size``, a ``PromptData``); each step samples
+    ``num_generations`` completions per prompt (``B x num_generations`` completions), in chunks of
+    ``generation_batch_size`` completions, then takes one optimizer step on all of them (on-policy, pi_old =
+    sg[pi_theta]). Defaults are TRL's ``GRPOConfig`` (``loss_type="dapo"``, ``beta=0``, ``epsilon=0.2``,
+    ``scale_rewards="group"``, ``temperature=1``). Logs under TRL's names with a ``train/`` prefix: ``reward``,
+    ``reward_std``, ``frac_reward_zero_std``, ``completions/{mean,min,max}_length``, ``completions/clipped_ratio``
+    (share cut by ``max_completion_length``), ``entropy``, ``kl`` (``beta > 0``), ``clip_ratio/*``, ``loss``.
+
+    The base reward is 1 when a completion's extracted answer is equivalent to the row's ``answer`` (``ltune.rewards.
+    verifier_reward``); subclasses override :meth:`rewards`. ``self.sampler`` may be replaced by any
+    ``ltune.generation.Sampler`` (e.g. a vLLM engine).
+
+    Args:
+        backbone: The policy (and, with ``beta > 0``, its reference: LoRA disabled, or a frozen copy without LoRA).
+        optimizer: Optimizer factory.
+        scheduler: Optional LR scheduler factory.
+        max_new_tokens: Token budget of greedy evaluation on ``eval_prompts``.
+        num_generations: Completions per prompt used in the update (G >= 2; TRL default 8).
+        max_completion_length: Token budget of each sampled completion (also L_max of ``dr_grpo``).
+        temperature: Sampling temperature; log-probs are those of the tempered distribution.
+        top_p: Nucleus sampling mass.
+        generation_batch_size: Completions per ``generate`` call (a multiple of the completions per prompt); None
+            generates the whole batch at once.
+        loss_type: Aggregation: ``grpo``, ``bnpo``, ``dapo`` (default) or ``dr_grpo``.
+        scale_rewards: Advantage scaling: ``group`` (default), ``batch`` or ``none`` (Dr. GRPO).
+        beta: Coefficient of the k3 KL to the reference (default 0: no reference forward).
+        epsilon: Lower clip range of the ratio.
+        epsilon_high: Upper clip range (None = ``epsilon``; DAPO uses 0.28).
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone | None = None,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        scheduler: LRSchedulerCallable | None = None,
+        max_new_tokens: int = 32,
+        num_generations: int = 8,
+        max_completion_length: int = 32,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        generation_batch_size: int | None = None,
+        loss_type: LossType = "dapo",
+        scale_rewards: RewardScale = "group",
+        beta: float = 0.0,
+        epsilon: float = 0.2,
+        epsilon_high: float | None = None,
+    ) -> None:
+        super().__init__(backbone, optimizer, scheduler, max_new_tokens)
+        if num_generations < 2:
+            raise ValueError(f"num_generations={num_generations}: GRPO needs at least 2 completions per prompt")
+        if temperature <= 0:
+            raise ValueError(f"temperature={temperature}: sampling needs a temperature > 0")
+        self.num_generations, self.max_completion_length = num_generations, max_completion_length
+        self.temperature, self.top_p, self.generation_batch_size = temperature, top_p, generation_batch_size
+        self.loss_type, self.scale_rewards = loss_type, scale_rewards
+        self.beta, self.epsilon, self.epsilon_high = beta, epsilon, epsilon_high
+        self.sampler: Sampler = HFSampler()
+        self._frozen_reference: list[torch.nn.Module] = []  # kept out of the module tree: not trained or saved
+
+    @property
+    def num_rollouts(self) -> int:
+        """Completions sampled per prompt; the first ``num_generations`` of each group enter the update."""
+        return self.num_generations
+
+    def configure_model(self) -> None:
+        super().configure_model()
+        if self.beta > 0 and self.backbone.lora is None and not self._frozen_reference:
+            ref = copy.deepcopy(self.model).eval().requires_grad_(False)
+            self._frozen_reference.append(ref)
+
+    # ---- rollout and reward ---------------------------------------------------------------------------------------
+    def rollout(self, batch: dict):
+        tok = self.tokenizer
+        return sample_groups(
+            self.sampler,
+            self.model,
+            batch["prompt_ids"],
+            batch["prompt_mask"],
+            num_samples=self.num_rollouts,
+            generation_batch_size=self.generation_batch_size,
+            max_new_tokens=self.max_completion_length,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
+
+    def rewards(self, texts: list[str], batch: dict) -> tuple[Tensor, dict[str, float]]:
+        """Rewards ``[B * num_rollouts]`` (prompt-major) of the decoded completions, and extra metrics to log."""
+        answers = batch.get("answer") or []
+        if any(a is None for a in answers) or len(answers) != len(batch["prompt_ids"]):
+            raise ValueError("GRPO's verifier reward needs an 'answer' on every prompt row (TTRL needs none)")
+        refs = [a for a in answers for _ in range(self.num_rollouts)]
+        return torch.tensor(verifier_reward(texts, refs)), {}
+
+    # ---- the step -------------------------------------------------------------------------------------------------
+    def policy_logprobs(self, inputs: dict, width: int, with_entropy: bool = False):
+        lp = completion_logprobs(self.model, **inputs, temperature=self.temperature, with_entropy=with_entropy)
+        entropy = lp.entropy[:, width - 1 :] if with_entropy else None
+        return lp.logprobs[:, width - 1 :], entropy
+
+    def reference_logprobs(self, inputs: dict, width: int) -> Tensor:
+        with torch.no_grad():
+            if self._frozen_reference:
+                ref = self._frozen_reference[0].to(self.device)
+                lp = completion_logprobs(ref, **inputs, temperature=self.temperature)
+                return lp.logprobs[:, width - 1 :]
+            with reference_model(self.model):
+                return self.policy_logprobs(inputs, width)[0]
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        samples = self.rollout(batch)
+        rewards, extra = self.rewards(decode(self.tokenizer, samples), batch)
+        rewards = rewards.to(self.device)
+        n, g = self.num_rollouts, self.num_generations
+        if n > g:  # vote-then-sample: keep the first G of every group of N
+            keep = (torch.arange(len(rewards), device=self.device).view(-1, n)[:, :g]).reshape(-1)
+            samples, rewards = select(samples, keep), rewards[keep]
+        advantages, metrics = group_advantages(rewards, g, self.scale_rewards)
+        loss, loss_metrics = self.update_loss(samples, advantages)
+        self.check_finite(loss, batch_idx)
+        lengths = samples.completion_mask.sum(1).float()
+        metrics.update(loss_metrics)
+        metrics["completions/mean_length"] = lengths.mean()
+        metrics["completions/min_length"] = lengths.min()
+        metrics["completions/max_length"] = lengths.max()
+        metrics["completions/clipped_ratio"] = 1 - terminated(samples, self.tokenizer.eos_token_id).float().mean()
+        metrics.update({k: torch.tensor(float(v)) for k, v in extra.items()})
+        bs = len(batch["prompt_ids"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        self.log_dict({f"train/{k}": v for k, v in metrics.items()}, batch_size=bs)
+        return loss
+
+    def update_loss(self, samples, advantages: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        inputs, width = training_inputs(samples), samples.prompt_ids.shape[1]
+        logprobs, entropy = self.policy_logprobs(inputs, width, with_entropy=True)
+        mask = samples.completion_mask
+        ref = self.reference_logprobs(inputs, width) if self.beta > 0 else None
+        tokens = mask.sum().float()
+        num_items = None
+        if self.loss_type == "dapo":  # token count of the global batch, per process (gradients are averaged)
+            num_items = self.trainer.strategy.reduce(tokens, reduce_op="mean")
+        loss, metrics = grpo_loss(
+            logprobs,
+            advantages,
+            mask,
+            ref_logprobs=ref,
+            beta=self.beta,
+            epsilon_low=self.epsilon,
+            epsilon_high=self.epsilon_high,
+            loss_type=self.loss_type,
+            max_completion_length=self.max_completion_length,
+            num_items_in_batch=num_items,
+        )
+        metrics["entropy"] = (entropy * mask).sum() / tokens.clamp_min(1)
+        metrics["num_tokens"] = tokens
+        return loss, metrics
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.eval_step(batch)

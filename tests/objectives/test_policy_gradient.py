@@ -1,0 +1,197 @@
+"""GRPO / TTRL objectives on a micro Llama: rollout plumbing, the update's direction, label-free TTRL rewards."""
+
+import lightning as L
+import pytest
+import torch
+from ltune.datamodules import EmbeddedTasks, PromptData
+
+from ltune.backbone import LoRA, completion_logprobs
+from ltune.generation import HFSampler, sample_groups, training_inputs
+from ltune.objectives import GRPO, TTRL
+from ltune.objectives.ttrl import majority_rewards
+from tests.conftest import micro_backbone
+
+
+def _trainer(**kw):
+    return L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        **kw,
+    )
+
+
+def _data(n=8, batch_size=2, tokenizer=None):
+    dm = PromptData(train=EmbeddedTasks(format="prompts", n=n, categories=["add"]), batch_size=batch_size)
+    dm.tokenizer = tokenizer
+    return dm
+
+
+def _prompt_batch(backbone, n=3):
+    dm = _data(n=n, tokenizer=backbone.tokenizer)
+    dm.setup()
+    return dm.collate(dm.data["train"])
+
+
+def test_sampler_logprobs_equal_the_scoring_forward_and_groups_are_prompt_major():
+    bb = micro_backbone()
+    model, tok = bb.load_model(), bb.tokenizer
+    batch = _prompt_batch(bb)
+    samples = sample_groups(
+        HFSampler(with_logprobs=True),
+        model,
+        batch["prompt_ids"],
+        batch["prompt_mask"],
+        num_samples=4,
+        generation_batch_size=8,
+        max_new_tokens=10,
+        temperature=0.7,
+        top_p=1.0,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )  # 3 prompts in chunks of 2 prompts: the chunks' completions are padded to one width
+    assert samples.completion_ids.shape[0] == 12
+    assert torch.equal(samples.prompt_ids, batch["prompt_ids"].repeat_interleave(4, 0))
+    width = samples.prompt_ids.shape[1]
+    lp = completion_logprobs(model, **training_inputs(samples), temperature=0.7).logprobs[:, width - 1 :]
+    mask = samples.completion_mask.bool()
+    torch.testing.assert_close(lp[mask], samples.logprobs[mask], atol=2e-4, rtol=1e-4)
+    assert (lp[~mask] == 0).all()
+
+
+def test_generation_batch_size_must_be_a_multiple_of_the_group():
+    bb = micro_backbone()
+    batch = _prompt_batch(bb)
+    with pytest.raises(ValueError, match="generation_batch_size=6 .* num_samples=4"):
+        sample_groups(
+            HFSampler(),
+            bb.load_model(),
+            batch["prompt_ids"],
+            batch["prompt_mask"],
+            num_samples=4,
+            generation_batch_size=6,
+            pad_token_id=0,
+            eos_token_id=1,
+            max_new_tokens=2,
+            temperature=1.0,
+        )
+
+
+class _Recorder(GRPO):
+    """Rewards completions by an arbitrary function of their text (varies between samples); records the update."""
+
+    def rewards(self, texts, batch):
+        return torch.tensor([float(sum(map(ord, t)) % 7) for t in texts]), {}
+
+    def update_loss(self, samples, advantages):
+        self.record = (samples, advantages)
+        return super().update_loss(samples, advantages)
+
+
+def _seq_logprob(model, samples):
+    width = samples.prompt_ids.shape[1]
+    with torch.no_grad():
+        lp = completion_logprobs(model, **training_inputs(samples)).logprobs[:, width - 1 :]
+    return lp.sum(1)
+
+
+def test_one_step_raises_the_likelihood_of_advantaged_completions():
+    torch.manual_seed(1)
+    model = _Recorder(
+        backbone=micro_backbone(),
+        optimizer=lambda p: torch.optim.SGD(p, lr=0.05),
+        num_generations=8,
+        max_completion_length=12,
+        loss_type="bnpo",
+    )
+    _trainer(max_steps=1).fit(model, _data(batch_size=2))
+    samples, adv = model.record
+    assert adv.abs().sum() > 0
+    initial = micro_backbone().load_model()  # the same init seed rebuilds the starting weights
+    gain = _seq_logprob(model.model, samples) - _seq_logprob(initial, samples)
+    # first order: SGD on L = -sum_i A_i sum_t log p / tokens raises sum_i A_i * (change of log p(o_i))
+    assert (adv * gain).sum() > 0
+    for key in (
+        "reward",
+        "reward_std",
+        "frac_reward_zero_std",
+        "completions/mean_length",
+        "completions/clipped_ratio",
+        "entropy",
+        "clip_ratio/region_mean",
+        "num_tokens",
+        "loss",
+    ):
+        assert f"train/{key}" in model.trainer.callback_metrics, key
+
+
+@pytest.mark.parametrize("lora", [None, LoRA(r=4, alpha=8, dropout=0.0)])
+def test_kl_reference_is_the_initial_model(lora):
+    model = GRPO(backbone=micro_backbone(lora=lora), beta=0.1, num_generations=2)
+    model.configure_model()
+    assert bool(model._frozen_reference) == (lora is None)
+    assert not any(k.startswith("_frozen") for k in model.state_dict())  # the copy is not saved or trained
+    with torch.no_grad():
+        for p in model.model.parameters():
+            p.add_(0.01)  # the policy moves; the reference must not
+    bb = model.backbone
+    batch = _prompt_batch(bb, n=2)
+    samples = sample_groups(
+        HFSampler(),
+        model.model,
+        batch["prompt_ids"],
+        batch["prompt_mask"],
+        num_samples=2,
+        max_new_tokens=6,
+        temperature=1.0,
+        eos_token_id=1,
+        pad_token_id=0,
+    )
+    width = samples.prompt_ids.shape[1]
+    ref = model.reference_logprobs(training_inputs(samples), width)
+    initial = micro_backbone().load_model()
+    expected = completion_logprobs(initial, **training_inputs(samples)).logprobs[:, width - 1 :]
+    if lora is None:
+        torch.testing.assert_close(ref, expected)
+    else:  # LoRA disabled = the base weights, which moved here too (only the adapter trains in real runs)
+        base = completion_logprobs(model.model.get_base_model(), **training_inputs(samples)).logprobs
+        with model.model.disable_adapter():
+            torch.testing.assert_close(
+                ref, completion_logprobs(model.model, **training_inputs(samples)).logprobs[:, width - 1 :]
+            )
+        assert base.shape[0] == ref.shape[0]
+
+
+def test_majority_rewards_by_hand():
+    rewards, label, ratio = majority_rewards(["4", "4.0", "5", None])
+    assert (rewards, label, ratio) == ([1.0, 1.0, 0.0, 0.0], "4", 0.5)
+
+
+def test_ttrl_rewards_ignore_the_reference_answer_and_metrics_by_hand():
+    model = TTRL(backbone=micro_backbone(), num_votes=4, num_generations=2)
+    texts = ["The answer is 4.", "so 4.0", "maybe 5", "no idea"]
+    labelled, m = model.rewards(texts, {"prompt_ids": [[0]], "answer": ["5"]})
+    blind, m_blind = model.rewards(texts, {"prompt_ids": [[0]], "answer": [None]})
+    assert labelled.tolist() == blind.tolist() == [1.0, 1.0, 0.0, 0.0]  # majority "4" rewarded, truth "5" unused
+    # label "4" != "5"; pseudo [1,1,0,0] vs true [0,0,1,0] agree on 1 of 4; 1 of 4 correct; kept first 2: 0 correct
+    assert m == {
+        "majority_ratio": 0.5,
+        "majority_voting_reward": 0.5,
+        "label_accuracy": 0.0,
+        "reward_accuracy": 0.25,
+        "ground_truth_ratio": 0.25,
+        "pass@4": 1.0,
+        "post_ground_truth_ratio": 0.0,
+    }
+    assert m_blind == {"majority_ratio": 0.5, "majority_voting_reward": 0.5}
+
+
+def test_bad_group_settings_name_both_numbers():
+    with pytest.raises(ValueError, match="num_votes=4 must be >= num_generations=8"):
+        TTRL(num_votes=4, num_generations=8)
+    with pytest.raises(ValueError, match="num_generations=1"):
+        GRPO(num_generations=1)
