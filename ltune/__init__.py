@@ -8,3 +8,6 @@ __all__ = ["SFT", "Objective", "__version__"]
 from ltune.objectives import GRPO, TTRL  # noqa: E402
 
 __all__ += ["GRPO", "TTRL"]
+from ltune.objectives import RLSC  # noqa: E402
+
+__all__ += ["RLSC"]

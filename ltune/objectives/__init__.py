@@ -8,3 +8,6 @@ from ltune.objectives.policy_gradient import GRPO  # noqa: E402
 from ltune.objectives.ttrl import TTRL  # noqa: E402
 
 __all__ += ["GRPO", "TTRL"]
+from ltune.objectives.rlsc import RLSC  # noqa: E402
+
+__all__ += ["RLSC"]
