@@ -1,0 +1,218 @@
+"""AI labelers (RLAIF, Lee et al., 2023, arXiv:2309.00267): a pair's preference read from an LM's probabilities of
+"1" and "2", averaged over both orders to remove position bias, and a 1-10 rating rescaled to [-1, 1] (d-RLAIF).
+
+``LMJudge`` runs a local causal LM (any ``Backbone``: the tiny preset, a Hub id, a folder, the policy itself);
+``APIJudge`` asks an OpenAI-compatible server (vLLM, TGI, llama.cpp, OpenAI) through the ``openai`` client.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from ltune.backbone import Backbone, completion_logprobs
+from ltune.generation import HFSampler, decode
+
+PREAMBLE = "A good response answers the question correctly and ends with 'The answer is X.'"
+ENDING = "Preferred Response="
+COT_REQUEST = "Explain which response is better, then give its number."
+RATING_PREAMBLE = "Rate how correct and helpful the response is on a scale from 1 to 10."
+
+
+class PairJudge:
+    """Renders the labeling prompt (preamble, optional few-shot, the sample, ending) and debiases by order.
+
+    Args:
+        preamble: Task description: what makes a good response.
+        few_shot: Worked examples put before the sample: dicts with ``prompt``, ``response_1``, ``response_2`` and
+            ``preferred`` (``"1"`` or ``"2"``).
+        ending: Text after which the next token is read (``"1"`` or ``"2"``).
+    """
+
+    def __init__(self, preamble: str = PREAMBLE, few_shot: list[dict] | None = None, ending: str = ENDING) -> None:
+        self.preamble, self.few_shot, self.ending = preamble, list(few_shot or []), ending
+
+    @staticmethod
+    def sample(prompt: str, first: str, second: str) -> str:
+        return f"Question: {prompt}\nResponse 1: {first}\nResponse 2: {second}\n"
+
+    def context(self, prompt: str, first: str, second: str) -> str:
+        """The labeling prompt up to where ``"1"``/``"2"`` is read."""
+        shots = "".join(
+            f"{self.sample(s['prompt'], s['response_1'], s['response_2'])}{self.ending}{s['preferred']}\n\n"
+            for s in self.few_shot
+        )
+        return f"{self.preamble}\n\n{shots}{self.sample(prompt, first, second)}{self.ending}"
+
+    def option_probs(self, contexts: list[str]) -> Tensor:
+        """``[N, 2]`` probabilities of ``"1"`` and ``"2"`` after each context, renormalised over the two."""
+        raise NotImplementedError
+
+    def preference(
+        self, prompts: Sequence[str], responses_a: Sequence[str], responses_b: Sequence[str]
+    ) -> tuple[Tensor, dict[str, float]]:
+        """Soft labels P(a preferred over b), averaged over the orders (a, b) and (b, a).
+
+        Returns:
+            ``[N]`` float32 probabilities and metrics ``p_first_position`` (share of the 2N single-order judgments
+            that prefer slot 1 before debiasing; 0.5 = no position bias) and ``entropy`` (mean label entropy, nats).
+        """
+        n = len(prompts)
+        contexts = [self.context(p, a, b) for p, a, b in zip(prompts, responses_a, responses_b)]
+        contexts += [self.context(p, b, a) for p, a, b in zip(prompts, responses_a, responses_b)]
+        probs = self.option_probs(contexts)
+        p_a = 0.5 * (probs[:n, 0] + probs[n:, 1])  # un-swap the second order: a sits in slot 2 there
+        ent = -(p_a * p_a.clamp_min(1e-12).log() + (1 - p_a) * (1 - p_a).clamp_min(1e-12).log())
+        metrics = {"p_first_position": (probs[:, 0] > 0.5).float().mean().item(), "entropy": ent.mean().item()}
+        return p_a.float(), metrics
+
+
+def _next_token_logprobs(model, tokenizer, contexts: list[str], options: list[str]) -> Tensor:
+    """``[N, K]`` log P(option_k | context_n), summed over the option's tokens (one batched forward)."""
+    ids, labels = [], []
+    for ctx in contexts:
+        c = tokenizer(ctx, add_special_tokens=False)["input_ids"]
+        for opt in options:
+            o = tokenizer(opt, add_special_tokens=False)["input_ids"]
+            ids.append(c + o)
+            labels.append([-100] * len(c) + o)
+    batch = tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
+    lab = tokenizer.pad({"input_ids": labels}, padding=True, return_tensors="pt")["input_ids"]
+    lab = lab.masked_fill(batch["attention_mask"] == 0, -100)
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        lp = completion_logprobs(
+            model, batch["input_ids"].to(device), batch["attention_mask"].to(device), lab.to(device)
+        )
+    return lp.logprobs.sum(1).view(len(contexts), len(options)).cpu()
+
+
+class LMJudge(PairJudge):
+    """A local causal LM as AI labeler: preference from P("1")/P("2") after the labeling prompt, and d-RLAIF ratings.
+
+    Args:
+        backbone: The labeler model (loaded on first use, in eval mode).
+        preamble: Task description put first.
+        few_shot: Worked examples (see :class:`PairJudge`).
+        ending: Text after which ``"1"``/``"2"`` is read.
+        chain_of_thought: First decode a rationale (greedy) after ``cot_request``, then read ``"1"``/``"2"`` after
+            prompt + rationale + ending (the paper's CoT labeling).
+        rationale_tokens: Token budget of the rationale.
+        cot_request: Instruction that asks for the rationale.
+        rating_preamble: Instruction of the 1-10 rating (d-RLAIF).
+        batch_size: Contexts per forward.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone | None = None,
+        preamble: str = PREAMBLE,
+        few_shot: list[dict] | None = None,
+        ending: str = ENDING,
+        chain_of_thought: bool = False,
+        rationale_tokens: int = 64,
+        cot_request: str = COT_REQUEST,
+        rating_preamble: str = RATING_PREAMBLE,
+        batch_size: int = 32,
+    ) -> None:
+        super().__init__(preamble, few_shot, ending)
+        self.backbone = backbone or Backbone()
+        self.chain_of_thought, self.rationale_tokens, self.cot_request = chain_of_thought, rationale_tokens, cot_request
+        self.rating_preamble, self.batch_size = rating_preamble, batch_size
+        self.model = None
+
+    def _model(self):
+        if self.model is None:
+            self.model = self.backbone.load_model().eval().requires_grad_(False)
+        return self.model
+
+    def _options(self, contexts: list[str], options: list[str]) -> Tensor:
+        model, tok = self._model(), self.backbone.tokenizer
+        parts = [
+            _next_token_logprobs(model, tok, contexts[i : i + self.batch_size], options)
+            for i in range(0, len(contexts), self.batch_size)
+        ]
+        return torch.cat(parts)
+
+    def _rationales(self, contexts: list[str]) -> list[str]:
+        tok, model = self.backbone.tokenizer, self._model()
+        enc = [tok(c, add_special_tokens=False)["input_ids"] for c in contexts]
+        tok.padding_side = "left"
+        try:
+            batch = tok.pad({"input_ids": enc}, padding=True, return_tensors="pt")
+        finally:
+            tok.padding_side = "right"
+        samples = HFSampler()(
+            model, batch["input_ids"], batch["attention_mask"], max_new_tokens=self.rationale_tokens,
+            temperature=0.0, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        )  # fmt: skip
+        return decode(tok, samples)
+
+    def option_probs(self, contexts: list[str]) -> Tensor:
+        if self.chain_of_thought:
+            asks = [c[: -len(self.ending)] + self.cot_request + "\n" for c in contexts]
+            contexts = [a + r.strip() + "\n" + self.ending for a, r in zip(asks, self._rationales(asks))]
+        return self._options(contexts, ["1", "2"]).softmax(-1)
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> Tensor:
+        """d-RLAIF reward: the expected 1-10 rating under the renormalised probabilities of ``"k/10"``, rescaled to
+        [-1, 1] as (E[k] - 5.5) / 4.5. Whole option strings are scored, so ``"1"`` and ``"10"`` stay distinct."""
+        contexts = [
+            f"{self.rating_preamble}\n\nQuestion: {p}\nResponse: {r}\nRating: " for p, r in zip(prompts, responses)
+        ]
+        probs = self._options(contexts, [f"{k}/10" for k in range(1, 11)]).softmax(-1)
+        expected = probs @ torch.arange(1, 11, dtype=probs.dtype)
+        return ((expected - 5.5) / 4.5).float()
+
+
+class APIJudge(PairJudge):
+    """The same labeler through an OpenAI-compatible completions endpoint: ``"1"``/``"2"`` are read from the
+    ``top_logprobs`` of the first generated token (``max_tokens=1``, ``temperature=0``). A choice absent from the
+    top list counts as probability 0; both absent is an error (raise ``top_logprobs``).
+
+    Args:
+        model: Model name on the server.
+        base_url: Server address, e.g. ``http://127.0.0.1:8000/v1``.
+        api_key: API key (``OPENAI_API_KEY`` is read when None; local servers accept any).
+        top_logprobs: Alternatives requested per token (OpenAI allows up to 20; vLLM's ``max_logprobs``).
+        preamble: Task description put first.
+        few_shot: Worked examples (see :class:`PairJudge`).
+        ending: Text after which ``"1"``/``"2"`` is read.
+        timeout: Seconds per request.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        top_logprobs: int = 20,
+        preamble: str = PREAMBLE,
+        few_shot: list[dict] | None = None,
+        ending: str = ENDING,
+        timeout: float = 60.0,
+    ) -> None:
+        super().__init__(preamble, few_shot, ending)
+        from openai import OpenAI
+
+        self.model, self.top_logprobs = model, top_logprobs
+        self.client = OpenAI(base_url=base_url, api_key=api_key or "EMPTY", timeout=timeout)
+
+    def option_probs(self, contexts: list[str]) -> Tensor:
+        out = self.client.completions.create(
+            model=self.model, prompt=contexts, max_tokens=1, temperature=0.0, logprobs=self.top_logprobs
+        )
+        rows = [None] * len(contexts)
+        for choice in out.choices:
+            top = choice.logprobs.top_logprobs[0]
+            lp = [top.get("1", -math.inf), top.get("2", -math.inf)]
+            if lp == [-math.inf, -math.inf]:
+                raise ValueError(f"neither '1' nor '2' among the top {self.top_logprobs} tokens; raise top_logprobs")
+            rows[choice.index] = lp
+        return torch.tensor(rows, dtype=torch.float64).softmax(-1).float()
+
+
+__all__ = ["APIJudge", "LMJudge", "PairJudge"]

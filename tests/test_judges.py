@@ -1,0 +1,102 @@
+"""Judges: the preference by hand from the model's own log-probs, order debiasing, d-RLAIF rating, and the
+OpenAI-compatible client against a real HTTP server on 127.0.0.1 that serves the same micro model."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ltune.judges import APIJudge, LMJudge, PairJudge
+from tests.conftest import micro_backbone
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROMPTS = ["What is 2+2?", "Reverse the letters of abc."]
+A = ["2+2=4. The answer is 4.", "reverse(abc)=cba. The answer is cba."]
+B = ["2+2=5. The answer is 5.", "reverse(abc)=cbb. The answer is cbb."]
+
+
+def _hand_p1(model, tok, context):
+    """P("1") / (P("1") + P("2")) from the logits at the end of the context, computed directly."""
+    ids = torch.tensor([tok(context, add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        lp = model(ids).logits[0, -1].float().log_softmax(-1)
+    one, two = tok("1", add_special_tokens=False)["input_ids"][0], tok("2", add_special_tokens=False)["input_ids"][0]
+    return torch.softmax(torch.stack([lp[one], lp[two]]), 0)[0].item()
+
+
+def test_lm_judge_averages_both_orders_by_hand():
+    judge = LMJudge(
+        backbone=micro_backbone(), few_shot=[{"prompt": "1+1?", "response_1": "2", "response_2": "3", "preferred": "1"}]
+    )
+    p, m = judge.preference(PROMPTS, A, B)
+    model, tok = judge.model, judge.backbone.tokenizer
+    for i in range(2):
+        first = _hand_p1(model, tok, judge.context(PROMPTS[i], A[i], B[i]))
+        swapped = _hand_p1(model, tok, judge.context(PROMPTS[i], B[i], A[i]))
+        assert p[i].item() == pytest.approx(0.5 * (first + 1 - swapped), abs=1e-5)
+    assert "1+1?" in judge.context("q", "a", "b") and 0 <= m["p_first_position"] <= 1 and m["entropy"] > 0
+    q, _ = judge.preference(PROMPTS, B, A)  # swapping the candidates mirrors the debiased label exactly
+    torch.testing.assert_close(q, 1 - p, atol=1e-6, rtol=0)
+
+
+class _Biased(PairJudge):
+    """Always 80% for slot 1: the debiased label must be 0.5 and the bias monitor must show it."""
+
+    def option_probs(self, contexts):
+        return torch.tensor([[0.8, 0.2]] * len(contexts))
+
+
+def test_position_bias_cancels():
+    p, m = _Biased().preference(["q"] * 3, ["a"] * 3, ["b"] * 3)
+    torch.testing.assert_close(p, torch.full((3,), 0.5))
+    assert m["p_first_position"] == 1.0
+
+
+def test_chain_of_thought_and_rating():
+    judge = LMJudge(backbone=micro_backbone(), chain_of_thought=True, rationale_tokens=4)
+    p, _ = judge.preference(PROMPTS, A, B)
+    assert p.shape == (2,) and ((p > 0) & (p < 1)).all()
+    r = judge.score(PROMPTS, A)
+    # by hand for the first: renormalised P("k/10"), expected k, rescaled
+    ctx = f"{judge.rating_preamble}\n\nQuestion: {PROMPTS[0]}\nResponse: {A[0]}\nRating: "
+    tok, model = judge.backbone.tokenizer, judge.model
+    lps = []
+    for k in range(1, 11):
+        c, o = tok(ctx, add_special_tokens=False)["input_ids"], tok(f"{k}/10", add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            lp = model(torch.tensor([c + o])).logits[0].float().log_softmax(-1)
+        lps.append(sum(lp[len(c) - 1 + j, t].item() for j, t in enumerate(o)))
+    probs = torch.tensor(lps).softmax(0)
+    expected = (probs * torch.arange(1, 11)).sum().item()
+    assert r[0].item() == pytest.approx((expected - 5.5) / 4.5, abs=1e-5)
+    assert (r.abs() <= 1).all()
+
+
+@pytest.fixture
+def server():
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.openai_server"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": ROOT},
+    )
+    try:
+        port = int(proc.stdout.readline())
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_api_judge_matches_the_local_judge_over_http(server):
+    api = APIJudge(model="tiny-micro", base_url=server, top_logprobs=400)  # the whole byte vocabulary
+    local = LMJudge(backbone=micro_backbone())
+    p_api, m_api = api.preference(PROMPTS, A, B)
+    p_local, m_local = local.preference(PROMPTS, A, B)
+    torch.testing.assert_close(p_api, p_local, atol=1e-4, rtol=0)
+    assert m_api["p_first_position"] == m_local["p_first_position"]
+    with pytest.raises(ValueError, match="top_logprobs"):
+        APIJudge(model="tiny-micro", base_url=server, top_logprobs=1, preamble="zzzz").preference(PROMPTS, A, B)
