@@ -2,6 +2,8 @@
 
 from ltune.datamodules.base import LTuneData
 from ltune.datamodules.formats import CritiqueData, InstructionData, PromptData
+from ltune.datamodules.judgment import JudgmentData
+from ltune.datamodules.preference import PreferenceData
 from ltune.datamodules.sources import DataError, Files, Hub, Source
 from ltune.datamodules.tasks import EmbeddedTasks
 
@@ -12,7 +14,12 @@ __all__ = [
     "Files",
     "Hub",
     "InstructionData",
+    "JudgmentData",
     "LTuneData",
+    "PreferenceData",
     "PromptData",
     "Source",
 ]
+from ltune.datamodules.pairwise import PairwiseData  # noqa: E402
+
+__all__ += ["PairwiseData"]
