@@ -109,8 +109,9 @@ class GRPO(Objective):
             pad_token_id=tok.pad_token_id,
         )
 
-    def rewards(self, texts: list[str], batch: dict) -> tuple[Tensor, dict[str, float]]:
-        """Rewards ``[B * num_rollouts]`` (prompt-major) of the decoded completions, and extra metrics to log."""
+    def rewards(self, texts: list[str], batch: dict, samples=None) -> tuple[Tensor, dict[str, float]]:
+        """Rewards ``[B * num_rollouts]`` (prompt-major) of the decoded completions (``samples`` holds their token
+        ids), and extra metrics to log."""
         answers = batch.get("answer") or []
         if any(a is None for a in answers) or len(answers) != len(batch["prompt_ids"]):
             raise ValueError("GRPO's verifier reward needs an 'answer' on every prompt row (TTRL needs none)")
@@ -134,7 +135,7 @@ class GRPO(Objective):
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         samples = self.rollout(batch)
-        rewards, extra = self.rewards(decode(self.tokenizer, samples), batch)
+        rewards, extra = self.rewards(decode(self.tokenizer, samples), batch, samples)
         rewards = rewards.to(self.device)
         n, g = self.num_rollouts, self.num_generations
         if n > g:  # vote-then-sample: keep the first G of every group of N

@@ -53,7 +53,7 @@ class TTRL(GRPO):
     def num_rollouts(self) -> int:
         return self.num_votes
 
-    def rewards(self, texts: list[str], batch: dict) -> tuple[Tensor, dict[str, float]]:
+    def rewards(self, texts: list[str], batch: dict, samples=None) -> tuple[Tensor, dict[str, float]]:
         n, g = self.num_votes, self.num_generations
         answers = [extract_answer(t) for t in texts]
         rewards: list[float] = []

@@ -84,7 +84,7 @@ def test_generation_batch_size_must_be_a_multiple_of_the_group():
 class _Recorder(GRPO):
     """Rewards completions by an arbitrary function of their text (varies between samples); records the update."""
 
-    def rewards(self, texts, batch):
+    def rewards(self, texts, batch, samples=None):
         return torch.tensor([float(sum(map(ord, t)) % 7) for t in texts]), {}
 
     def update_loss(self, samples, advantages):
