@@ -23,6 +23,3 @@ __all__ = [
 from ltune.datamodules.pairwise import PairwiseData  # noqa: E402
 
 __all__ += ["PairwiseData"]
-from ltune.datamodules.pairwise import PairwiseData  # noqa: E402
-
-__all__ += ["PairwiseData"]

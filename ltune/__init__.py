@@ -14,6 +14,3 @@ __all__ += ["RLSC"]
 from ltune.objectives import RLAIF, RewardModel  # noqa: E402
 
 __all__ += ["RLAIF", "RewardModel"]
-from ltune.objectives import RLAIF, RewardModel  # noqa: E402
-
-__all__ += ["RLAIF", "RewardModel"]

@@ -17,7 +17,3 @@ from ltune.objectives.reward_model import RewardModel  # noqa: E402
 from ltune.objectives.rlaif import RLAIF  # noqa: E402
 
 __all__ += ["RLAIF", "RewardModel"]
-from ltune.objectives.reward_model import RewardModel  # noqa: E402
-from ltune.objectives.rlaif import RLAIF  # noqa: E402
-
-__all__ += ["RLAIF", "RewardModel"]
