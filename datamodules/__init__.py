@@ -3,6 +3,7 @@
 from ltune.datamodules.base import LTuneData
 from ltune.datamodules.formats import CritiqueData, InstructionData, PromptData
 from ltune.datamodules.judgment import JudgmentData
+from ltune.datamodules.paraphrase import ParaphraseData
 from ltune.datamodules.preference import PreferenceData
 from ltune.datamodules.sources import DataError, Files, Hub, Source
 from ltune.datamodules.tasks import EmbeddedTasks
@@ -16,6 +17,7 @@ __all__ = [
     "InstructionData",
     "JudgmentData",
     "LTuneData",
+    "ParaphraseData",
     "PreferenceData",
     "PromptData",
     "Source",

@@ -2,9 +2,9 @@
 
 __version__ = "0.1.0"
 
-from ltune.objectives import CUT, ORPO, SFT, Objective  # noqa: E402
+from ltune.objectives import CUT, CoIN, ORPO, SFT, Objective  # noqa: E402
 
-__all__ = ["CUT", "ORPO", "SFT", "Objective", "__version__"]
+__all__ = ["CoIN", "CUT", "ORPO", "SFT", "Objective", "__version__"]
 from ltune.objectives import GRPO, TTRL  # noqa: E402
 
 __all__ += ["GRPO", "TTRL"]

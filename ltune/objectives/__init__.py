@@ -1,11 +1,12 @@
 """One LightningModule per training objective."""
 
 from ltune.objectives.base import NonFiniteLossError, Objective
+from ltune.objectives.coin import CoIN
 from ltune.objectives.cut import CUT
 from ltune.objectives.orpo import ORPO
 from ltune.objectives.sft import SFT
 
-__all__ = ["CUT", "ORPO", "SFT", "NonFiniteLossError", "Objective"]
+__all__ = ["CoIN", "CUT", "ORPO", "SFT", "NonFiniteLossError", "Objective"]
 from ltune.objectives.policy_gradient import GRPO  # noqa: E402
 from ltune.objectives.ttrl import TTRL  # noqa: E402
 
