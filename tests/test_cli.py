@@ -141,7 +141,6 @@ def test_ddp_two_cpu_processes_reduce_metrics_across_ranks(tmp_path):
         "--data.init_args.val.init_args.n=37",
         "--data.init_args.eval_prompts.init_args.n=11",
         "--validate_around_fit=false",
-        "--trainer.logger.0.init_args.save_dir=runs",
     ]
     subprocess.run(
         [
