@@ -3,3 +3,6 @@
 from ltune.callbacks.export import HFExport
 
 __all__ = ["HFExport"]
+from ltune.callbacks.rounds import Rounds  # noqa: E402
+
+__all__ += ["Rounds"]
