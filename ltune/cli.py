@@ -1,12 +1,15 @@
-"""The ``ltune`` command: LightningCLI (fit/validate/test/predict) plus the ``export`` verb.
+"""The ``ltune`` command: LightningCLI (fit/validate/test/predict) plus the ``export`` and ``select`` verbs.
 
 ltune fit --config configs/quickstart.yaml
+ltune select --config configs/selection/ifd.yaml [--output selected.jsonl]
 ltune export --config runs/quickstart/version_0/config.yaml --ckpt_path <ckpt> --output_dir hf_model
 """
 
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
 
@@ -57,12 +60,44 @@ def export(ckpt_path: str, output_dir: str, merge_lora: bool = True) -> None:
     print(f"exported {ckpt_path} -> {output_dir}")
 
 
+def select(argv: list[str]) -> str:
+    """Run the selection of a fit config (``--data`` a ``Selection``) alone and write the kept source rows as jsonl.
+
+    ``--output PATH`` (default ``<log dir>/selection/selected.jsonl``); every other argument is read as by ``fit``.
+    """
+    from ltune.datamodules.selection import Selection
+    from ltune.datamodules.sources import as_source
+
+    output = None
+    for flag in [a for a in argv if a == "--output" or a.startswith("--output=")]:
+        i = argv.index(flag)
+        output = flag.split("=", 1)[1] if "=" in flag else argv[i + 1]
+        del argv[i : i + (1 if "=" in flag else 2)]
+    cli = LTuneCLI(Objective, LTuneData, subclass_mode_model=True, subclass_mode_data=True, args=argv, run=False)
+    data = cli.datamodule
+    if not isinstance(data, Selection):
+        raise SystemExit(f"ltune select: --data must be a selection strategy, got {type(data).__name__}")
+    data.trainer, data.tokenizer, data.backbone = cli.trainer, cli.model.tokenizer, cli.model.backbone
+    data.select()
+    out = Path(output) if output else data.output_dir() / "selected.jsonl"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows = as_source(data.pool.sources["train"]).load()
+    with open(out, "w", encoding="utf-8") as f:
+        for i in data.selected:
+            f.write(json.dumps(rows[i], ensure_ascii=False, default=str) + "\n")
+    print(f"selected {len(data.selected)} of {len(rows)} rows -> {out}")
+    return str(out)
+
+
 def main(args: list[str] | None = None) -> None:
     argv = sys.argv[1:] if args is None else list(args)
     if argv[:1] == ["export"]:
         from jsonargparse import CLI
 
         CLI(export, args=argv[1:], as_positional=False)
+        return
+    if argv[:1] == ["select"]:
+        select(argv[1:])
         return
     LTuneCLI(
         Objective,

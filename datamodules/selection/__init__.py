@@ -1,0 +1,10 @@
+"""Data-selection strategies: each wraps a pool DataModule, scores its rows and keeps a budget."""
+
+from ltune.datamodules.selection.base import ScoringError, Selection, resolve_budget
+from ltune.datamodules.selection.cache import ScoreCache
+from ltune.datamodules.selection.deita import DEITA
+from ltune.datamodules.selection.ifd import IFD
+from ltune.datamodules.selection.pre_experience import IFDPreExperience
+from ltune.datamodules.selection.subset import Subset
+
+__all__ = ["DEITA", "IFD", "IFDPreExperience", "ScoreCache", "ScoringError", "Selection", "Subset", "resolve_budget"]

@@ -1,0 +1,340 @@
+"""The selection base: a DataModule that wraps a candidate pool (any ltune format), scores its training rows, keeps
+a budget, and then serves the pool's batches with only the kept rows.
+
+Flow (``setup`` under a Trainer, or :meth:`Selection.select` alone, as ``ltune select`` does):
+load and validate the pool's train rows -> scores from the cache, or computed in length-sorted batches sharded over
+the DDP ranks (progress bar on rank 0) and cached atomically -> ``choose`` the budget -> CSV report + histogram PNG
+(logged to W&B when a W&B logger is attached) -> ``pool.set_train_rows(kept rows)``.
+
+Budget semantics are explicit everywhere: an ``int`` is a number of rows, a ``float`` in (0, 1] is a fraction of the
+*original* pool size (before any filter of the strategy). A scorer that fails on a row raises :class:`ScoringError`
+naming the source and the row (1-based); rows a strategy skips by its documented policy (e.g. over-long rows for
+IFD) are counted in the report, never given a default score.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ltune.datamodules.base import LTuneData, Overlong
+from ltune.datamodules.selection.cache import ScoreCache, config_key, fingerprint
+from ltune.datamodules.sources import DataError, as_source
+
+log = logging.getLogger(__name__)
+SKIPPED = "skipped"  # optional boolean score array: rows excluded by the strategy's documented policy
+
+
+class ScoringError(RuntimeError):
+    """A scorer failed on a row (or produced a non-finite score); the message names the source and the row."""
+
+
+def resolve_budget(budget: int | float, n: int) -> int:
+    """Rows to keep out of an original pool of ``n``: an int is a count, a float in (0, 1] a fraction of ``n``."""
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)):
+        raise ValueError(f"budget must be an int (rows) or a float in (0, 1] (fraction), got {budget!r}")
+    if isinstance(budget, float):
+        if not 0.0 < budget <= 1.0:
+            raise ValueError(f"a fractional budget must be in (0, 1], got {budget}")
+        return max(1, int(budget * n))
+    if budget < 1:
+        raise ValueError(f"a row budget must be >= 1, got {budget}")
+    return min(budget, n)
+
+
+def pair_text(row: dict) -> tuple[str | list[dict], str]:
+    """(prompt, response) that a strategy scores, for instruction rows (prompt/response with optional input, or
+    messages ending with the assistant turn) and preference rows (prompt + chosen)."""
+    if "messages" in row:
+        return row["messages"][:-1], row["messages"][-1]["content"]
+    if "chosen" in row:
+        chosen = row["chosen"]
+        if isinstance(chosen, list):
+            return chosen[:-1], chosen[-1]["content"]
+        return row["prompt"], chosen
+    prompt = row["prompt"] + (f"\n\n{row['input']}" if row.get("input", "").strip() else "")
+    return prompt, row["response"]
+
+
+def instruction_text(row: dict) -> str:
+    """The instruction alone (prompt plus input, or the user turns), for embeddings and complexity scorers."""
+    prompt, _ = pair_text(row)
+    if isinstance(prompt, list):
+        return "\n".join(m["content"] for m in prompt if m["role"] == "user")
+    return prompt
+
+
+class Selection(LTuneData):
+    """Base of the selection strategies: wraps a pool DataModule, scores its train rows, keeps a budget.
+
+    Subclasses implement :meth:`score` (arrays with one entry per row) and :meth:`choose` (indices of kept rows),
+    and extend :meth:`scorer_config` with every parameter the scores depend on.
+
+    Args:
+        pool: The candidate pool: a DataModule of any format (``InstructionData``, ``PreferenceData``, ...) whose
+            ``train`` rows are scored; its ``val``/``eval_prompts`` and batching are used unchanged.
+        budget: Rows to keep: an int is a count, a float in (0, 1] a fraction of the original pool size.
+        cache_dir: Folder of the score cache (keyed by data fingerprint + scorer configuration).
+        report_dir: Folder of ``selection.csv`` / ``selection.png``; default ``<trainer log dir>/selection`` or
+            ``runs/select/<strategy>`` without a trainer.
+        score_batch_size: Rows per scoring forward.
+        progress: Show a progress bar while scoring (rank 0 only).
+    """
+
+    cached = True  # strategies whose scores are free to recompute set this to False
+
+    def __init__(
+        self,
+        pool: LTuneData,
+        budget: int | float = 0.1,
+        cache_dir: str = "runs/selection_cache",
+        report_dir: str | None = None,
+        score_batch_size: int = 16,
+        progress: bool = True,
+    ) -> None:
+        super().__init__()
+        self.pool, self.budget = pool, budget
+        self.cache = ScoreCache(cache_dir)
+        self.report_dir, self.score_batch_size, self.progress = report_dir, score_batch_size, progress
+        self.backbone = None  # the trained objective's backbone (taken in setup; strategies may score with it)
+        self.selected: list[int] | None = None
+        self.scores: dict[str, np.ndarray] | None = None
+
+    # ---- what a strategy defines ------------------------------------------------------------------------------
+    def scorer_config(self) -> dict[str, Any]:
+        """Everything the scores depend on besides the rows (extend in subclasses; the budget is not included)."""
+        p = self.pool
+        return {"strategy": type(self).__name__, "template": p.template, "system": p.system, "pool": type(p).__name__}
+
+    def score(self, rows: list[dict], names: list[str]) -> dict[str, np.ndarray]:
+        """Score ``rows`` (this rank's shard); ``names`` are their labels for error messages."""
+        raise NotImplementedError
+
+    def choose(self, scores: dict[str, np.ndarray], k: int) -> np.ndarray:
+        """Indices of the kept rows (at most ``k``), in the order they are kept."""
+        raise NotImplementedError
+
+    def cut(self, scores: dict[str, np.ndarray], selected: np.ndarray) -> tuple[str, float | None]:
+        """Score column drawn in the histogram and the threshold marked on it (``None``: no single threshold)."""
+        name = next(k for k in scores if k != SKIPPED and scores[k].ndim == 1)
+        return name, float(scores[name][selected].min()) if len(selected) else None
+
+    # ---- the flow -----------------------------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        lm = self.trainer.lightning_module if self.trainer is not None else None
+        if self.tokenizer is None:
+            if lm is None or not hasattr(lm, "tokenizer"):
+                raise RuntimeError("set `datamodule.tokenizer`, or fit with an ltune objective that provides one")
+            self.tokenizer = lm.tokenizer
+        if self.backbone is None and lm is not None:
+            self.backbone = getattr(lm, "backbone", None)
+        self.pool.trainer = self.trainer
+        if self.selected is None and self.pool.sources["train"] is not None:
+            self.select()
+        self.pool.setup(stage)
+
+    def select(self) -> list[dict]:
+        """Load, score (or read the cache), choose and report; sets the pool's train rows. Returns the kept rows."""
+        pool = self.pool
+        pool.tokenizer = pool.tokenizer or self.tokenizer
+        source = as_source(pool.sources["train"])
+        rows = pool.load_rows(source, pool.fields, pool.optional, pool.check)
+        self.source_name, n = source.name, len(rows)
+        key = config_key(fingerprint(rows), self.scorer_config()) if self.cached else None
+        scores = self._agreed_cache(key)
+        if scores is None:
+            scores = self._score_sharded(rows)
+            self._check_finite(scores)
+            if key is not None and _rank()[0] == 0:
+                self.cache.save(key, scores, {"source": source.name, "rows": n, "scorer": self.scorer_config()})
+        k = resolve_budget(self.budget, n)
+        selected = np.asarray(self.choose(scores, k), dtype=np.int64)
+        self.scores, self.selected = scores, selected.tolist()
+        if len(selected) < k:
+            log.warning("%s kept %d rows, fewer than the budget %d (the rest were filtered)", type(self).__name__,
+                        len(selected), k)  # fmt: skip
+        if _rank()[0] == 0:
+            self.report(scores, selected, n)
+        kept = [rows[i] for i in self.selected]
+        pool.set_train_rows(kept)
+        return kept
+
+    def _agreed_cache(self, key: str | None) -> dict[str, np.ndarray] | None:
+        scores = self.cache.load(key) if key is not None else None
+        rank, world = _rank()
+        if world > 1:  # every rank must take the same path, or the collectives of scoring would hang
+            hits = [None] * world
+            torch.distributed.all_gather_object(hits, scores is not None)
+            if not all(hits):
+                scores = None
+        if scores is not None:
+            log.info("selection scores read from the cache %s", self.cache.path(key))
+        return scores
+
+    def _score_sharded(self, rows: list[dict]) -> dict[str, np.ndarray]:
+        """Score rows ``rank::world`` on each rank and reassemble all rows on every rank."""
+        rank, world = _rank()
+        idx = list(range(rank, len(rows), world))
+        part = self.score([rows[i] for i in idx], [self.row_name(i) for i in idx])
+        if world == 1:
+            return part
+        parts = [None] * world
+        torch.distributed.all_gather_object(parts, part)
+        out = {}
+        for name in parts[0]:
+            first = parts[0][name]
+            arr = np.empty((len(rows), *first.shape[1:]), dtype=first.dtype)
+            for r, p in enumerate(parts):
+                arr[r::world] = p[name]
+            out[name] = arr
+        return out
+
+    def row_name(self, i: int) -> str:
+        return f"{getattr(self, 'source_name', 'pool')}: row {i + 1}"
+
+    def _check_finite(self, scores: dict[str, np.ndarray]) -> None:
+        skipped = scores.get(SKIPPED)
+        for name, arr in scores.items():
+            if name == SKIPPED or not np.issubdtype(arr.dtype, np.floating):
+                continue
+            bad = ~np.isfinite(arr.reshape(len(arr), -1)).all(1)
+            if skipped is not None:
+                bad &= ~skipped
+            if bad.any():
+                i = int(np.flatnonzero(bad)[0])
+                raise ScoringError(f"{self.row_name(i)}: score '{name}' is {arr[i]} (not finite); nothing defaulted")
+
+    # ---- helpers for scorers ------------------------------------------------------------------------------------
+    def batched(
+        self, n: int, lengths: list[int], fn: Callable[[list[int]], dict[str, np.ndarray]], names: list[str], desc: str
+    ) -> dict[str, np.ndarray]:
+        """Run ``fn`` over length-sorted batches of ``range(n)`` and return its arrays in row order.
+
+        When a batch raises, its rows are retried one at a time so that the error names the failing row.
+        """
+        order = sorted(range(n), key=lambda i: -lengths[i])
+        out: dict[str, np.ndarray] = {}
+        bar = _progress(n, desc, self.progress and _rank()[0] == 0)
+        for s in range(0, n, self.score_batch_size):
+            batch = order[s : s + self.score_batch_size]
+            try:
+                res = fn(batch)
+            except Exception:
+                for i in batch:
+                    try:
+                        fn([i])
+                    except Exception as err:
+                        raise ScoringError(f"{names[i]}: scoring failed: {err!r}") from err
+                raise
+            for name, values in res.items():
+                values = np.asarray(values)
+                if name not in out:
+                    out[name] = np.zeros((n, *values.shape[1:]), dtype=values.dtype)
+                out[name][batch] = values
+            bar.update(len(batch))
+        bar.close()
+        return out
+
+    def renderer(self, tokenizer, max_length: int | None = None) -> LTuneData:
+        """The pool's prompt format (template, system message) with another tokenizer (e.g. a scorer's), skipping
+        over-long rows: ``encode_pair`` raises :class:`Overlong` for them."""
+        r = LTuneData(template=self.pool.template, system=self.pool.system, overlong="skip",
+                      max_length=max_length or self.pool.max_length)  # fmt: skip
+        r.tokenizer, r._truncated = tokenizer, 0
+        return r
+
+    def device(self) -> torch.device:
+        if self.trainer is not None:
+            return self.trainer.strategy.root_device
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    # ---- report -------------------------------------------------------------------------------------------------
+    def output_dir(self) -> Path:
+        if self.report_dir:
+            return Path(self.report_dir)
+        if self.trainer is not None and self.trainer.log_dir:
+            return Path(self.trainer.log_dir) / "selection"
+        return Path("runs/select") / type(self).__name__.lower()
+
+    def report(self, scores: dict[str, np.ndarray], selected: np.ndarray, n: int) -> tuple[Path, Path]:
+        """Write ``selection.csv`` (index, 1-D scores, selected) and ``selection.png`` (histogram, cut marked)."""
+        import pandas as pd
+
+        out = self.output_dir()
+        out.mkdir(parents=True, exist_ok=True)
+        mask = np.zeros(n, dtype=bool)
+        mask[selected] = True
+        table = {"index": np.arange(n)}
+        table.update({k: v for k, v in scores.items() if v.ndim == 1})
+        table["selected"] = mask
+        df = pd.DataFrame(table)
+        csv = out / "selection.csv"
+        df.to_csv(csv, index=False)
+        png = out / "selection.png"
+        name, threshold = self.cut(scores, selected)
+        _histogram(scores[name], mask, scores.get(SKIPPED), name, threshold, png, type(self).__name__)
+        skipped = int(scores[SKIPPED].sum()) if SKIPPED in scores else 0
+        log.info("%s: kept %d of %d rows (%d skipped by policy); report in %s", type(self).__name__, len(selected), n,
+                 skipped, out)  # fmt: skip
+        self._log_wandb(df, png)
+        return csv, png
+
+    def _log_wandb(self, df, png: Path) -> None:
+        if self.trainer is None:
+            return
+        from lightning.pytorch.loggers import WandbLogger
+
+        for logger in self.trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_table("selection/scores", dataframe=df)
+                logger.log_image("selection/histogram", images=[str(png)])
+
+    # ---- batches come from the pool -------------------------------------------------------------------------------
+    def train_dataloader(self):
+        return self.pool.train_dataloader()
+
+    def val_dataloader(self):
+        return self.pool.val_dataloader()
+
+    def collate(self, examples):
+        return self.pool.collate(examples)
+
+
+def _rank() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
+
+
+def _histogram(values, mask, skipped, name: str, threshold, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = np.isfinite(values) & (~skipped if skipped is not None else True)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    bins = np.histogram_bin_edges(values[ok], bins=40) if ok.any() else 10
+    ax.hist([values[ok & mask], values[ok & ~mask]], bins=bins, stacked=True, label=["selected", "not selected"])
+    if threshold is not None:
+        ax.axvline(threshold, color="k", linestyle="--", label=f"cut {threshold:.4g}")
+    ax.set_xlabel(name)
+    ax.set_ylabel("rows")
+    ax.set_title(f"{title}: {int(mask.sum())} of {len(values)} rows kept")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+__all__ = ["DataError", "Overlong", "ScoringError", "Selection", "instruction_text", "pair_text", "resolve_budget"]

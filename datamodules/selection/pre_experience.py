@@ -1,0 +1,124 @@
+"""Cherry's pre-experience stage (Li et al., NAACL 2024, arXiv:2308.12032, ``data_by_cluster.py``): a small,
+diverse, middle-difficulty subset on which the base model is trained briefly (1 epoch) before it scores IFD.
+
+Per row, with the base model: the perplexity of the rendered instruction and its sentence embedding (the mean over
+its tokens of the final hidden states). K-means (100 clusters, seed 0) over the embeddings; in each cluster, the rows
+whose perplexity lies in the [25th, 75th] percentile band, and of those ``per_cluster`` = 10 evenly spaced in pool
+order (stride ``len(band) // 10``). A cluster with fewer than 10 rows is taken whole, a band with fewer than 10 rows
+likewise. About 1,000 rows for 100 clusters.
+
+The stage is two commands (the self-training rounds callback is another issue):
+
+    ltune fit --config configs/selection/cherry_pre.yaml          # select, train 1 epoch, export runs/.../hf
+    ltune fit --config configs/selection/ifd.yaml --data.init_args.scorer.name_or_path runs/cherry_pre/version_0/hf
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import torch
+from ltune.datamodules.base import LTuneData, pad_right
+from ltune.datamodules.selection.base import ScoringError, Selection, pair_text
+from ltune.datamodules.selection.geometry import kmeans
+
+from ltune.backbone import Backbone, completion_logprobs, hidden_states
+
+
+class IFDPreExperience(Selection):
+    """Cherry's pre-experience subset: k-means over instruction embeddings, middle-perplexity rows per cluster.
+
+    Args:
+        pool: The candidate pool DataModule.
+        budget: Upper bound on the rows kept (int count or fraction); the clusters decide the size (default all).
+        scorer: Model that embeds and scores the instructions; ``None``: the trained backbone at its initial weights.
+        clusters: Number of k-means clusters (100 in Cherry).
+        per_cluster: Rows taken per cluster (10 in Cherry).
+        low_percentile: Lower edge of the perplexity band within a cluster (25).
+        high_percentile: Upper edge of the perplexity band (75).
+        seed: Seed of the k-means++ initialisation (Cherry: ``random_state=0``).
+        cache_dir: Folder of the score cache.
+        report_dir: Folder of the selection report.
+        score_batch_size: Rows per scoring forward.
+        progress: Show a progress bar while scoring.
+    """
+
+    def __init__(
+        self,
+        pool: LTuneData,
+        budget: int | float = 1.0,
+        scorer: Backbone | None = None,
+        clusters: int = 100,
+        per_cluster: int = 10,
+        low_percentile: float = 25.0,
+        high_percentile: float = 75.0,
+        seed: int = 0,
+        cache_dir: str = "runs/selection_cache",
+        report_dir: str | None = None,
+        score_batch_size: int = 16,
+        progress: bool = True,
+    ) -> None:
+        super().__init__(pool, budget, cache_dir, report_dir, score_batch_size, progress)
+        self.scorer, self.clusters, self.per_cluster = scorer, clusters, per_cluster
+        self.band, self.kmeans_seed = (low_percentile, high_percentile), seed
+
+    def scorer_backbone(self) -> Backbone:
+        bb = self.scorer or self.backbone
+        if bb is None:
+            raise RuntimeError("IFDPreExperience needs a `scorer` backbone, or a trained objective's backbone")
+        return dataclasses.replace(bb, lora=None)
+
+    def scorer_config(self) -> dict[str, Any]:
+        mx = self.pool.max_length
+        return {**super().scorer_config(), "scorer": dataclasses.asdict(self.scorer_backbone()), "max_length": mx}
+
+    def score(self, rows: list[dict], names: list[str]) -> dict[str, np.ndarray]:
+        bb = self.scorer_backbone()
+        tok, device = bb.tokenizer, self.device()
+        fmt = self.renderer(tok)
+        ids = []
+        for i, row in enumerate(rows):
+            try:
+                ids.append(fmt.encode_prompt(pair_text(row)[0]))
+            except Exception as err:
+                raise ScoringError(f"{names[i]}: could not be rendered: {err}") from err
+            if len(ids[-1]) < 2:
+                raise ScoringError(f"{names[i]}: the rendered instruction has fewer than 2 tokens; no perplexity")
+        model = bb.load_model().eval().requires_grad_(False).to(device)
+
+        @torch.inference_mode()
+        def fn(batch: list[int]) -> dict[str, np.ndarray]:
+            x, mask = pad_right([ids[j] for j in batch], tok.pad_token_id)
+            x, mask = x.to(device), mask.to(device)
+            labels = x.masked_fill(mask == 0, -100)
+            lp = completion_logprobs(model, x, mask, labels).logprobs.double()
+            nll = -lp.sum(1) / (mask[:, 1:].sum(1))
+            h = hidden_states(model, x, mask).float()
+            emb = (h * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True)
+            return {"ppl": nll.exp().cpu().numpy(), "embedding": emb.cpu().numpy()}
+
+        return self.batched(len(rows), [len(x) for x in ids], fn, names, desc="pre-experience scoring")
+
+    def choose(self, scores: dict[str, np.ndarray], k: int) -> np.ndarray:
+        labels, _ = kmeans(torch.from_numpy(scores["embedding"]), self.clusters, seed=self.kmeans_seed)
+        return band_per_cluster(labels.numpy(), scores["ppl"], self.per_cluster, *self.band)[:k]
+
+    def cut(self, scores: dict[str, np.ndarray], selected: np.ndarray) -> tuple[str, float | None]:
+        return "ppl", None
+
+
+def band_per_cluster(labels: np.ndarray, ppl: np.ndarray, n: int, low: float = 25.0, high: float = 75.0) -> np.ndarray:
+    """Cherry's ``sample_middle_confidence_data``: per cluster (in label order), the rows with perplexity inside the
+    [low, high] percentile band, ``n`` of them evenly spaced (stride ``len // n``); small clusters/bands whole."""
+    out = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        if len(members) < n:
+            out.append(members)
+            continue
+        lo, hi = np.percentile(ppl[members], low), np.percentile(ppl[members], high)
+        band = members[(ppl[members] >= lo) & (ppl[members] <= hi)]
+        out.append(band if len(band) < n else band[:: len(band) // n][:n])
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
