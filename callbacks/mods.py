@@ -1,0 +1,62 @@
+"""MoDS's necessity stage as a round of :class:`~ltune.callbacks.rounds.Rounds` (Du et al., 2023, arXiv:2311.15653).
+
+Round 0 trains on the seed set that :class:`ltune.datamodules.MoDS` selected. The E-step then answers every other
+high-quality instruction with the model just trained (greedy decoding; MoDS used beam search with 4 beams), scores
+(instruction, answer) with the MoDS reward, and keeps the rows whose answer scores below ``beta`` (k-center-reduced
+to ``augment_size``). Round 1 retrains the base model (``reset_to_base``) on seed set ∪ necessary rows.
+
+    ltune fit --config configs/selection/mods.yaml
+"""
+
+from __future__ import annotations
+
+import lightning as L
+from ltune.callbacks.rounds import Rounds
+from ltune.datamodules.base import pad_left
+from ltune.datamodules.selection.base import instruction_text, pair_text
+
+
+class MoDSNecessity(Rounds):
+    """Seed M-step, necessity E-step, then the base model retrained on seed ∪ necessary rows.
+
+    Args:
+        epochs_per_round: Epochs of each M-step (MoDS: 3).
+        batch_size: Instructions per generation batch.
+        chunk_size: E-step items per chunk (the unit of resume and of sharding over ranks).
+        seed: Seed of the E-step chunks.
+        output_dir: Folder of the produced data; relative paths go under the run's log folder.
+    """
+
+    def __init__(
+        self,
+        epochs_per_round: int = 3,
+        batch_size: int = 32,
+        chunk_size: int = 256,
+        seed: int = 0,
+        output_dir: str = "rounds",
+    ) -> None:
+        super().__init__(rounds=2, epochs_per_round=epochs_per_round, reset_to_base=True, start_with_e_step=False,
+                         chunk_size=chunk_size, seed=seed, output_dir=output_dir)  # fmt: skip
+        self.batch_size = batch_size
+
+    def e_step_items(self, trainer: L.Trainer, pl_module: L.LightningModule, round: int) -> list[dict]:
+        return [{"index": i} for i in trainer.datamodule.necessity_candidates()]
+
+    def e_step(self, trainer: L.Trainer, pl_module: L.LightningModule, round: int, items: list[dict]) -> list[dict]:
+        dm, out = trainer.datamodule, []
+        for s in range(0, len(items), self.batch_size):
+            rows = [dm.rows[it["index"]] for it in items[s : s + self.batch_size]]
+            ids, mask = pad_left([dm.pool.encode_prompt(pair_text(r)[0]) for r in rows], dm.pool.tokenizer.pad_token_id)
+            texts = pl_module.generate_text(ids.to(pl_module.device), mask.to(pl_module.device))
+            names = [dm.row_name(it["index"]) for it in items[s : s + self.batch_size]]
+            rewards = dm.reward_of([instruction_text(r) for r in rows], texts, names, "MoDS necessity reward")
+            out += [{"index": it["index"], "generated": t, "reward": float(r)}
+                    for it, t, r in zip(items[s : s + self.batch_size], texts, rewards)]  # fmt: skip
+        return out
+
+    def train_rows(self, trainer: L.Trainer, pl_module: L.LightningModule, round: int, produced: list[dict]):
+        return trainer.datamodule.with_necessary([p["index"] for p in produced], [p["reward"] for p in produced])
+
+    def round_metrics(self, round: int, produced: list[dict], rows: list[dict]) -> dict[str, float]:
+        bad = sum(p["reward"] for p in produced) / max(1, len(produced))
+        return {"rows": float(len(rows)), "candidates": float(len(produced)), "mean_generated_reward": bad}
