@@ -25,6 +25,6 @@ __all__ = [
 from ltune.datamodules.pairwise import PairwiseData  # noqa: E402
 
 __all__ += ["PairwiseData"]
-from ltune.datamodules.selection import DEITA, IFD, LESS, IFDPreExperience, MoDS, Selection, Subset  # noqa: E402
+from ltune.datamodules.selection import DEITA, IFD, LESS, LIMA, IFDPreExperience, MoDS, Selection, Subset  # noqa: E402
 
-__all__ += ["DEITA", "IFD", "IFDPreExperience", "LESS", "MoDS", "Selection", "Subset"]
+__all__ += ["DEITA", "IFD", "IFDPreExperience", "LESS", "LIMA", "MoDS", "Selection", "Subset"]

@@ -5,11 +5,12 @@ from ltune.datamodules.selection.cache import ScoreCache
 from ltune.datamodules.selection.deita import DEITA
 from ltune.datamodules.selection.ifd import IFD
 from ltune.datamodules.selection.less import LESS
+from ltune.datamodules.selection.lima import LIMA
 from ltune.datamodules.selection.mods import HFRewardModel, MoDS
 from ltune.datamodules.selection.pre_experience import IFDPreExperience
 from ltune.datamodules.selection.subset import Subset
 
 __all__ = [
-    "DEITA", "HFRewardModel", "IFD", "IFDPreExperience", "LESS", "MoDS", "ScoreCache", "ScoringError", "Selection",
-    "Subset", "resolve_budget",
+    "DEITA", "HFRewardModel", "IFD", "IFDPreExperience", "LESS", "LIMA", "MoDS", "ScoreCache", "ScoringError",
+    "Selection", "Subset", "resolve_budget",
 ]  # fmt: skip
