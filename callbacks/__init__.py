@@ -6,3 +6,6 @@ __all__ = ["HFExport"]
 from ltune.callbacks.rounds import Rounds  # noqa: E402
 
 __all__ += ["Rounds"]
+from ltune.callbacks.rest_em import ReSTEM  # noqa: E402
+
+__all__ += ["ReSTEM"]

@@ -1,0 +1,123 @@
+"""ReST-EM (Singh et al., 2023, "Beyond Human Data: Scaling Self-Training for Problem-Solving with Language Models",
+arXiv:2312.06585): expectation-maximisation with a binary verifier reward.
+
+* E-step: sample ``K`` completions per training problem from the current model, keep those whose final answer the
+  verifier accepts (:func:`ltune.rewards.verifier_reward`), at most ``max_solutions`` per problem, chosen at random.
+* M-step: SFT **from the base model** on that round's kept solutions only (not cumulative), i.e. the reward-weighted
+  NLL with r in {0, 1}. Repeat for ``rounds`` rounds; round 0 trains on samples of the initial model.
+
+ltune fit --config configs/loops/rest_em.yaml
+"""
+
+from __future__ import annotations
+
+import random
+
+import lightning as L
+import torch
+from ltune.callbacks.rounds import Rounds
+from ltune.datamodules.base import pad_left
+from ltune.datamodules.sources import Source, as_source
+
+from ltune.generation import HFSampler, decode, sample_groups, terminated
+from ltune.rewards import verifier_reward
+
+
+class ReSTEM(Rounds):
+    """ReST-EM rounds: sample, filter by a binary reward, cap per problem, retrain from the base model.
+
+    Use with :class:`ltune.SFT` and :class:`ltune.datamodules.InstructionData` (the kept solutions become
+    ``prompt``/``response`` rows). Logs per round ``round/pass_rate`` (correct samples / samples),
+    ``round/solved`` (problems with at least one correct sample), ``round/kept`` (training rows) and
+    ``round/held_out/exact_match`` (the objective's ``val/exact_match`` after the round's M-step).
+
+    Args:
+        problems: Training problems with reference answers (``prompt``, ``answer``, optional ``category``): a path,
+            a Hub dataset id or a ``Source`` such as ``EmbeddedTasks(format="prompts")``.
+        rounds: Number of M-steps (paper: 3 on MATH; APPS peaked after 1).
+        num_samples: Completions sampled per problem in each E-step (paper: 32 on MATH, 64 on APPS).
+        max_solutions: Most correct solutions kept per problem (paper: 10).
+        temperature: Sampling temperature (the paper's 0.7 is recalled, unverified; top-k 40 is not applied).
+        top_p: Nucleus sampling threshold.
+        max_new_tokens: Token budget of each completion; completions cut by it never count as correct.
+        generation_batch_size: Completions generated at once (a multiple of ``num_samples``; None = a whole chunk).
+        epochs_per_round: Epochs of SFT per M-step.
+        reset_to_base: Retrain from the base weights every round (ReST-EM's choice; False continues training).
+        chunk_size: Problems per E-step chunk (unit of resume and sharding).
+        seed: Seed of sampling and of the choice among correct solutions.
+        output_dir: Folder of the produced data (relative: under the run's log folder).
+    """
+
+    def __init__(
+        self,
+        problems: str | Source,
+        rounds: int = 3,
+        num_samples: int = 32,
+        max_solutions: int = 10,
+        temperature: float = 0.7,
+        top_p: float = 1.0,
+        max_new_tokens: int = 64,
+        generation_batch_size: int | None = None,
+        epochs_per_round: int = 1,
+        reset_to_base: bool = True,
+        chunk_size: int = 64,
+        seed: int = 0,
+        output_dir: str = "rounds",
+    ) -> None:
+        super().__init__(rounds, epochs_per_round, reset_to_base, True, chunk_size, seed, output_dir)
+        if num_samples < 1 or max_solutions < 1:
+            raise ValueError(f"num_samples and max_solutions must be >= 1, got {num_samples}, {max_solutions}")
+        self.problems = problems
+        self.num_samples, self.max_solutions = num_samples, max_solutions
+        self.temperature, self.top_p, self.max_new_tokens = temperature, top_p, max_new_tokens
+        self.generation_batch_size = generation_batch_size
+        self._items: list[dict] | None = None
+
+    def e_step_items(self, trainer: L.Trainer, pl_module: L.LightningModule, round: int) -> list[dict]:
+        if self._items is None:
+            source = as_source(self.problems)
+            self._items = []
+            for i, row in enumerate(source.load(), start=1):
+                if not isinstance(row.get("prompt"), str) or not isinstance(row.get("answer"), str):
+                    raise ValueError(f"{source.name}: row {i}: ReST-EM problems need string 'prompt' and 'answer'")
+                self._items.append({"prompt": row["prompt"], "answer": row["answer"],
+                                    "category": row.get("category") or "all"})  # fmt: skip
+        return self._items
+
+    @torch.no_grad()
+    def e_step(self, trainer: L.Trainer, pl_module: L.LightningModule, round: int, items: list[dict]) -> list[dict]:
+        data, tok, k = trainer.datamodule, pl_module.tokenizer, self.num_samples
+        ids, mask = pad_left([data.encode_prompt(it["prompt"]) for it in items], tok.pad_token_id)
+        samples = sample_groups(
+            HFSampler(), pl_module.model, ids.to(pl_module.device), mask.to(pl_module.device),
+            num_samples=k, generation_batch_size=self.generation_batch_size, max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature, top_p=self.top_p, eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )  # fmt: skip
+        texts = [t.strip() for t in decode(tok, samples)]
+        rewards = verifier_reward(texts, [it["answer"] for it in items for _ in range(k)])
+        done = terminated(samples, tok.eos_token_id).tolist()
+        out = []
+        for i, it in enumerate(items):
+            group = range(i * k, (i + 1) * k)
+            correct = [texts[j] for j in group if rewards[j] == 1.0 and done[j] and texts[j]]
+            kept = random.sample(correct, min(self.max_solutions, len(correct)))  # seeded per chunk by Rounds
+            out.append({**it, "samples": k, "correct": len(correct), "solutions": kept})
+        return out
+
+    def train_rows(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, round: int, produced: list[dict]
+    ) -> list[dict]:
+        return [
+            {"prompt": p["prompt"], "response": s, "answer": p["answer"], "category": p["category"]}
+            for p in produced
+            for s in p["solutions"]
+        ]
+
+    def round_metrics(self, round: int, produced: list[dict], rows: list[dict]) -> dict[str, float]:
+        samples = sum(p["samples"] for p in produced)
+        return {
+            "pass_rate": sum(p["correct"] for p in produced) / max(samples, 1),
+            "solved": sum(p["correct"] > 0 for p in produced) / max(len(produced), 1),
+            "kept": float(len(rows)),
+        }

@@ -1,0 +1,98 @@
+"""ReST-EM: the E-step's filter and cap (hand-built samples), and the config through the real CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import yaml
+from ltune.callbacks import rest_em
+from ltune.callbacks.rest_em import ReSTEM
+from ltune.datamodules import InstructionData
+
+from ltune.cli import main
+from ltune.generation import Samples
+from ltune.rewards import extract_answer, is_equivalent
+from tests.conftest import micro_backbone
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_e_step_keeps_verified_stopped_solutions_capped_per_problem(monkeypatch):
+    backbone = micro_backbone()
+    tok = backbone.tokenizer
+    data = InstructionData(max_length=64)
+    data.tokenizer = tok
+    items = [{"prompt": "What is 3+4?", "answer": "7", "category": "add"},
+             {"prompt": "What is 2+2?", "answer": "4", "category": "add"}]  # fmt: skip
+    texts = [("3+4=7. The answer is 7.", True), ("3+4=7. The answer is 7.", True), ("3+4=8. The answer is 8.", True),
+             ("3+4=7. The answer is 7.", False),  # cut by max_new_tokens: never kept
+             ("2+2=5. The answer is 5.", True), ("2+2=3.", True), ("", True), ("The answer is 44", True)]  # fmt: skip
+
+    def fake_sample_groups(sampler, model, prompt_ids, prompt_mask, *, num_samples, **kw):
+        assert num_samples == 4 and prompt_ids.shape[0] == 2
+        rows = [tok(t, add_special_tokens=False)["input_ids"] + ([tok.eos_token_id] if stop else [])
+                for t, stop in texts]  # fmt: skip
+        width = max(len(r) for r in rows)
+        ids = torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in rows])
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+        return Samples(prompt_ids.repeat_interleave(4, 0), prompt_mask.repeat_interleave(4, 0), ids, mask)
+
+    monkeypatch.setattr(rest_em, "sample_groups", fake_sample_groups)
+    loop = ReSTEM(problems="unused.jsonl", num_samples=4, max_solutions=1)
+    trainer = SimpleNamespace(datamodule=data)
+    module = SimpleNamespace(tokenizer=tok, model=None, device=torch.device("cpu"))
+    produced = loop.e_step(trainer, module, 0, items)
+    assert [p["correct"] for p in produced] == [2, 0]
+    assert produced[0]["solutions"] == ["3+4=7. The answer is 7."] and produced[1]["solutions"] == []
+    rows = loop.train_rows(trainer, module, 0, produced)
+    assert rows == [{"prompt": "What is 3+4?", "response": "3+4=7. The answer is 7.", "answer": "7", "category": "add"}]
+    assert loop.round_metrics(0, produced, rows) == {"pass_rate": 2 / 8, "solved": 0.5, "kept": 1.0}
+
+
+def rest_em_config(tmp_path: Path, solver_dir: Path, rounds: int = 2, name: str = "rest_em") -> Path:
+    """configs/loops/rest_em.yaml shrunk to seconds: 64 comparison problems, 4 samples each, the micro solver."""
+    cfg = yaml.safe_load((ROOT / "configs/loops/rest_em.yaml").read_text())
+    loop = cfg["trainer"]["callbacks"][0]["init_args"]
+    loop["problems"]["init_args"].update(n=64, categories=["compare"], difficulties=[1])
+    loop.update(rounds=rounds, num_samples=4, max_solutions=2, max_new_tokens=40, epochs_per_round=1, chunk_size=8)
+    cfg["trainer"]["logger"] = [{"class_path": "lightning.pytorch.loggers.CSVLogger",
+                                 "init_args": {"save_dir": str(tmp_path / "runs"), "name": name}}]  # fmt: skip
+    cfg["trainer"]["enable_progress_bar"] = False
+    cfg["model"]["init_args"]["backbone"]["name_or_path"] = str(solver_dir)
+    cfg["model"]["init_args"]["max_new_tokens"] = 40
+    cfg["data"]["init_args"].update(batch_size=8, eval_batch_size=16, max_length=96)
+    cfg["data"]["init_args"]["eval_prompts"]["init_args"].update(n=16, categories=["compare"], difficulties=[1])
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_rest_em_config_runs_through_the_cli(tmp_path, solver_dir, one_thread):
+    main(["fit", "--config", str(rest_em_config(tmp_path, solver_dir))])
+    run = tmp_path / "runs/rest_em/version_0"
+    history = json.loads((run / "rounds/rounds.json").read_text())
+    assert [h["round"] for h in history] == [0, 1]
+    for h in history:
+        assert 0 < h["pass_rate"] <= 1 and h["kept"] >= 1 and "held_out/exact_match" in h
+    for r in (0, 1):
+        rows = [json.loads(line) for line in open(run / f"rounds/round_{r}/train.jsonl")]
+        assert len(rows) == history[r]["kept"]
+        assert all(is_equivalent(extract_answer(row["response"]), row["answer"]) for row in rows)
+        problems = [json.loads(line) for f in sorted((run / f"rounds/round_{r}").glob("chunk_*")) for line in open(f)]
+        assert len(problems) == 64 and all(len(p["solutions"]) <= 2 for p in problems)
+    with open(run / "metrics.csv") as f:
+        logged = [row for row in csv.DictReader(f) if row.get("round/pass_rate")]
+    assert len(logged) == 2
+    assert (run / "hf/config.json").is_file()
+
+
+@pytest.mark.parametrize("bad", [{"num_samples": 0}, {"rounds": 0}])
+def test_rest_em_rejects_bad_arguments(bad):
+    with pytest.raises(ValueError):
+        ReSTEM(problems="p.jsonl", **bad)
