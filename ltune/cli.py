@@ -2,6 +2,7 @@
 
 ltune fit --config configs/quickstart.yaml
 ltune select --config configs/selection/ifd.yaml [--output selected.jsonl]
+ltune scaling --config configs/selection/scaling.yaml [--budgets 0.1,0.2,0.5,1.0] [--output runs/scaling]
 ltune export --config runs/quickstart/version_0/config.yaml --ckpt_path <ckpt> --output_dir hf_model
 """
 
@@ -68,11 +69,7 @@ def select(argv: list[str]) -> str:
     from ltune.datamodules.selection import Selection
     from ltune.datamodules.sources import as_source
 
-    output = None
-    for flag in [a for a in argv if a == "--output" or a.startswith("--output=")]:
-        i = argv.index(flag)
-        output = flag.split("=", 1)[1] if "=" in flag else argv[i + 1]
-        del argv[i : i + (1 if "=" in flag else 2)]
+    output = _pop(argv, "--output")
     cli = LTuneCLI(Objective, LTuneData, subclass_mode_model=True, subclass_mode_data=True, args=argv, run=False)
     data = cli.datamodule
     if not isinstance(data, Selection):
@@ -89,6 +86,46 @@ def select(argv: list[str]) -> str:
     return str(out)
 
 
+def _pop(argv: list[str], flag: str) -> str | None:
+    """Remove ``--flag VALUE`` / ``--flag=VALUE`` from ``argv`` and return the value."""
+    for arg in [a for a in argv if a == flag or a.startswith(f"{flag}=")]:
+        i = argv.index(arg)
+        value = arg.split("=", 1)[1] if "=" in arg else argv[i + 1]
+        del argv[i : i + (1 if "=" in arg else 2)]
+        return value
+    return None
+
+
+def scaling(argv: list[str]) -> list[dict]:
+    """The instruction-data scaling study (Ji et al., 2023): one fit per budget of a ``Subset`` config (nested random
+    subsets), held-out exact match per category after each, and ``scaling.csv`` / ``scaling.png`` in ``--output``.
+    """
+    from ltune.datamodules.selection import Subset
+    from ltune.datamodules.selection.subset import write_scaling_report
+
+    budgets = (_pop(argv, "--budgets") or "0.1,0.2,0.5,1.0").split(",")  # "0.1": fraction; "500": rows
+    out = _pop(argv, "--output") or "runs/scaling"
+    records = []
+    for budget in budgets:
+        args = ["fit", *argv, f"--data.init_args.budget={budget}"]
+        cli = LTuneCLI(Objective, LTuneData, subclass_mode_model=True, subclass_mode_data=True, args=args,
+                       save_config_kwargs={"overwrite": True})  # fmt: skip
+        if not isinstance(cli.datamodule, Subset):
+            raise SystemExit(
+                f"ltune scaling: --data must be ltune.datamodules.Subset, got {type(cli.datamodule).__name__}"
+            )
+        metrics = {k: float(v) for d in cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)
+                   for k, v in d.items()}  # fmt: skip
+        for key, value in metrics.items():
+            if key.startswith("val/exact_match"):
+                category = key.removeprefix("val/exact_match").lstrip("/") or "all"
+                rows = len(cli.datamodule.selected)
+                records.append({"budget": float(budget), "rows": rows, "category": category, "exact_match": value})
+    csv, png = write_scaling_report(records, out)
+    print(f"scaling study over budgets {budgets}: {csv}, {png}")
+    return records
+
+
 def main(args: list[str] | None = None) -> None:
     argv = sys.argv[1:] if args is None else list(args)
     if argv[:1] == ["export"]:
@@ -98,6 +135,9 @@ def main(args: list[str] | None = None) -> None:
         return
     if argv[:1] == ["select"]:
         select(argv[1:])
+        return
+    if argv[:1] == ["scaling"]:
+        scaling(argv[1:])
         return
     LTuneCLI(
         Objective,

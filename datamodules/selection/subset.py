@@ -5,6 +5,7 @@ Language Models", BELLE: 0.2M ⊂ 0.6M ⊂ 1M ⊂ 2M drawn with one seed).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -56,3 +57,32 @@ class Subset(Selection):
 
     def cut(self, scores: dict[str, np.ndarray], selected: np.ndarray) -> tuple[str, float | None]:
         return "draw_order", float(len(selected)) - 0.5
+
+
+def write_scaling_report(records: list[dict], out_dir: str | Path, metric: str = "exact_match") -> tuple[Path, Path]:
+    """Write ``scaling.csv`` (budget, rows, category, metric) and ``scaling.png`` (metric vs rows, one line per
+    category, log-scaled x axis) for the instruction-data scaling study."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    df = pd.DataFrame(records).sort_values(["category", "rows"])
+    csv = out / "scaling.csv"
+    df.to_csv(csv, index=False)
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for cat, part in df.groupby("category"):
+        ax.plot(part["rows"], part[metric], marker="o", label=cat, linewidth=2.5 if cat == "all" else 1.2)
+    ax.set_xscale("log")
+    ax.set_xlabel("training rows (nested random subsets)")
+    ax.set_ylabel(metric)
+    ax.set_title("instruction-data scaling")
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    png = out / "scaling.png"
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return csv, png

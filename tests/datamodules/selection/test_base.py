@@ -195,3 +195,21 @@ def test_scoring_shards_across_ddp_ranks(tmp_path):
     np.testing.assert_array_equal(r1["length"], lengths)
     assert r0["selected"] == r1["selected"] == sorted(range(20), key=lambda i: -lengths[i])[:4]
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
+
+
+def test_scaling_study_fits_per_budget_and_plots_per_category(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from ltune.cli import main
+    from tests.datamodules.selection.test_cli import SHRINK
+    from tests.test_cli import ROOT
+
+    monkeypatch.chdir(tmp_path)
+    main(["scaling", "--config", str(ROOT / "configs/selection/scaling.yaml"), *SHRINK, "--budgets", "0.25,1.0",
+          "--output", "study", "--data.init_args.pool.init_args.eval_prompts.init_args.n=12"])  # fmt: skip
+    df = pd.read_csv(tmp_path / "study/scaling.csv")
+    assert sorted(set(df["rows"])) == [15, 60] and set(df["budget"]) == {0.25, 1.0}
+    cats = set(df["category"])
+    assert "all" in cats and len(cats) >= 3  # the overall metric and one line per category in the eval prompts
+    assert df["exact_match"].between(0, 1).all()
+    assert (tmp_path / "study/scaling.png").stat().st_size > 1000
