@@ -9,3 +9,6 @@ __all__ += ["Rounds"]
 from ltune.callbacks.rest_em import ReSTEM  # noqa: E402
 
 __all__ += ["ReSTEM"]
+from ltune.callbacks.lion import Lion  # noqa: E402
+
+__all__ += ["Lion"]

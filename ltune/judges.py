@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 
 import torch
@@ -49,6 +50,14 @@ class PairJudge:
 
     def option_probs(self, contexts: list[str]) -> Tensor:
         """``[N, 2]`` probabilities of ``"1"`` and ``"2"`` after each context, renormalised over the two."""
+        raise NotImplementedError
+
+    def generate(self, prompts: Sequence[str], max_new_tokens: int = 256, temperature: float = 0.0) -> list[str]:
+        """Free text that continues each raw prompt (a teacher's answers and new instructions in Lion)."""
+        raise NotImplementedError
+
+    def rating(self, contexts: Sequence[str]) -> Tensor:
+        """``[N]`` 1-10 rating that follows each context (``"Score: "``); NaN where none can be read."""
         raise NotImplementedError
 
     def preference(
@@ -157,6 +166,29 @@ class LMJudge(PairJudge):
             contexts = [a + r.strip() + "\n" + self.ending for a, r in zip(asks, self._rationales(asks))]
         return self._options(contexts, ["1", "2"]).softmax(-1)
 
+    def generate(self, prompts: Sequence[str], max_new_tokens: int = 256, temperature: float = 0.0) -> list[str]:
+        tok, model = self.backbone.tokenizer, self._model()
+        out = []
+        for i in range(0, len(prompts), self.batch_size):
+            enc = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts[i : i + self.batch_size]]
+            tok.padding_side = "left"
+            try:
+                batch = tok.pad({"input_ids": enc}, padding=True, return_tensors="pt")
+            finally:
+                tok.padding_side = "right"
+            device = next(model.parameters()).device
+            samples = HFSampler()(
+                model, batch["input_ids"].to(device), batch["attention_mask"].to(device), max_new_tokens=max_new_tokens,
+                temperature=temperature, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+            )  # fmt: skip
+            out += [t.strip() for t in decode(tok, samples)]
+        return out
+
+    def rating(self, contexts: Sequence[str]) -> Tensor:
+        """Expected rating under the renormalised probabilities of the strings ``"1/10"`` .. ``"10/10"``."""
+        probs = self._options(list(contexts), [f"{k}/10" for k in range(1, 11)]).softmax(-1)
+        return (probs @ torch.arange(1, 11, dtype=probs.dtype)).float()
+
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> Tensor:
         """d-RLAIF reward: the expected 1-10 rating under the renormalised probabilities of ``"k/10"``, rescaled to
         [-1, 1] as (E[k] - 5.5) / 4.5. Whole option strings are scored, so ``"1"`` and ``"10"`` stay distinct."""
@@ -214,5 +246,24 @@ class APIJudge(PairJudge):
             rows[choice.index] = lp
         return torch.tensor(rows, dtype=torch.float64).softmax(-1).float()
 
+    def generate(self, prompts: Sequence[str], max_new_tokens: int = 256, temperature: float = 0.0) -> list[str]:
+        out = self.client.completions.create(
+            model=self.model, prompt=list(prompts), max_tokens=max_new_tokens, temperature=temperature
+        )
+        texts = [""] * len(prompts)
+        for choice in out.choices:
+            texts[choice.index] = choice.text.strip()
+        return texts
+
+    def rating(self, contexts: Sequence[str]) -> Tensor:
+        """The integer 1-10 at the start of a greedy continuation (``"7"``, ``"7/10"``); NaN when there is none."""
+        values = []
+        for text in self.generate(contexts, max_new_tokens=4, temperature=0.0):
+            m = _RATING.match(text)
+            values.append(float(m.group(1)) if m else math.nan)
+        return torch.tensor(values, dtype=torch.float32)
+
+
+_RATING = re.compile(r"\s*(10|[1-9])(?!\d)")
 
 __all__ = ["APIJudge", "LMJudge", "PairJudge"]

@@ -1,0 +1,237 @@
+"""Lion: adversarial distillation (Jiang et al., EMNLP 2023, arXiv:2305.12870; reference code YJiangcm/Lion).
+
+Round 0 is imitation: the teacher answers the Train Pool and the student is fine-tuned on those answers. Each later
+round starts with an E-step of three stages, then fine-tunes the student on the grown Train Pool:
+
+1. discrimination: teacher and student answer the Cache Pool; the referee scores both answers 1-10 in both orders
+   (position bias cancelled by averaging); an instruction is **hard** when s_teacher - s_student >= ``threshold``;
+2. generation: the teacher writes new instructions from random hard seeds (same task type, similar difficulty) and
+   random easy seeds (same domain, rarer), half each; a candidate is dropped if it contains "instruction", has at most
+   3 words, starts with punctuation or a non-ASCII character, or has ROUGE-L F >= ``rouge_threshold`` against the
+   Cache Pool or an already accepted candidate;
+3. pool update: the teacher answers the new instructions; they join the Train Pool and become the next Cache Pool.
+
+The teacher and the referee are :mod:`ltune.judges` objects: ``LMJudge`` (a local model) or ``APIJudge`` (an
+OpenAI-compatible server). ltune fit --config configs/loops/lion.yaml
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import lightning as L
+import torch
+from ltune.callbacks.rounds import Rounds, read_jsonl, write_jsonl_atomic
+from ltune.datamodules.base import pad_left
+from ltune.datamodules.sources import Source, as_source
+from rouge_score import rouge_scorer
+
+from ltune.generation import HFSampler, decode
+from ltune.judges import PairJudge
+
+ANSWER_TEMPLATE = "### Instruction:\n{instruction}\n\n### Response:\n"
+REFEREE_TEMPLATE = (
+    "[Question]\n{question}\n\n[The Start of Assistant 1's Answer]\n{first}\n[The End of Assistant 1's Answer]\n\n"
+    "[The Start of Assistant 2's Answer]\n{second}\n[The End of Assistant 2's Answer]\n\n[System]\n"
+    "We would like to request your feedback on the performance of two AI assistants in response to the user question "
+    "displayed above. Please rate the helpfulness, relevance, accuracy, level of details of their responses. Each "
+    "assistant receives an overall score on a scale of 1 to 10, where a higher score indicates better overall "
+    "performance.\nScore of the Assistant {slot}: "
+)
+HARD_TEMPLATE = (
+    "Create a new instruction in the same domain as the given instruction, of the same task type, with a similar "
+    "length and difficulty. It must be reasonable and answerable by humans.\n\n#Given Instruction#:\n{instruction}"
+    "\n\n#New Instruction#:\n"
+)
+EASY_TEMPLATE = (
+    "Create a new instruction in the same domain as the given instruction but even more rare, with a similar length "
+    "and difficulty. It must be reasonable and answerable by humans.\n\n#Given Instruction#:\n{instruction}"
+    "\n\n#New Instruction#:\n"
+)
+
+
+def keep_instruction(text: str) -> bool:
+    """Lion's post-filter of a generated instruction, before the ROUGE-L check."""
+    text = text.strip()
+    return (
+        len(text.split()) > 3
+        and "instruction" not in text.lower()
+        and not (text[0] in "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~" or not text[0].isascii())
+    )
+
+
+class Lion(Rounds):
+    """Lion rounds: imitation, discrimination (referee, both orders), generation of hard/easy instructions.
+
+    Use with :class:`ltune.SFT` and :class:`ltune.datamodules.InstructionData` (no ``train``: rows come from the
+    pools). Logs per round ``round/hard``, ``round/easy``, ``round/unjudged`` (no rating could be read),
+    ``round/referee_teacher`` / ``round/referee_student`` (mean two-order scores), ``round/new_hard``,
+    ``round/new_easy``, ``round/rouge_rejected`` and ``round/train_pool``.
+
+    Args:
+        instructions: The initial instructions (``prompt`` column): both the Train Pool and the first Cache Pool.
+        teacher: Answers instructions and writes new ones (``generate``).
+        referee: Rates two answers 1-10 (``rating``); the teacher itself when None.
+        rounds: M-steps: round 0 is imitation, each later one follows an adversarial E-step (paper: 3 iterations).
+        threshold: Hard when the two-order mean teacher score minus student score is at least this (paper: 1.0).
+        num_new: New instructions per round, half from hard seeds and half from easy seeds (paper: 6000).
+        rouge_threshold: Keep a new instruction only if its ROUGE-L F against the pool is below this (paper: 0.7).
+        answer_template: Teacher prompt of an instruction (``{instruction}``), Alpaca's by default.
+        referee_template: Referee prompt (``{question}``, ``{first}``, ``{second}``, ``{slot}``).
+        hard_template: Teacher prompt that writes a new instruction from a hard seed.
+        easy_template: Teacher prompt that writes a new instruction from an easy seed.
+        answer_tokens: Token budget of teacher and student answers (paper: 1024).
+        instruction_tokens: Token budget of a new instruction; None = 4 x the seed's word count (paper).
+        teacher_temperature: Sampling temperature of the teacher (paper: 0.7 for answers, 1.0 for instructions).
+        student_temperature: Sampling temperature of the student's answers (paper: 0.7).
+        epochs_per_round: Epochs of each M-step.
+        reset_to_base: Retrain the student from the base weights each round (the paper's choice is recalled).
+        chunk_size: Instructions per E-step chunk (unit of resume).
+        seed: Seed of sampling and of the seed instructions drawn.
+        output_dir: Folder of the pools (relative: under the run's log folder).
+    """
+
+    def __init__(
+        self,
+        instructions: str | Source,
+        teacher: PairJudge,
+        referee: PairJudge | None = None,
+        rounds: int = 4,
+        threshold: float = 1.0,
+        num_new: int = 6000,
+        rouge_threshold: float = 0.7,
+        answer_template: str = ANSWER_TEMPLATE,
+        referee_template: str = REFEREE_TEMPLATE,
+        hard_template: str = HARD_TEMPLATE,
+        easy_template: str = EASY_TEMPLATE,
+        answer_tokens: int = 1024,
+        instruction_tokens: int | None = None,
+        teacher_temperature: float = 0.7,
+        student_temperature: float = 0.7,
+        epochs_per_round: int = 1,
+        reset_to_base: bool = True,
+        chunk_size: int = 64,
+        seed: int = 0,
+        output_dir: str = "rounds",
+    ) -> None:
+        super().__init__(rounds, epochs_per_round, reset_to_base, True, chunk_size, seed, output_dir)
+        self.instructions, self.teacher, self.referee = instructions, teacher, referee or teacher
+        self.threshold, self.num_new, self.rouge_threshold = threshold, num_new, rouge_threshold
+        self.answer_template, self.referee_template = answer_template, referee_template
+        self.hard_template, self.easy_template = hard_template, easy_template
+        self.answer_tokens, self.instruction_tokens = answer_tokens, instruction_tokens
+        self.teacher_temperature, self.student_temperature = teacher_temperature, student_temperature
+        self.rouge = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+
+    # ---- E-step items and chunks ----------------------------------------------------------------------------------
+    def e_step_items(self, trainer: L.Trainer, pl_module: L.LightningModule, round: int) -> list[dict]:
+        if round == 0:
+            source = as_source(self.instructions)
+            return [{"prompt": row["prompt"]} for row in source.load()]
+        return read_jsonl(self._cache_path(round - 1))
+
+    def e_step(self, trainer: L.Trainer, pl_module: L.LightningModule, round: int, items: list[dict]) -> list[dict]:
+        if round == 0:  # imitation data: the teacher's answers
+            return [{"prompt": it["prompt"], "response": a} for it, a in zip(items, self._answer(items))]
+        prompts = [it["prompt"] for it in items]
+        teacher, student = [it["response"] for it in items], self._student(trainer, pl_module, prompts)
+        order1 = self._ratings(prompts, teacher, student)  # teacher in slot 1
+        order2 = self._ratings(prompts, student, teacher)  # teacher in slot 2
+        out = []
+        for i, p in enumerate(prompts):
+            s_t = (order1[0][i] + order2[1][i]) / 2
+            s_s = (order1[1][i] + order2[0][i]) / 2
+            judged = not (math.isnan(s_t) or math.isnan(s_s))
+            hard = judged and s_t - s_s >= self.threshold
+            out.append({"prompt": p, "teacher": teacher[i], "student": student[i], "s_teacher": s_t,
+                        "s_student": s_s, "label": ("hard" if hard else "easy") if judged else "unjudged"})  # fmt: skip
+        return out
+
+    # ---- generation and pools -------------------------------------------------------------------------------------
+    def train_rows(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, round: int, produced: list[dict]
+    ) -> list[dict]:
+        if round == 0:
+            write_jsonl_atomic(self._cache_path(0), produced)  # both pools start from the same instructions
+            return produced
+        pool = read_jsonl(self.paths[round - 1])
+        cache = [p["prompt"] for p in produced]
+        new, self._stats = [], {"rouge_rejected": 0.0}
+        for kind, template in (("hard", self.hard_template), ("easy", self.easy_template)):
+            seeds = [p["prompt"] for p in produced if p["label"] == kind]
+            accepted = self._generate(seeds, template, self.num_new // 2, cache + [n["prompt"] for n in new])
+            self._stats[f"new_{kind}"] = float(len(accepted))
+            new += [{"prompt": a} for a in accepted]
+        answered = [{"prompt": n["prompt"], "response": a} for n, a in zip(new, self._answer(new))]
+        write_jsonl_atomic(self._cache_path(round), answered)
+        return pool + answered
+
+    def _generate(self, seeds: list[str], template: str, target: int, pool: list[str]) -> list[str]:
+        accepted: list[str] = []
+        if not seeds:
+            return accepted
+        pool_tokens = [self.rouge._tokenizer.tokenize(p) for p in pool]
+        for _ in range(3):  # at most three passes over the shortfall
+            need = target - len(accepted)
+            if need <= 0:
+                break
+            picks = [random.choice(seeds) for _ in range(need)]
+            budget = self.instruction_tokens or max(4 * max(len(s.split()) for s in picks), 16)
+            texts = self.teacher.generate([template.format(instruction=s) for s in picks], budget, 1.0)
+            for text in texts:
+                text = text.strip().split("\n")[0].strip()
+                if not text or not keep_instruction(text):
+                    continue
+                tokens = self.rouge._tokenizer.tokenize(text)
+                if any(_rouge_l(tokens, other) >= self.rouge_threshold for other in pool_tokens):
+                    self._stats["rouge_rejected"] += 1
+                    continue
+                accepted.append(text)
+                pool_tokens.append(tokens)
+                if len(accepted) == target:
+                    break
+        return accepted
+
+    def round_metrics(self, round: int, produced: list[dict], rows: list[dict]) -> dict[str, float]:
+        if round == 0:
+            return {"train_pool": float(len(rows))}
+        judged = [p for p in produced if p["label"] != "unjudged"]
+        mean = (lambda k: sum(p[k] for p in judged) / len(judged)) if judged else (lambda k: math.nan)
+        counts = {k: float(sum(p["label"] == k for p in produced)) for k in ("hard", "easy", "unjudged")}
+        return {**counts, "referee_teacher": mean("s_teacher"), "referee_student": mean("s_student"),
+                **self._stats, "train_pool": float(len(rows))}  # fmt: skip
+
+    # ---- helpers --------------------------------------------------------------------------------------------------
+    def _cache_path(self, round: int):
+        return self.dir / f"round_{round}" / "cache.jsonl"
+
+    def _answer(self, items: list[dict]) -> list[str]:
+        prompts = [self.answer_template.format(instruction=it["prompt"]) for it in items]
+        return self.teacher.generate(prompts, self.answer_tokens, self.teacher_temperature) if prompts else []
+
+    @torch.no_grad()
+    def _student(self, trainer: L.Trainer, pl_module: L.LightningModule, prompts: list[str]) -> list[str]:
+        tok, data = pl_module.tokenizer, trainer.datamodule
+        ids, mask = pad_left([data.encode_prompt(p) for p in prompts], tok.pad_token_id)
+        samples = HFSampler()(
+            pl_module.model, ids.to(pl_module.device), mask.to(pl_module.device), max_new_tokens=self.answer_tokens,
+            temperature=self.student_temperature, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        )  # fmt: skip
+        return [t.strip() for t in decode(tok, samples)]
+
+    def _ratings(self, prompts: list[str], first: list[str], second: list[str]) -> tuple[list[float], list[float]]:
+        ctx = [
+            self.referee_template.format(question=p, first=a, second=b, slot=slot)
+            for slot in (1, 2)
+            for p, a, b in zip(prompts, first, second)
+        ]
+        scores = self.referee.rating(ctx).tolist()
+        return scores[: len(prompts)], scores[len(prompts) :]
+
+
+def _rouge_l(a: list[str], b: list[str]) -> float:
+    """ROUGE-L F1 of two token lists (``rouge_score``'s LCS scoring on pre-tokenised text)."""
+    from rouge_score.rouge_scorer import _score_lcs
+
+    return _score_lcs(b, a).fmeasure

@@ -1,0 +1,156 @@
+"""Lion: two-order discrimination and the hard threshold (scripted judge), the instruction filters and ROUGE-L,
+pool bookkeeping, an offline end-to-end run through the CLI, and the teacher behind a real 127.0.0.1 server."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from ltune.callbacks.lion import Lion, _rouge_l, keep_instruction
+from ltune.callbacks.rounds import read_jsonl, write_jsonl_atomic
+from rouge_score import rouge_scorer
+
+from ltune.cli import main
+from ltune.judges import APIJudge, PairJudge
+from tests.callbacks.conftest import ROOT, cpu_env
+
+
+class Scripted(PairJudge):
+    """Rates an answer 9 if it starts with "good", else 5, plus 1 in slot 1 (a position bias); writes scripted text."""
+
+    def __init__(self, texts=None):
+        super().__init__()
+        self.texts = texts or {"hard": [], "easy": []}
+
+    def rating(self, contexts):
+        out = []
+        for c in contexts:
+            slot = int(re.search(r"Score of the Assistant (\d): $", c).group(1))
+            answer = re.search(rf"Assistant {slot}'s Answer\]\n(.*)\n", c).group(1)
+            out.append((9.0 if answer.startswith("good") else 5.0) + (1.0 if slot == 1 else 0.0))
+        return torch.tensor(out)
+
+    def generate(self, prompts, max_new_tokens=256, temperature=0.0):
+        if "#New Instruction#" in prompts[0]:
+            queue = self.texts["easy" if "more rare" in prompts[0] else "hard"]
+            return [queue.pop(0) if queue else "" for _ in prompts]
+        return [f"good answer to {p.split(chr(10))[1]}" for p in prompts]
+
+
+def test_discrimination_averages_both_orders_and_applies_the_gap_threshold(monkeypatch):
+    lion = Lion(instructions="unused.jsonl", teacher=Scripted(), threshold=1.0)
+    student = {"q1": "bad", "q2": "good too"}
+    monkeypatch.setattr(lion, "_student", lambda trainer, module, prompts: [student[p] for p in prompts])
+    items = [{"prompt": "q1", "response": "good t1"}, {"prompt": "q2", "response": "good t2"}]
+    out = lion.e_step(None, None, 1, items)
+    # q1: teacher 10 (slot 1) and 9 (slot 2) -> 9.5; student 5 (slot 2) and 6 (slot 1) -> 5.5; gap 4 -> hard
+    assert (out[0]["s_teacher"], out[0]["s_student"], out[0]["label"]) == (9.5, 5.5, "hard")
+    # q2: both "good": the position bias cancels, gap 0 -> easy
+    assert (out[1]["s_teacher"], out[1]["s_student"], out[1]["label"]) == (9.5, 9.5, "easy")
+    nan_judge = Scripted()
+    nan_judge.rating = lambda contexts: torch.full((len(contexts),), float("nan"))
+    lion.referee = nan_judge
+    assert [o["label"] for o in lion.e_step(None, None, 1, items)] == ["unjudged", "unjudged"]
+
+
+def test_instruction_filters_and_rouge_l():
+    assert keep_instruction("Which is larger, 12 or 40?")
+    assert not keep_instruction("Write a new instruction about sums.")  # mentions "instruction"
+    assert not keep_instruction("What is 2+2?")  # three words
+    assert not keep_instruction("- Which is larger, 12 or 40?") and not keep_instruction("Ünïcode is not ascii here")
+    tok = rouge_scorer.RougeScorer(["rougeL"])._tokenizer.tokenize
+    # LCS(the cat sat on the mat, the cat on a mat) = 4: P = 4/5, R = 4/6, F = 2PR / (P + R) = 8/11
+    assert _rouge_l(tok("the cat sat on the mat"), tok("the cat on a mat")) == pytest.approx(8 / 11)
+
+
+def test_pool_update_adds_filtered_new_instructions_to_the_train_pool(tmp_path):
+    new = {"hard": ["Which is larger, 12 or 40 or 7?",  # kept
+                    "Which is larger, 12 or 40 or 7?",  # same as the one just accepted: ROUGE-L 1 -> rejected
+                    "Tell me the instruction please now"],  # contains "instruction" -> rejected; a third pass: ""
+           "easy": ["Reverse the letters of the word cat.", "Spell the word dog backwards for me."]}  # fmt: skip
+    lion = Lion(instructions="unused.jsonl", teacher=Scripted(new), num_new=4, instruction_tokens=16)
+    lion.dir = tmp_path
+    write_jsonl_atomic(tmp_path / "round_0/train.jsonl", [{"prompt": "q0", "response": "good a0"}])
+    lion.paths[0] = str(tmp_path / "round_0/train.jsonl")
+    produced = [{"prompt": "Which is larger, 3 or 9?", "label": "hard", "s_teacher": 9.0, "s_student": 5.0},
+                {"prompt": "Write cat backwards.", "label": "easy", "s_teacher": 9.0, "s_student": 9.0}]  # fmt: skip
+    rows = lion.train_rows(None, None, 1, produced)
+    added = ["Which is larger, 12 or 40 or 7?", "Reverse the letters of the word cat.",
+             "Spell the word dog backwards for me."]  # fmt: skip
+    assert [r["prompt"] for r in rows] == ["q0", *added]
+    assert rows[1]["response"].startswith("good answer to")
+    assert [r["prompt"] for r in read_jsonl(tmp_path / "round_1/cache.jsonl")] == added  # the next Cache Pool
+    metrics = lion.round_metrics(1, produced, rows)
+    assert metrics["hard"] == 1 and metrics["easy"] == 1 and metrics["new_hard"] == 1 and metrics["new_easy"] == 2
+    assert metrics["rouge_rejected"] == 1 and metrics["train_pool"] == 4
+
+
+def lion_config(tmp_path: Path, teacher: dict, name: str = "lion") -> Path:
+    cfg = yaml.safe_load((ROOT / "configs/loops/lion.yaml").read_text())
+    loop = cfg["trainer"]["callbacks"][0]["init_args"]
+    loop["instructions"]["init_args"].update(n=8)
+    loop.update(teacher=teacher, rounds=2, num_new=4, answer_tokens=16, instruction_tokens=16, epochs_per_round=1,
+                chunk_size=4)  # fmt: skip
+    cfg["trainer"]["logger"] = [{"class_path": "lightning.pytorch.loggers.CSVLogger",
+                                 "init_args": {"save_dir": str(tmp_path / "runs"), "name": name}}]  # fmt: skip
+    cfg["trainer"]["enable_progress_bar"] = False
+    tiny = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "num_kv_heads": 1, "intermediate_size": 64}
+    cfg["model"]["init_args"]["backbone"]["tiny"] = tiny
+    cfg["model"]["init_args"]["max_new_tokens"] = 16
+    cfg["data"]["init_args"].update(batch_size=4, max_length=96)
+    cfg["data"]["init_args"]["eval_prompts"]["init_args"].update(n=4)
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _check_run(run: Path) -> list[dict]:
+    history = json.loads((run / "rounds/rounds.json").read_text())
+    assert [h["round"] for h in history] == [0, 1]
+    assert history[0]["train_pool"] == 8
+    assert history[1]["hard"] + history[1]["easy"] + history[1]["unjudged"] == 8
+    pool = read_jsonl(run / "rounds/round_1/train.jsonl")
+    assert len(pool) == 8 + history[1]["new_hard"] + history[1]["new_easy"] == history[1]["train_pool"]
+    assert pool[:8] == read_jsonl(run / "rounds/round_0/train.jsonl")
+    return history
+
+
+def test_lion_config_runs_offline_through_the_cli(tmp_path, solver_dir, one_thread):
+    teacher = {"class_path": "ltune.judges.LMJudge", "init_args": {"backbone": {"name_or_path": str(solver_dir)}}}
+    main(["fit", "--config", str(lion_config(tmp_path, teacher))])
+    history = _check_run(tmp_path / "runs/lion/version_0")
+    assert history[1]["unjudged"] == 0  # a local judge always yields a rating (an expectation over 1..10)
+    assert 1 <= history[1]["referee_teacher"] <= 10 and 1 <= history[1]["referee_student"] <= 10
+
+
+def test_lion_with_an_api_teacher_against_a_real_local_server(tmp_path, one_thread):
+    server = subprocess.Popen([sys.executable, "-m", "tests.openai_server"], cwd=ROOT, env=cpu_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    try:
+        port = int(server.stdout.readline())
+        url = f"http://127.0.0.1:{port}/v1"
+        judge = APIJudge(model="micro", base_url=url)
+        teacher = {"class_path": "ltune.judges.APIJudge", "init_args": {"model": "micro", "base_url": url}}
+        main(["fit", "--config", str(lion_config(tmp_path, teacher, name="lion_api"))])
+        run = tmp_path / "runs/lion_api/version_0"
+        answers = read_jsonl(run / "rounds/round_0/train.jsonl")
+        asked = [f"Q: {a['prompt']}\nA: " for a in answers]
+        assert [a["response"] for a in answers] == judge.generate(asked, max_new_tokens=16)  # the server's answers
+    finally:
+        server.kill()
+        server.wait()
+    _check_run(run)
+
+
+def test_api_rating_reads_a_leading_integer_from_1_to_10():
+    from ltune.judges import _RATING
+
+    reads = [_RATING.match(t) for t in ("7", " 10/10", "3. fine", "0", "11", "x9")]
+    assert [m.group(1) if m else None for m in reads] == ["7", "10", "3", None, None, None]
