@@ -12,3 +12,6 @@ __all__ += ["ReSTEM"]
 from ltune.callbacks.lion import Lion  # noqa: E402
 
 __all__ += ["Lion"]
+from ltune.callbacks.samples import SampleTable  # noqa: E402
+
+__all__ += ["SampleTable"]

@@ -154,3 +154,8 @@ def test_api_rating_reads_a_leading_integer_from_1_to_10():
 
     reads = [_RATING.match(t) for t in ("7", " 10/10", "3. fine", "0", "11", "x9")]
     assert [m.group(1) if m else None for m in reads] == ["7", "10", "3", None, None, None]
+
+
+def test_every_loop_config_has_a_cli_run_test():
+    # rest_em.yaml: test_rest_em.py (and the SIGKILL resume test); lion.yaml: the two CLI runs above
+    assert sorted(p.name for p in (ROOT / "configs/loops").glob("*.yaml")) == ["lion.yaml", "rest_em.yaml"]
