@@ -87,6 +87,7 @@ class Selection(LTuneData):
     """
 
     cached = True  # strategies whose scores are free to recompute set this to False
+    budget_is_cap = False  # True: the strategy decides the size; the budget only caps it (no shortfall warning)
 
     def __init__(
         self,
@@ -155,7 +156,7 @@ class Selection(LTuneData):
         k = resolve_budget(self.budget, n)
         selected = np.asarray(self.choose(scores, k), dtype=np.int64)
         self.scores, self.selected = scores, selected.tolist()
-        if len(selected) < k:
+        if len(selected) < k and not self.budget_is_cap:
             log.warning("%s kept %d rows, fewer than the budget %d (the rest were filtered)", type(self).__name__,
                         len(selected), k)  # fmt: skip
         if _rank()[0] == 0:

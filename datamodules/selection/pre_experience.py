@@ -45,6 +45,8 @@ class IFDPreExperience(Selection):
         progress: Show a progress bar while scoring.
     """
 
+    budget_is_cap = True
+
     def __init__(
         self,
         pool: LTuneData,
