@@ -1,0 +1,93 @@
+"""Measurements behind the ORPO / CUT / CoIN rows of README (see benchmarks/RESULTS.md for the commands).
+
+python benchmarks/objective_effects.py paraphrase-prompts --n 50 --out para_eval.jsonl
+    held-out prompts, each problem under its 4 phrasings, category "phrasing<k>": pass as eval_prompts and
+    the run logs val/exact_match/phrasing<k>
+python benchmarks/objective_effects.py wrong-tokens --ckpt runs/cut/version_0/checkpoints/<c>.ckpt
+    mean probability, without the judgment, of the first token at which a held-out negatively judged response
+    departs from the correct solution (the token its judgment calls wrong), given the correct prefix
+python benchmarks/objective_effects.py phrasing-spread --metrics runs/coin/version_0/metrics.csv
+    exact match per phrasing at the last validation, their mean and standard deviation
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+
+import torch
+
+
+def paraphrase_prompts(n: int, out: str, seed: int = 0) -> None:
+    from ltune.datamodules import EmbeddedTasks
+
+    with open(out, "w") as f:
+        for p in EmbeddedTasks(format="paraphrase", n=n, split="val", seed=seed).problems():
+            for k, prompt in enumerate((p.question, *p.paraphrases[:3])):
+                f.write(json.dumps({"prompt": prompt, "answer": p.answer, "category": f"phrasing{k}"}) + "\n")
+    print(f"wrote {4 * n} prompts to {out}")
+
+
+@torch.no_grad()
+def wrong_tokens(ckpt: str, n: int = 200, seed: int = 0) -> dict[str, float]:
+    from ltune.datamodules import EmbeddedTasks, JudgmentData
+
+    from ltune.backbone import completion_logprobs
+    from ltune.objectives.base import Objective
+
+    model = Objective.load_from_checkpoint(ckpt, map_location="cpu").eval()
+    source = EmbeddedTasks(format="judgment", n=n, split="val", seed=seed)
+    dm = JudgmentData()
+    dm.tokenizer = model.tokenizer
+    probs = []
+    for row, problem in zip(source.rows(), source.problems()):
+        if row["label"] != "negative":
+            continue
+        wrong = dm.encode_pair(row["instruction"], row["response"])
+        right = dm.encode_pair(row["instruction"], problem.solution)
+        t = next(i for i, (a, b) in enumerate(zip(wrong["input_ids"], right["input_ids"])) if a != b)
+        ids = torch.tensor([wrong["input_ids"][: t + 1]])
+        labels = torch.full_like(ids, -100)
+        labels[0, t] = ids[0, t]
+        lp = completion_logprobs(model.model, ids, torch.ones_like(ids), labels).logprobs
+        probs.append(lp[0, t - 1].exp().item())
+    out = {"p_first_wrong_token": statistics.mean(probs), "rows": len(probs)}
+    print(json.dumps(out))
+    return out
+
+
+def phrasing_spread(metrics: str) -> dict[str, float]:
+    with open(metrics) as f:
+        rows = [r for r in csv.DictReader(f) if r.get("val/exact_match/phrasing0")]
+    last = rows[-1]
+    em = [float(last[f"val/exact_match/phrasing{k}"]) for k in range(4)]
+    out = {"step": int(last["step"]), "em_per_phrasing": em, "mean": statistics.mean(em), "std": statistics.pstdev(em)}
+    print(json.dumps(out))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("paraphrase-prompts")
+    a.add_argument("--n", type=int, default=50)
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--out", required=True)
+    b = sub.add_parser("wrong-tokens")
+    b.add_argument("--ckpt", required=True)
+    b.add_argument("--n", type=int, default=200)
+    c = sub.add_parser("phrasing-spread")
+    c.add_argument("--metrics", required=True)
+    args = parser.parse_args()
+    if args.cmd == "paraphrase-prompts":
+        paraphrase_prompts(args.n, args.out, args.seed)
+    elif args.cmd == "wrong-tokens":
+        wrong_tokens(args.ckpt, args.n)
+    else:
+        phrasing_spread(args.metrics)
+
+
+if __name__ == "__main__":
+    main()
