@@ -1,6 +1,6 @@
 """Use ltune pieces in your own script with a plain ``lightning.Trainer`` (no CLI).
 
-    python examples/custom_trainer.py --max_steps 200
+python examples/custom_trainer.py --max_steps 200
 """
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import argparse
 
 import lightning as L
 import torch
+from ltune.datamodules import EmbeddedTasks, InstructionData
 
 from ltune import SFT
 from ltune.backbone import Backbone, LoRA
-from ltune.datamodules import EmbeddedTasks, InstructionData
 
 
 def main(
