@@ -213,3 +213,25 @@ def test_scaling_study_fits_per_budget_and_plots_per_category(tmp_path, monkeypa
     assert "all" in cats and len(cats) >= 3  # the overall metric and one line per category in the eval prompts
     assert df["exact_match"].between(0, 1).all()
     assert (tmp_path / "study/scaling.png").stat().st_size > 1000
+
+
+def test_report_is_logged_to_wandb_when_a_wandb_logger_is_attached(tmp_path, tokenizer):
+    from types import SimpleNamespace
+
+    from lightning.pytorch.loggers import WandbLogger
+
+    class Recorder(WandbLogger):
+        def __init__(self):
+            self.calls = []
+
+        def log_table(self, key, dataframe=None, **kwargs):
+            self.calls.append((key, len(dataframe)))
+
+        def log_image(self, key, images, **kwargs):
+            self.calls.append((key, images[0]))
+
+    rec = Recorder()
+    sel = make(tmp_path, tokenizer=tokenizer, budget=3)
+    sel.trainer = SimpleNamespace(loggers=[rec], log_dir=None)
+    sel.select()
+    assert rec.calls == [("selection/scores", 20), ("selection/histogram", str(tmp_path / "report/selection.png"))]
