@@ -100,6 +100,16 @@ class Objective(L.LightningModule):
                 self.category_match[category] = ExactMatch().to(self.device)
         return self.category_match[category]
 
+    def on_validation_epoch_start(self) -> None:
+        # Lightning resets logged metrics inside ``trainer.validate``'s inference mode, but fit's validation runs
+        # outside it: re-create validation metric states as normal tensors so both can update them.
+        from torchmetrics import Metric
+
+        with torch.inference_mode(False):
+            for name, module in self.named_modules():
+                if name.startswith("val") and isinstance(module, Metric):
+                    module.reset()
+
     def on_validation_epoch_end(self) -> None:
         with torch.inference_mode(False):  # reset() re-creates metric states: keep them normal (updatable) tensors
             self._log_exact_match()
