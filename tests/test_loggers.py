@@ -1,5 +1,8 @@
 """W&B logging needs no network: offline unless an API key is configured."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from ltune.loggers import Wandb, wandb_logged_in
@@ -16,12 +19,15 @@ def test_logged_in_detection(tmp_path, monkeypatch):
     assert wandb_logged_in()
 
 
-def test_offline_run_writes_local_files_without_network(tmp_path, monkeypatch):
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    logger = Wandb(project="ltune-test", name="t", save_dir=str(tmp_path / "runs"))
-    logger.log_metrics({"train/loss": 1.0}, step=0)
-    logger.experiment.finish()
+def test_offline_run_writes_local_files_without_network(tmp_path):
+    # a fresh process: wandb keeps global settings, and the suite itself runs with WANDB_MODE=disabled
+    code = (
+        "from ltune.loggers import Wandb;"
+        f"lg = Wandb(project='ltune-test', name='t', save_dir={str(tmp_path / 'runs')!r});"
+        "lg.log_metrics({'train/loss': 1.0}, step=0); lg.experiment.finish()"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_API_KEY", "WANDB_MODE")}
+    env["NETRC"] = str(tmp_path / "netrc")  # no credentials: the logger must choose offline by itself
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, timeout=300)
     runs = list(Path(tmp_path / "runs" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and any(runs[0].glob("*.wandb"))
