@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ltune.loggers import Wandb, wandb_logged_in
+from ltune.loggers import wandb_logged_in
 
 
 def test_logged_in_detection(tmp_path, monkeypatch):
