@@ -2,15 +2,17 @@
 
 __version__ = "0.1.0"
 
-from ltune.objectives import CUT, CoIN, ORPO, SFT, Objective  # noqa: E402
+from ltune.objectives import (  # noqa: E402
+    CUT,
+    GRPO,
+    ORPO,
+    RLAIF,
+    RLSC,
+    SFT,
+    TTRL,
+    CoIN,
+    Objective,
+    RewardModel,
+)
 
-__all__ = ["CoIN", "CUT", "ORPO", "SFT", "Objective", "__version__"]
-from ltune.objectives import GRPO, TTRL  # noqa: E402
-
-__all__ += ["GRPO", "TTRL"]
-from ltune.objectives import RLSC  # noqa: E402
-
-__all__ += ["RLSC"]
-from ltune.objectives import RLAIF, RewardModel  # noqa: E402
-
-__all__ += ["RLAIF", "RewardModel"]
+__all__ = ["CUT", "GRPO", "ORPO", "RLAIF", "RLSC", "SFT", "TTRL", "CoIN", "Objective", "RewardModel", "__version__"]
