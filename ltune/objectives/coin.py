@@ -100,11 +100,6 @@ class CoIN(Objective):
                 self.log(f"train/{name}", metrics[name], prog_bar=name == "retrieval_acc", batch_size=pairs)
         return loss
 
-    def on_validation_epoch_start(self) -> None:
-        with torch.inference_mode(False):  # fit's validation runs outside inference mode: keep states normal
-            for metric in self.val_metrics.values():
-                metric.reset()
-
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         if "prompt_ids" in batch:
             self.eval_step(batch)

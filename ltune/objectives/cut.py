@@ -81,11 +81,6 @@ class CUT(Objective):
         self.log("train/align_n", float(negatives), batch_size=rows)
         return loss
 
-    def on_validation_epoch_start(self) -> None:
-        with torch.inference_mode(False):  # fit's validation runs outside inference mode: keep states normal
-            for metric in self.val_metrics.values():
-                metric.reset()
-
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         if "prompt_ids" in batch:
             self.eval_step(batch)

@@ -86,13 +86,6 @@ class ORPO(Objective):
             self.log(f"train/{name}", value, prog_bar=name == "rewards/accuracies", batch_size=pairs)
         return loss
 
-    def on_validation_epoch_start(self) -> None:
-        # Lightning resets logged metrics inside ``trainer.validate``'s inference mode, but fit's validation runs
-        # without it: re-create the states as normal tensors so both can update them.
-        with torch.inference_mode(False):
-            for metric in self.val_metrics.values():
-                metric.reset()
-
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         if "prompt_ids" in batch:
             self.eval_step(batch)
