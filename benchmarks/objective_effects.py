@@ -31,14 +31,21 @@ def paraphrase_prompts(n: int, out: str, seed: int = 0) -> None:
 
 
 @torch.no_grad()
-def wrong_tokens(ckpt: str, n: int = 200, seed: int = 0) -> dict[str, float]:
+def wrong_tokens(ckpt: str, n: int = 200, seed: int = 0, split: str = "val") -> dict[str, float]:
     from ltune.datamodules import EmbeddedTasks, JudgmentData
 
     from ltune.backbone import completion_logprobs
     from ltune.objectives.base import Objective
 
-    model = Objective.load_from_checkpoint(ckpt, map_location="cpu").eval()
-    source = EmbeddedTasks(format="judgment", n=n, split="val", seed=seed)
+    if ckpt.startswith("init:"):  # the randomly initialised tiny model of that init seed (before training)
+        from ltune.backbone import Backbone, Tiny
+
+        model = Objective(backbone=Backbone("tiny", tiny=Tiny(init_seed=int(ckpt[5:]))))
+        model.configure_model()
+    else:
+        model = Objective.load_from_checkpoint(ckpt, map_location="cpu")
+    model.eval()
+    source = EmbeddedTasks(format="judgment", n=n, split=split, seed=seed)
     dm = JudgmentData()
     dm.tokenizer = model.tokenizer
     probs = []
@@ -53,7 +60,7 @@ def wrong_tokens(ckpt: str, n: int = 200, seed: int = 0) -> dict[str, float]:
         labels[0, t] = ids[0, t]
         lp = completion_logprobs(model.model, ids, torch.ones_like(ids), labels).logprobs
         probs.append(lp[0, t - 1].exp().item())
-    out = {"p_first_wrong_token": statistics.mean(probs), "rows": len(probs)}
+    out = {"p_first_wrong_token": statistics.mean(probs), "rows": len(probs), "split": split}
     print(json.dumps(out))
     return out
 
@@ -78,13 +85,15 @@ def main() -> None:
     b = sub.add_parser("wrong-tokens")
     b.add_argument("--ckpt", required=True)
     b.add_argument("--n", type=int, default=200)
+    b.add_argument("--split", default="val", help="val (held out) or train (with the run's data seed)")
+    b.add_argument("--seed", type=int, default=0, help="data seed of the rows (the run's for --split train)")
     c = sub.add_parser("phrasing-spread")
     c.add_argument("--metrics", required=True)
     args = parser.parse_args()
     if args.cmd == "paraphrase-prompts":
         paraphrase_prompts(args.n, args.out, args.seed)
     elif args.cmd == "wrong-tokens":
-        wrong_tokens(args.ckpt, args.n)
+        wrong_tokens(args.ckpt, args.n, args.seed, args.split)
     else:
         phrasing_spread(args.metrics)
 
