@@ -20,6 +20,7 @@ def wandb_logged_in() -> bool:
 class Wandb(WandbLogger):
     """Lightning's ``WandbLogger`` that runs offline unless you are logged in (``wandb sync`` uploads later).
 
+    An explicit ``WANDB_MODE`` (``disabled``, ``offline``, ``online``) takes precedence over that choice;
     ``WANDB_MODE=disabled`` turns it off entirely.
 
     Args:
@@ -41,5 +42,6 @@ class Wandb(WandbLogger):
         **kwargs: Any,
     ) -> None:
         Path(save_dir).mkdir(parents=True, exist_ok=True)
-        offline = not wandb_logged_in() if offline is None else offline
+        if offline is None:  # an explicit WANDB_MODE wins (Lightning would overwrite it with "dryrun" when offline)
+            offline = False if os.environ.get("WANDB_MODE") else not wandb_logged_in()
         super().__init__(project=project, name=name, save_dir=save_dir, offline=offline, log_model=log_model, **kwargs)

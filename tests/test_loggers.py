@@ -31,3 +31,18 @@ def test_offline_run_writes_local_files_without_network(tmp_path):
     subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, timeout=300)
     runs = list(Path(tmp_path / "runs" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and any(runs[0].glob("*.wandb"))
+
+
+def test_wandb_mode_disabled_is_respected(tmp_path):
+    # Lightning's WandbLogger(offline=True) overwrites WANDB_MODE; the user's "disabled" must still win
+    code = (
+        "from ltune.loggers import Wandb;"
+        f"lg = Wandb(project='ltune-test', name='t', save_dir={str(tmp_path / 'runs')!r});"
+        "lg.log_metrics({'train/loss': 1.0}, step=0); import wandb, os;"
+        "assert wandb.run is None or wandb.run.disabled, wandb.run; print(os.environ['WANDB_MODE'])"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_API_KEY"}
+    env.update(WANDB_MODE="disabled", NETRC=str(tmp_path / "netrc"))
+    out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True, timeout=300)
+    assert out.stdout.strip() == "disabled"
+    assert not list(Path(tmp_path / "runs" / "wandb").glob("offline-run-*"))
