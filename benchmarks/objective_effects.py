@@ -3,7 +3,7 @@
 python benchmarks/objective_effects.py paraphrase-prompts --n 50 --out para_eval.jsonl
     held-out prompts, each problem under its 4 phrasings, category "phrasing<k>": pass as eval_prompts and
     the run logs val/exact_match/phrasing<k>
-python benchmarks/objective_effects.py wrong-tokens --ckpt runs/cut/version_0/checkpoints/<c>.ckpt
+python benchmarks/objective_effects.py wrong-tokens --ckpt runs/cut/version_0/checkpoints/<c>.ckpt  (or an HF folder)
     mean probability, without the judgment, of the first token at which a held-out negatively judged response
     departs from the correct solution (the token its judgment calls wrong), given the correct prefix
 python benchmarks/objective_effects.py phrasing-spread --metrics runs/coin/version_0/metrics.csv
@@ -15,23 +15,26 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import statistics
 
 import torch
 
 
-def paraphrase_prompts(n: int, out: str, seed: int = 0) -> None:
+def paraphrase_prompts(n: int, out: str, seed: int = 0, difficulties: list[int] | None = None) -> None:
     from ltune.datamodules import EmbeddedTasks
 
     with open(out, "w") as f:
-        for p in EmbeddedTasks(format="paraphrase", n=n, split="val", seed=seed).problems():
+        for p in EmbeddedTasks(format="paraphrase", n=n, split="val", seed=seed, difficulties=difficulties).problems():
             for k, prompt in enumerate((p.question, *p.paraphrases[:3])):
                 f.write(json.dumps({"prompt": prompt, "answer": p.answer, "category": f"phrasing{k}"}) + "\n")
     print(f"wrote {4 * n} prompts to {out}")
 
 
 @torch.no_grad()
-def wrong_tokens(ckpt: str, n: int = 200, seed: int = 0, split: str = "val") -> dict[str, float]:
+def wrong_tokens(
+    ckpt: str, n: int = 200, seed: int = 0, split: str = "val", difficulties: list[int] | None = None
+) -> dict[str, float]:
     from ltune.datamodules import EmbeddedTasks, JudgmentData
 
     from ltune.backbone import completion_logprobs
@@ -42,10 +45,15 @@ def wrong_tokens(ckpt: str, n: int = 200, seed: int = 0, split: str = "val") -> 
 
         model = Objective(backbone=Backbone("tiny", tiny=Tiny(init_seed=int(ckpt[5:]))))
         model.configure_model()
+    elif os.path.isdir(ckpt):  # an exported Hugging Face folder (e.g. the quickstart's runs/.../hf)
+        from ltune.backbone import Backbone
+
+        model = Objective(backbone=Backbone(ckpt))
+        model.configure_model()
     else:
         model = Objective.load_from_checkpoint(ckpt, map_location="cpu")
     model.eval()
-    source = EmbeddedTasks(format="judgment", n=n, split=split, seed=seed)
+    source = EmbeddedTasks(format="judgment", n=n, split=split, seed=seed, difficulties=difficulties)
     dm = JudgmentData()
     dm.tokenizer = model.tokenizer
     probs = []
@@ -82,18 +90,20 @@ def main() -> None:
     a.add_argument("--n", type=int, default=50)
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--out", required=True)
+    a.add_argument("--difficulties", type=int, nargs="+", default=None)
     b = sub.add_parser("wrong-tokens")
     b.add_argument("--ckpt", required=True)
     b.add_argument("--n", type=int, default=200)
     b.add_argument("--split", default="val", help="val (held out) or train (with the run's data seed)")
     b.add_argument("--seed", type=int, default=0, help="data seed of the rows (the run's for --split train)")
+    b.add_argument("--difficulties", type=int, nargs="+", default=None)
     c = sub.add_parser("phrasing-spread")
     c.add_argument("--metrics", required=True)
     args = parser.parse_args()
     if args.cmd == "paraphrase-prompts":
-        paraphrase_prompts(args.n, args.out, args.seed)
+        paraphrase_prompts(args.n, args.out, args.seed, args.difficulties)
     elif args.cmd == "wrong-tokens":
-        wrong_tokens(args.ckpt, args.n, args.seed, args.split)
+        wrong_tokens(args.ckpt, args.n, args.seed, args.split, args.difficulties)
     else:
         phrasing_spread(args.metrics)
 
