@@ -6,9 +6,10 @@ round starts with an E-step of three stages, then fine-tunes the student on the 
 1. discrimination: teacher and student answer the Cache Pool; the referee scores both answers 1-10 in both orders
    (position bias cancelled by averaging); an instruction is **hard** when s_teacher - s_student >= ``threshold``;
 2. generation: the teacher writes new instructions from random hard seeds (same task type, similar difficulty) and
-   random easy seeds (same domain, rarer), half each; a candidate is dropped if it contains "instruction", has at most
-   3 words, starts with punctuation or a non-ASCII character, or has ROUGE-L F >= ``rouge_threshold`` against the
-   Cache Pool or an already accepted candidate;
+   random easy seeds (same domain, rarer), half each; a candidate (the first line of the teacher's text) is dropped
+   if it was cut by the token budget, contains "instruction", has at most 3 words, starts with punctuation or a
+   non-ASCII character, or has ROUGE-L F >= ``rouge_threshold`` against the Cache Pool or an already accepted
+   candidate;
 3. pool update: the teacher answers the new instructions; they join the Train Pool and become the next Cache Pool.
 
 The teacher and the referee are :mod:`ltune.judges` objects: ``LMJudge`` (a local model) or ``APIJudge`` (an
@@ -61,13 +62,21 @@ def keep_instruction(text: str) -> bool:
     )
 
 
+def truncated(text: str, cut: bool) -> bool:
+    """Lion drops a generated instruction that was "truncated by length" (``finish_reason == "length"``). The
+    instruction is the first line of the teacher's text: it is truncated when the text was cut by the token budget
+    (``cut``) before that line ended; a line break before the cut ends it, like a stop sequence."""
+    return cut and "\n" not in text.strip()
+
+
 class Lion(Rounds):
     """Lion rounds: imitation, discrimination (referee, both orders), generation of hard/easy instructions.
 
     Use with :class:`ltune.SFT` and :class:`ltune.datamodules.InstructionData` (no ``train``: rows come from the
     pools). Logs per round ``round/hard``, ``round/easy``, ``round/unjudged`` (no rating could be read),
     ``round/referee_teacher`` / ``round/referee_student`` (mean two-order scores), ``round/new_hard``,
-    ``round/new_easy``, ``round/rouge_rejected`` and ``round/train_pool``.
+    ``round/new_easy``, ``round/truncated`` (new instructions cut by the token budget), ``round/rouge_rejected`` and
+    ``round/train_pool``.
 
     Args:
         instructions: The initial instructions (``prompt`` column): both the Train Pool and the first Cache Pool.
@@ -157,7 +166,7 @@ class Lion(Rounds):
             return produced
         pool = read_jsonl(self.paths[round - 1])
         cache = [p["prompt"] for p in produced]
-        new, self._stats = [], {"rouge_rejected": 0.0}
+        new, self._stats = [], {"truncated": 0.0, "rouge_rejected": 0.0}
         for kind, template in (("hard", self.hard_template), ("easy", self.easy_template)):
             seeds = [p["prompt"] for p in produced if p["label"] == kind]
             accepted = self._generate(seeds, template, self.num_new // 2, cache + [n["prompt"] for n in new])
@@ -178,8 +187,11 @@ class Lion(Rounds):
                 break
             picks = [random.choice(seeds) for _ in range(need)]
             budget = self.instruction_tokens or max(4 * max(len(s.split()) for s in picks), 16)
-            texts = self.teacher.generate([template.format(instruction=s) for s in picks], budget, 1.0)
-            for text in texts:
+            texts, cut = self.teacher.complete([template.format(instruction=s) for s in picks], budget, 1.0)
+            for text, was_cut in zip(texts, cut):
+                if truncated(text, was_cut):
+                    self._stats["truncated"] += 1
+                    continue
                 text = text.strip().split("\n")[0].strip()
                 if not text or not keep_instruction(text):
                     continue

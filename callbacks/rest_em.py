@@ -5,6 +5,9 @@ arXiv:2312.06585): expectation-maximisation with a binary verifier reward.
   verifier accepts (:func:`ltune.rewards.verifier_reward`), at most ``max_solutions`` per problem, chosen at random.
 * M-step: SFT **from the base model** on that round's kept solutions only (not cumulative), i.e. the reward-weighted
   NLL with r in {0, 1}. Repeat for ``rounds`` rounds; round 0 trains on samples of the initial model.
+* Keep the best round (``keep_best``): the model ends with the weights of the round whose held-out metric
+  (``val/exact_match``) was best, restored before ``on_train_end`` so ``HFExport`` writes them; optionally stop at
+  the first round whose held-out metric falls below the best (``early_stop_on_regression``).
 
 ltune fit --config configs/loops/rest_em.yaml
 """
@@ -12,9 +15,12 @@ ltune fit --config configs/loops/rest_em.yaml
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from ltune.callbacks.best_round import BestRound
 from ltune.callbacks.rounds import Rounds
 from ltune.datamodules.base import pad_left
 from ltune.datamodules.sources import Source, as_source
@@ -29,7 +35,9 @@ class ReSTEM(Rounds):
     Use with :class:`ltune.SFT` and :class:`ltune.datamodules.InstructionData` (the kept solutions become
     ``prompt``/``response`` rows). Logs per round ``round/pass_rate`` (correct samples / samples),
     ``round/solved`` (problems with at least one correct sample), ``round/kept`` (training rows) and
-    ``round/held_out/exact_match`` (the objective's ``val/exact_match`` after the round's M-step).
+    ``round/held_out/exact_match`` (the objective's ``val/exact_match`` after the round's M-step) and, with
+    ``keep_best``, ``round/best_round`` (the best round so far; ``rounds.json`` keeps it per round, and the last
+    entry's is the round whose weights the model ends with).
 
     Args:
         problems: Training problems with reference answers (``prompt``, ``answer``, optional ``category``): a path,
@@ -37,8 +45,9 @@ class ReSTEM(Rounds):
         rounds: Number of M-steps (paper: 3 on MATH; APPS peaked after 1).
         num_samples: Completions sampled per problem in each E-step (paper: 32 on MATH, 64 on APPS).
         max_solutions: Most correct solutions kept per problem (paper: 10).
-        temperature: Sampling temperature (the paper's 0.7 is recalled, unverified; top-k 40 is not applied).
+        temperature: Sampling temperature (the paper's 0.7 is recalled, unverified).
         top_p: Nucleus sampling threshold.
+        top_k: Sample among the ``top_k`` most likely tokens (paper: 40); None = no top-k filter.
         max_new_tokens: Token budget of each completion; completions cut by it never count as correct.
         generation_batch_size: Completions generated at once (a multiple of ``num_samples``; None = a whole chunk).
         epochs_per_round: Epochs of SFT per M-step.
@@ -46,6 +55,13 @@ class ReSTEM(Rounds):
         chunk_size: Problems per E-step chunk (unit of resume and sharding).
         seed: Seed of sampling and of the choice among correct solutions.
         output_dir: Folder of the produced data (relative: under the run's log folder).
+        keep_best: End with the weights of the round with the best held-out ``monitor`` (written to
+            ``round_<r>/model.pt`` when a round improves; ties keep the earlier round). Needs validation after each
+            round's M-step (``eval_prompts`` for ``val/exact_match``); without the metric it keeps the last round.
+        monitor: The held-out metric of ``keep_best`` and ``early_stop_on_regression``.
+        mode: ``"max"`` when a higher ``monitor`` is better, ``"min"`` otherwise.
+        early_stop_on_regression: Stop (no further E-step or M-step) after the first round whose held-out ``monitor``
+            is worse than the best round's.
     """
 
     def __init__(
@@ -56,6 +72,7 @@ class ReSTEM(Rounds):
         max_solutions: int = 10,
         temperature: float = 0.7,
         top_p: float = 1.0,
+        top_k: int | None = 40,
         max_new_tokens: int = 64,
         generation_batch_size: int | None = None,
         epochs_per_round: int = 1,
@@ -63,6 +80,10 @@ class ReSTEM(Rounds):
         chunk_size: int = 64,
         seed: int = 0,
         output_dir: str = "rounds",
+        keep_best: bool = True,
+        monitor: str = "val/exact_match",
+        mode: str = "max",
+        early_stop_on_regression: bool = False,
     ) -> None:
         super().__init__(rounds, epochs_per_round, reset_to_base, True, chunk_size, seed, output_dir)
         if num_samples < 1 or max_solutions < 1:
@@ -70,7 +91,9 @@ class ReSTEM(Rounds):
         self.problems = problems
         self.num_samples, self.max_solutions = num_samples, max_solutions
         self.temperature, self.top_p, self.max_new_tokens = temperature, top_p, max_new_tokens
-        self.generation_batch_size = generation_batch_size
+        self.top_k, self.generation_batch_size = top_k, generation_batch_size
+        self.keep_best, self.early_stop_on_regression = keep_best, early_stop_on_regression
+        self.best = BestRound(monitor, mode)
         self._items: list[dict] | None = None
 
     def e_step_items(self, trainer: L.Trainer, pl_module: L.LightningModule, round: int) -> list[dict]:
@@ -91,7 +114,7 @@ class ReSTEM(Rounds):
         samples = sample_groups(
             HFSampler(), pl_module.model, ids.to(pl_module.device), mask.to(pl_module.device),
             num_samples=k, generation_batch_size=self.generation_batch_size, max_new_tokens=self.max_new_tokens,
-            temperature=self.temperature, top_p=self.top_p, eos_token_id=tok.eos_token_id,
+            temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, eos_token_id=tok.eos_token_id,
             pad_token_id=tok.pad_token_id,
         )  # fmt: skip
         texts = [t.strip() for t in decode(tok, samples)]
@@ -121,3 +144,28 @@ class ReSTEM(Rounds):
             "solved": sum(p["correct"] > 0 for p in produced) / max(len(produced), 1),
             "kept": float(len(rows)),
         }
+
+    # ---- keep the best round --------------------------------------------------------------------------------------
+    def end_of_round(self, trainer: L.Trainer, pl_module: L.LightningModule, round: int) -> bool:
+        if not (self.keep_best or self.early_stop_on_regression):
+            return False
+        value = self.best.value_of(trainer)
+        if value is None:
+            rank_zero_warn(f"ReSTEM: no {self.best.monitor!r} after the M-step of round {round}: add eval_prompts "
+                           "(or validation) to keep the best round; the round counts as no improvement")  # fmt: skip
+        regressed = value is not None and self.best.worse(value)
+        if value is not None:
+            self.best.update(trainer, pl_module, round, value, self.dir, save=self.keep_best)
+        stop = self.early_stop_on_regression and regressed
+        metrics = {"best_round": self.best.round} if self.best.round is not None else {}
+        self._record(trainer, round, {**metrics, **({"early_stop": 1.0} if stop else {})})
+        if self.keep_best and (stop or round + 1 >= self.rounds):
+            self.best.restore(trainer, pl_module, round)  # before on_train_end: HFExport writes the best round
+        return stop
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "best": self.best.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.best.load_state_dict(state.get("best", {}))

@@ -12,7 +12,8 @@ Writing a loop (subclass :class:`Rounds`, override three methods)::
         def train_rows(self, trainer, pl_module, round, produced):  # all produced dicts -> training rows
             return [...]                                     # rows of the DataModule's format (validated there)
 
-and optionally ``round_metrics(round, produced, rows)`` (figures logged as ``round/<name>``).
+and optionally ``round_metrics(round, produced, rows)`` (figures logged as ``round/<name>``) and
+``end_of_round(trainer, pl_module, round)`` (after a round's M-step and held-out metrics; True stops the loop).
 
 What the base guarantees:
 
@@ -132,6 +133,11 @@ class Rounds(L.Callback):
         """Figures of one E-step, logged as ``round/<name>`` (default: the number of training rows)."""
         return {"rows": float(len(rows))}
 
+    def end_of_round(self, trainer: L.Trainer, pl_module: L.LightningModule, round: int) -> bool:
+        """Runs after ``round``'s M-step with its ``held_out/*`` recorded, before the next E-step (and after the last
+        round, before any ``on_train_end``). Return True to stop the loop: no further E-step or M-step."""
+        return False
+
     # ---- Lightning hooks ----------------------------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
@@ -166,7 +172,11 @@ class Rounds(L.Callback):
             return
         self._record(trainer, self.round, {f"held_out/{k[4:]}": float(v) for k, v in trainer.callback_metrics.items()
                                            if k.startswith("val/")})  # fmt: skip
-        if self.round + 1 >= self.rounds:
+        stop = trainer.strategy.reduce_boolean_decision(bool(self.end_of_round(trainer, pl_module, self.round)),
+                                                        all=False)  # fmt: skip
+        if stop:
+            trainer.should_stop = True
+        if stop or self.round + 1 >= self.rounds:
             return
         self.phase = "e"
         self._checkpoint(trainer)

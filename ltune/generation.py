@@ -51,9 +51,11 @@ class Sampler(Protocol):
 
 class HFSampler:
     """Sampling with ``model.generate`` (greedy when ``temperature == 0``), in eval mode with the KV cache.
+    Besides the :class:`Sampler` arguments it takes ``top_k`` (sample among the ``top_k`` most likely tokens; None
+    or 0 = no top-k filter, also overriding ``transformers``' default of 50).
 
     Args:
-        with_logprobs: Also return the per-token log-probs of the sampled tokens (tempered, top-p not applied).
+        with_logprobs: Also return the per-token log-probs of the sampled tokens (tempered, top-p/top-k not applied).
     """
 
     def __init__(self, with_logprobs: bool = False) -> None:
@@ -72,6 +74,7 @@ class HFSampler:
         top_p: float = 1.0,
         eos_token_id: int,
         pad_token_id: int,
+        top_k: int | None = None,
     ) -> Samples:
         was_training = model.training
         model.eval()
@@ -83,7 +86,7 @@ class HFSampler:
             do_sample=sampling,
             temperature=temperature if sampling else None,
             top_p=top_p if sampling else None,
-            top_k=None,
+            top_k=top_k if sampling else None,
             num_return_sequences=num_samples,
             eos_token_id=eos_token_id,
             pad_token_id=pad_token_id,

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from ltune.backbone import Backbone, completion_logprobs
-from ltune.generation import HFSampler, decode
+from ltune.generation import HFSampler, decode, terminated
 
 PREAMBLE = "A good response answers the question correctly and ends with 'The answer is X.'"
 ENDING = "Preferred Response="
@@ -55,6 +55,14 @@ class PairJudge:
     def generate(self, prompts: Sequence[str], max_new_tokens: int = 256, temperature: float = 0.0) -> list[str]:
         """Free text that continues each raw prompt (a teacher's answers and new instructions in Lion)."""
         raise NotImplementedError
+
+    def complete(
+        self, prompts: Sequence[str], max_new_tokens: int = 256, temperature: float = 0.0
+    ) -> tuple[list[str], list[bool]]:
+        """:meth:`generate`'s texts and whether each was cut by ``max_new_tokens`` (no end-of-sequence token before
+        the budget ran out; ``finish_reason == "length"`` from an API). This default cannot tell: nothing is cut."""
+        texts = self.generate(prompts, max_new_tokens, temperature)
+        return texts, [False] * len(texts)
 
     def rating(self, contexts: Sequence[str]) -> Tensor:
         """``[N]`` 1-10 rating that follows each context (``"Score: "``); NaN where none can be read."""
@@ -167,8 +175,13 @@ class LMJudge(PairJudge):
         return self._options(contexts, ["1", "2"]).softmax(-1)
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int = 256, temperature: float = 0.0) -> list[str]:
+        return self.complete(prompts, max_new_tokens, temperature)[0]
+
+    def complete(
+        self, prompts: Sequence[str], max_new_tokens: int = 256, temperature: float = 0.0
+    ) -> tuple[list[str], list[bool]]:
         tok, model = self.backbone.tokenizer, self._model()
-        out = []
+        out, cut = [], []
         for i in range(0, len(prompts), self.batch_size):
             enc = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts[i : i + self.batch_size]]
             tok.padding_side = "left"
@@ -182,7 +195,8 @@ class LMJudge(PairJudge):
                 temperature=temperature, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
             )  # fmt: skip
             out += [t.strip() for t in decode(tok, samples)]
-        return out
+            cut += (~terminated(samples, tok.eos_token_id)).tolist()
+        return out, cut
 
     def rating(self, contexts: Sequence[str]) -> Tensor:
         """Expected rating under the renormalised probabilities of the strings ``"1/10"`` .. ``"10/10"``."""
@@ -247,13 +261,18 @@ class APIJudge(PairJudge):
         return torch.tensor(rows, dtype=torch.float64).softmax(-1).float()
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int = 256, temperature: float = 0.0) -> list[str]:
+        return self.complete(prompts, max_new_tokens, temperature)[0]
+
+    def complete(
+        self, prompts: Sequence[str], max_new_tokens: int = 256, temperature: float = 0.0
+    ) -> tuple[list[str], list[bool]]:
         out = self.client.completions.create(
             model=self.model, prompt=list(prompts), max_tokens=max_new_tokens, temperature=temperature
         )
-        texts = [""] * len(prompts)
+        texts, cut = [""] * len(prompts), [False] * len(prompts)
         for choice in out.choices:
-            texts[choice.index] = choice.text.strip()
-        return texts
+            texts[choice.index], cut[choice.index] = choice.text.strip(), choice.finish_reason == "length"
+        return texts, cut
 
     def rating(self, contexts: Sequence[str]) -> Tensor:
         """The integer 1-10 at the start of a greedy continuation (``"7"``, ``"7/10"``); NaN when there is none."""

@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from ltune.callbacks.lion import Lion, _rouge_l, keep_instruction
+from ltune.callbacks.lion import Lion, _rouge_l, keep_instruction, truncated
 from ltune.callbacks.rounds import read_jsonl, write_jsonl_atomic
 from rouge_score import rouge_scorer
 
+from ltune.backbone import Backbone
 from ltune.cli import main
-from ltune.judges import APIJudge, PairJudge
+from ltune.judges import APIJudge, LMJudge, PairJudge
 from tests.callbacks.conftest import ROOT, cpu_env
 
 
@@ -89,6 +90,58 @@ def test_pool_update_adds_filtered_new_instructions_to_the_train_pool(tmp_path):
     metrics = lion.round_metrics(1, produced, rows)
     assert metrics["hard"] == 1 and metrics["easy"] == 1 and metrics["new_hard"] == 1 and metrics["new_easy"] == 2
     assert metrics["rouge_rejected"] == 1 and metrics["train_pool"] == 4
+
+
+def test_instructions_cut_by_the_token_budget_are_dropped():
+    assert truncated("Which is larger, 12 or", True)  # cut before the first line ended
+    assert not truncated("Which is larger, 12 or 40?\nThe answer", True)  # the line ended, later text was cut
+    assert not truncated("Which is larger, 12 or 40?", False)
+
+    class Cutting(Scripted):  # reports its first hard instruction as cut by max_new_tokens
+        def complete(self, prompts, max_new_tokens=256, temperature=0.0):
+            texts = self.generate(prompts, max_new_tokens, temperature)
+            return texts, [t == "Which is larger, 12 or 40" for t in texts]
+
+    new = {"hard": ["Which is larger, 12 or 40", "Which is smaller, 3 or 8 or 5?"], "easy": []}
+    lion = Lion(instructions="unused.jsonl", teacher=Cutting(new), num_new=2, instruction_tokens=16)
+    lion._stats = {"truncated": 0.0, "rouge_rejected": 0.0}
+    assert lion._generate(["Which is larger, 3 or 9?"], lion.hard_template, 1, []) == ["Which is smaller, 3 or 8 or 5?"]
+    assert lion._stats["truncated"] == 1
+
+
+def _teacher_prompts() -> list[str]:
+    """Two answer prompts of the solver's format, of equal length (no padding: local and served greedy agree)."""
+    return [f"Q: {q}\nA: " for q in ("Which is larger, 3 or 9?", "Which is larger, 7 or 2?")]
+
+
+def test_local_teacher_reports_completions_cut_by_max_new_tokens(solver_dir):
+    teacher = LMJudge(backbone=Backbone(name_or_path=str(solver_dir)))
+    texts, cut = teacher.complete(_teacher_prompts(), max_new_tokens=64)
+    assert cut == [False, False] and all(t.endswith(".") for t in texts)  # stopped by the end-of-sequence token
+    short, cut = teacher.complete(_teacher_prompts(), max_new_tokens=3)
+    assert cut == [True, True] and short == [t[:3] for t in texts]  # the same greedy text, cut after 3 bytes
+    lion = Lion(instructions="unused.jsonl", teacher=teacher, num_new=4, instruction_tokens=3)
+    lion._stats = {"truncated": 0.0, "rouge_rejected": 0.0}
+    assert lion._generate(["Which is larger, 3 or 9?"], lion.hard_template, 2, []) == []
+    assert lion._stats["truncated"] >= 2  # every candidate of every pass was cut
+
+
+def test_api_teacher_reports_finish_reason_length(solver_dir):
+    server = subprocess.Popen([sys.executable, "-m", "tests.openai_server", "0", str(solver_dir)], cwd=ROOT,
+                              env=cpu_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    try:
+        teacher = APIJudge(model="solver", base_url=f"http://127.0.0.1:{int(server.stdout.readline())}/v1")
+        local = LMJudge(backbone=Backbone(name_or_path=str(solver_dir)))
+        for budget in (64, 3):  # finish_reason "stop" / "length", as the local judge reads its samples
+            assert teacher.complete(_teacher_prompts(), budget) == local.complete(_teacher_prompts(), budget)
+        assert teacher.complete(_teacher_prompts(), 3)[1] == [True, True]
+        lion = Lion(instructions="unused.jsonl", teacher=teacher, num_new=4, instruction_tokens=3)
+        lion._stats = {"truncated": 0.0, "rouge_rejected": 0.0}
+        assert lion._generate(["Which is larger, 3 or 9?"], lion.hard_template, 2, []) == []
+        assert lion._stats["truncated"] >= 2
+    finally:
+        server.kill()
+        server.wait()
 
 
 def lion_config(tmp_path: Path, teacher: dict, name: str = "lion") -> Path:

@@ -13,9 +13,10 @@ import yaml
 from ltune.callbacks import rest_em
 from ltune.callbacks.rest_em import ReSTEM
 from ltune.datamodules import InstructionData
+from ltune.datamodules.base import pad_left
 
 from ltune.cli import main
-from ltune.generation import Samples
+from ltune.generation import HFSampler, Samples
 from ltune.rewards import extract_answer, is_equivalent
 from tests.conftest import micro_backbone
 
@@ -52,6 +53,49 @@ def test_e_step_keeps_verified_stopped_solutions_capped_per_problem(monkeypatch)
     rows = loop.train_rows(trainer, module, 0, produced)
     assert rows == [{"prompt": "What is 3+4?", "response": "3+4=7. The answer is 7.", "answer": "7", "category": "add"}]
     assert loop.round_metrics(0, produced, rows) == {"pass_rate": 2 / 8, "solved": 0.5, "kept": 1.0}
+
+
+def test_top_k_1_sampling_at_temperature_1_is_greedy_decoding():
+    backbone = micro_backbone()
+    model, tok = backbone.load_model(), backbone.tokenizer
+    ids, mask = pad_left([tok(p, add_special_tokens=False)["input_ids"] for p in ("Q: 3+4?\nA: ", "Q: 2 or 9?\nA:")],
+                         tok.pad_token_id)  # fmt: skip
+    kw = {"num_samples": 3, "max_new_tokens": 16, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
+    greedy = HFSampler()(model, ids, mask, temperature=0.0, **{**kw, "num_samples": 1}).completion_ids
+    greedy = greedy.repeat_interleave(3, 0)  # transformers refuses several greedy sequences per prompt
+    assert torch.equal(HFSampler()(model, ids, mask, temperature=1.0, top_k=1, **kw).completion_ids, greedy)
+    for top_k in (None, 0):  # no top-k filter (not transformers' default of 50): samples of a random model differ
+        torch.manual_seed(0)
+        assert not torch.equal(HFSampler()(model, ids, mask, temperature=1.0, top_k=top_k, **kw).completion_ids, greedy)
+
+
+def test_rest_em_samples_with_its_top_k(monkeypatch):
+    """ReSTEM(top_k=1, temperature=1) draws exactly the greedy completions; its default top_k is the paper's 40."""
+    backbone = micro_backbone()
+    model, tok = backbone.load_model(), backbone.tokenizer
+    data = InstructionData(max_length=64)
+    data.tokenizer = tok
+    drawn = []
+
+    def spy(*args, **kwargs):
+        drawn.append((kwargs["top_k"], rest_em.sample_groups.__wrapped__(*args, **kwargs)))
+        return drawn[-1][1]
+
+    spy.__wrapped__ = rest_em.sample_groups
+    monkeypatch.setattr(rest_em, "sample_groups", spy)
+    items = [{"prompt": "What is 3+4?", "answer": "7", "category": "add"},
+             {"prompt": "Which is larger, 2 or 9?", "answer": "9", "category": "compare"}]  # fmt: skip
+    module = SimpleNamespace(tokenizer=tok, model=model, device=torch.device("cpu"))
+    trainer = SimpleNamespace(datamodule=data)
+    ReSTEM(problems="unused.jsonl", num_samples=3, temperature=1.0, top_k=1, max_new_tokens=16).e_step(
+        trainer, module, 0, items
+    )
+    assert ReSTEM(problems="unused.jsonl").top_k == 40
+    ids, mask = pad_left([data.encode_prompt(it["prompt"]) for it in items], tok.pad_token_id)
+    greedy = HFSampler()(model, ids, mask, num_samples=1, max_new_tokens=16, temperature=0.0,
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)  # fmt: skip
+    ((top_k, samples),) = drawn
+    assert top_k == 1 and torch.equal(samples.completion_ids, greedy.completion_ids.repeat_interleave(3, 0))
 
 
 def rest_em_config(tmp_path: Path, solver_dir: Path, rounds: int = 2, name: str = "rest_em") -> Path:
