@@ -1,259 +1,29 @@
-"""Embedded verifiable tasks: a seeded generator of short arithmetic and string problems.
+"""Embedded verifiable tasks as rows of every data format ltune reads (instruction, preference, critique,
+judgment, paraphrase, prompts, and a mixed-quality selection pool).
 
-Every problem has one checkable answer and a worked solution in a single regular format,
-``"{expression}={answer}. The answer is {answer}."`` (e.g. ``"23+58=81. The answer is 81."``), so a
-~1M-parameter model with a byte-level tokenizer can learn the easy categories on a CPU in minutes,
-and every objective, selector and loop of ltune can be run, and measured, offline.
-
-Splits are disjoint by construction: a problem belongs to ``train``, ``val`` or ``test`` according to
-a stable hash (SHA-256) of its category and question, whatever the seed. The seed only decides which
-problems of that split are drawn and in what order.
-
-``EmbeddedTasks`` turns the problems into rows for every data format ltune reads (instruction,
-preference, critique, judgment, paraphrase, prompts, and a mixed-quality selection pool).
+The problems come from :mod:`ltune.datamodules.problems`: short arithmetic and string problems with one checkable
+answer and a worked solution in a single regular format, ``"{expression}={answer}. The answer is {answer}."``
+(e.g. ``"23+58=81. The answer is 81."``), so a ~1M-parameter model with a byte-level tokenizer can learn the easy
+categories on a CPU in minutes, and every objective, selector and loop of ltune can be run, and measured, offline.
+Splits are disjoint by construction (a stable hash of category and question); the seed decides which problems of a
+split are drawn and in what order. The problem API stays importable from here (``CATEGORIES``, ``Problem``,
+``generate_problems``, ``split_of``, ...).
 """
 
 from __future__ import annotations
 
-import hashlib
 import random
-import string
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from decimal import Decimal
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
+from ltune.datamodules.problems import CATEGORIES, DIFFICULTIES, Problem, generate_problems, split_of
 from ltune.datamodules.sources import Source
 
 if TYPE_CHECKING:
     import datasets
 
-CATEGORIES: tuple[str, ...] = ("add", "sub", "mul", "compare", "reverse", "sort")
-DIFFICULTIES: tuple[int, ...] = (1, 2, 3)
 Format = Literal["instruction", "preference", "critique", "judgment", "paraphrase", "prompts", "pool"]
 FORMATS: tuple[str, ...] = get_args(Format)
-# Hash buckets (out of 100) of each split: 80% train, 10% val, 10% test.
-_SPLIT_BUCKETS: dict[str, tuple[int, int]] = {"train": (0, 80), "val": (80, 90), "test": (90, 100)}
-_LETTERS = string.ascii_lowercase
-_NUMBER_RANGE = {1: (0, 20), 2: (10, 99), 3: (100, 999)}  # operand ranges of add/sub
-_WORD_LENGTHS = {1: (3,), 2: (4, 5), 3: (6, 7, 8)}  # word lengths of reverse/sort
-# Fractional parts without a trailing zero, so that decimals are written canonically ("3.5", "3.45").
-_FRACTIONS = tuple(str(i) for i in range(1, 10)) + tuple(f"{i:02d}" for i in range(1, 100) if i % 10)
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One verifiable problem.
-
-    Attributes:
-        category: Task family, one of ``CATEGORIES``.
-        difficulty: 1 (easy) to 3 (hard).
-        question: Canonical instruction, e.g. ``"What is 23+58?"``.
-        answer: Final answer, e.g. ``"81"``.
-        solution: Worked response ending with the answer sentence, e.g. ``"23+58=81. The answer is 81."``.
-        paraphrases: Alternative phrasings of ``question`` with the same answer (at least 3).
-        expression: The worked part before ``=`` in ``solution``, e.g. ``"23+58"``.
-    """
-
-    category: str
-    difficulty: int
-    question: str
-    answer: str
-    solution: str
-    paraphrases: tuple[str, ...]
-    expression: str = ""
-
-    def solution_for(self, answer: str) -> str:
-        """A response in the same format as ``solution`` that concludes ``answer`` (right or wrong)."""
-        return f"{self.expression}={answer}. The answer is {answer}."
-
-    def wrong_answer(self, rng: random.Random) -> str:
-        """A plausible wrong answer: the other number (compare), one letter changed (reverse, sort),
-        or the result off by 1, 2 or 10 (arithmetic). Never equal to ``answer``."""
-        if self.category == "compare":
-            first, second = self.expression[len("max(") : -1].split(",")
-            return second if first == self.answer else first
-        if self.category in ("reverse", "sort"):
-            i = rng.randrange(len(self.answer))
-            letter = rng.choice([c for c in _LETTERS if c != self.answer[i]])
-            return self.answer[:i] + letter + self.answer[i + 1 :]
-        value, delta = int(self.answer), rng.choice((-10, -2, -1, 1, 2, 10))
-        return str(value + delta if value + delta >= 0 else value - delta)
-
-
-def _problem(category: str, difficulty: int, expression: str, answer: str, phrasings: Sequence[str]) -> Problem:
-    return Problem(
-        category=category,
-        difficulty=difficulty,
-        question=phrasings[0],
-        answer=answer,
-        solution=f"{expression}={answer}. The answer is {answer}.",
-        paraphrases=tuple(phrasings[1:]),
-        expression=expression,
-    )
-
-
-def _add(rng: random.Random, difficulty: int) -> Problem:
-    lo, hi = _NUMBER_RANGE[difficulty]
-    a, b = rng.randint(lo, hi), rng.randint(lo, hi)
-    phrasings = (f"What is {a}+{b}?", f"Compute {a}+{b}.", f"Add {a} and {b}.", f"Find the sum of {a} and {b}.")
-    return _problem("add", difficulty, f"{a}+{b}", str(a + b), phrasings)
-
-
-def _sub(rng: random.Random, difficulty: int) -> Problem:
-    lo, hi = _NUMBER_RANGE[difficulty]
-    a = rng.randint(lo, hi)
-    b = rng.randint(lo, a)
-    phrasings = (f"What is {a}-{b}?", f"Compute {a}-{b}.", f"Subtract {b} from {a}.", f"What is {a} minus {b}?")
-    return _problem("sub", difficulty, f"{a}-{b}", str(a - b), phrasings)
-
-
-def _mul(rng: random.Random, difficulty: int) -> Problem:
-    ranges = {1: ((1, 12), (1, 12)), 2: ((10, 99), (2, 9)), 3: ((10, 99), (10, 99))}[difficulty]
-    a, b = rng.randint(*ranges[0]), rng.randint(*ranges[1])
-    phrasings = (f"What is {a}*{b}?", f"Compute {a}*{b}.", f"Multiply {a} by {b}.", f"What is {a} times {b}?")
-    return _problem("mul", difficulty, f"{a}*{b}", str(a * b), phrasings)
-
-
-def _compare(rng: random.Random, difficulty: int) -> Problem:
-    if difficulty == 3:  # same integer part, fractions of different length: 3.5 vs 3.45
-        whole = rng.randint(0, 99)
-        a, b = (f"{whole}.{frac}" for frac in rng.sample(_FRACTIONS, 2))
-    else:
-        lo, hi = (0, 99) if difficulty == 1 else (100, 999)
-        a, b = (str(x) for x in rng.sample(range(lo, hi + 1), 2))
-    larger = a if Decimal(a) > Decimal(b) else b
-    phrasings = (
-        f"Which is larger, {a} or {b}?",
-        f"What is max({a},{b})?",
-        f"Give the bigger number: {a} or {b}.",
-        f"Pick the larger of {a} and {b}.",
-    )
-    return _problem("compare", difficulty, f"max({a},{b})", larger, phrasings)
-
-
-def _word(rng: random.Random, difficulty: int, reject: Callable[[str], bool]) -> str:
-    while True:
-        word = "".join(rng.choices(_LETTERS, k=rng.choice(_WORD_LENGTHS[difficulty])))
-        if not reject(word):
-            return word
-
-
-def _reverse(rng: random.Random, difficulty: int) -> Problem:
-    w = _word(rng, difficulty, reject=lambda s: s == s[::-1])  # palindromes would be trivial
-    phrasings = (
-        f"Reverse the letters of {w}.",
-        f"Write {w} backwards.",
-        f"Spell {w} in reverse.",
-        f"What is {w} reversed?",
-    )
-    return _problem("reverse", difficulty, f"reverse({w})", w[::-1], phrasings)
-
-
-def _sort(rng: random.Random, difficulty: int) -> Problem:
-    w = _word(rng, difficulty, reject=lambda s: list(s) == sorted(s))  # already sorted would be trivial
-    phrasings = (
-        f"Sort the letters of {w}.",
-        f"Put the letters of {w} in alphabetical order.",
-        f"Arrange the letters {w} alphabetically.",
-        f"What is {w} sorted?",
-    )
-    return _problem("sort", difficulty, f"sort({w})", "".join(sorted(w)), phrasings)
-
-
-_MAKERS: dict[str, Callable[[random.Random, int], Problem]] = {
-    "add": _add,
-    "sub": _sub,
-    "mul": _mul,
-    "compare": _compare,
-    "reverse": _reverse,
-    "sort": _sort,
-}
-
-
-def _space_size(category: str, difficulty: int) -> int:
-    """Number of distinct questions of one category and difficulty (upper bound for letter tasks)."""
-    if category in ("add", "sub"):
-        lo, hi = _NUMBER_RANGE[difficulty]
-        k = hi - lo + 1
-        return k * k if category == "add" else k * (k + 1) // 2
-    if category == "mul":
-        return {1: 144, 2: 720, 3: 8100}[difficulty]
-    if category == "compare":
-        return {1: 100 * 99, 2: 900 * 899, 3: 100 * len(_FRACTIONS) * (len(_FRACTIONS) - 1)}[difficulty]
-    return sum(26**k for k in _WORD_LENGTHS[difficulty])
-
-
-def split_of(problem: Problem) -> str:
-    """The split a problem belongs to, from a stable hash of its category and question."""
-    digest = hashlib.sha256(f"{problem.category}|{problem.question}".encode()).digest()
-    bucket = int.from_bytes(digest[:8], "big") % 100
-    return next(name for name, (lo, hi) in _SPLIT_BUCKETS.items() if lo <= bucket < hi)
-
-
-def generate_problems(
-    n: int,
-    seed: int = 0,
-    split: str = "train",
-    categories: Sequence[str] | None = None,
-    difficulties: Sequence[int] = (1, 2),
-) -> list[Problem]:
-    """Draw ``n`` distinct problems of one split, deterministically for a given seed.
-
-    Each problem picks a (category, difficulty) pair uniformly at random among those not yet
-    exhausted, so categories come out roughly balanced.
-
-    Args:
-        n: Number of problems.
-        seed: Random seed; the same seed and arguments give the same list.
-        split: ``"train"``, ``"val"`` or ``"test"``; the three are disjoint whatever the seed.
-        categories: Task families to draw from (default: all of ``CATEGORIES``).
-        difficulties: Difficulty levels to draw from (1 easy .. 3 hard).
-
-    Raises:
-        ValueError: On an unknown split, category or difficulty, or when the split holds fewer than
-            ``n`` distinct problems of the requested categories and difficulties.
-    """
-    categories = tuple(CATEGORIES if categories is None else categories)
-    difficulties = tuple(difficulties)
-    if split not in _SPLIT_BUCKETS:
-        raise ValueError(f"split must be one of {tuple(_SPLIT_BUCKETS)}, got {split!r}")
-    if unknown := [c for c in categories if c not in _MAKERS]:
-        raise ValueError(f"unknown categories {unknown}; choose from {CATEGORIES}")
-    if not categories or not difficulties or any(d not in DIFFICULTIES for d in difficulties):
-        raise ValueError(f"need at least one category and difficulties in {DIFFICULTIES}, got {difficulties}")
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
-    combos = [(c, d) for c in dict.fromkeys(categories) for d in dict.fromkeys(difficulties)]
-    capacity = sum(_space_size(c, d) for c, d in combos)  # all splits together: a hard upper bound
-    if n > capacity:
-        raise ValueError(
-            f"asked for {n} {split} problems but categories {categories} at difficulties {difficulties} "
-            f"hold at most {capacity} across all splits; add categories or difficulties, or lower n"
-        )
-    rng = random.Random(f"ltune.tasks:{seed}:{split}")
-    seen: set[tuple[str, str]] = set()
-    misses = dict.fromkeys(combos, 0)
-    active = list(combos)
-    problems: list[Problem] = []
-    while len(problems) < n:
-        if not active:
-            raise ValueError(
-                f"only {len(problems)} distinct {split} problems exist for categories {categories} at "
-                f"difficulties {difficulties}; asked for {n}"
-            )
-        combo = rng.choice(active)
-        problem = _MAKERS[combo[0]](rng, combo[1])
-        key = (problem.category, problem.question)
-        if key in seen or split_of(problem) != split:
-            misses[combo] += 1  # consecutive misses: the combo is taken as exhausted past a generous limit
-            if misses[combo] > max(200, 20 * min(_space_size(*combo), 1000)):
-                active.remove(combo)
-            continue
-        misses[combo] = 0
-        seen.add(key)
-        problems.append(problem)
-    return problems
 
 
 class EmbeddedTasks(Source):
@@ -413,3 +183,15 @@ def _noisy_response(p: Problem, rng: random.Random) -> str:
         if p.answer.lower() not in garbled.lower():
             return garbled
     return wrong
+
+
+__all__ = [
+    "CATEGORIES",
+    "DIFFICULTIES",
+    "FORMATS",
+    "EmbeddedTasks",
+    "Format",
+    "Problem",
+    "generate_problems",
+    "split_of",
+]
