@@ -1,52 +1,44 @@
-"""Set-level selectors over embeddings, vectorised in torch: k-means (Cherry's pre-experience clusters), the Repr
-Filter (DEITA) and k-center greedy (MoDS).
+"""Set-level selectors over embeddings: k-means (Cherry's pre-experience clusters, scikit-learn), and, vectorised in
+torch, the Repr Filter (DEITA) and k-center greedy (MoDS).
 
-Each works on a ``[N, D]`` float tensor on any device, is seeded, and is exact (no approximate neighbours).
+Each works on a ``[N, D]`` float tensor, is seeded, and is exact (no approximate neighbours). The Repr Filter and
+k-center greedy run on any device (``benchmarks/selection.py`` measures them); k-means runs on the CPU.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
 
-def kmeans(x: Tensor, k: int, seed: int = 0, max_iter: int = 300, tol: float = 1e-4) -> tuple[Tensor, Tensor]:
-    """Lloyd's k-means with k-means++ seeding (as ``sklearn.cluster.KMeans(n_clusters=k, random_state=seed)``).
+def kmeans(
+    x: Tensor, k: int, seed: int = 0, n_init: int = 1, max_iter: int = 300, tol: float = 1e-4
+) -> tuple[Tensor, Tensor]:
+    """Lloyd's k-means with k-means++ seeding: ``sklearn.cluster.KMeans`` on the CPU, in float32.
+
+    Cherry's ``data_by_cluster.py`` calls ``KMeans(n_clusters=100, random_state=0)``; its scikit-learn of 2023
+    defaulted to ``n_init=10``, today's to ``"auto"`` (one k-means++ start). ``n_init`` is explicit here (1 by default:
+    the clusters only group the rows before the per-cluster perplexity band is sampled).
 
     Args:
         x: ``[N, D]`` points.
         k: Number of clusters (clipped to N).
-        seed: Seed of the k-means++ draws.
+        seed: ``random_state`` of the k-means++ draws.
+        n_init: k-means++ starts; the run with the lowest inertia is kept.
         max_iter: Lloyd iterations at most.
-        tol: Stop when the centres move less than ``tol`` x the mean per-feature variance (sklearn's rule).
+        tol: Stop when the centres move less than ``tol`` x the mean per-feature variance (scikit-learn's rule).
 
     Returns:
-        ``labels`` ``[N]`` (int64) and ``centers`` ``[k, D]``.
+        ``labels`` ``[N]`` (int64, on the CPU) and ``centers`` ``[k, D]`` (float32, on ``x``'s device).
     """
-    x = x.float()
-    n, k = x.shape[0], min(k, x.shape[0])
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    centers = torch.empty(k, x.shape[1], device=x.device)
-    first = int(torch.randint(n, (1,), generator=gen))
-    centers[0] = x[first]
-    d2 = torch.cdist(x, centers[:1]).squeeze(1).pow(2)
-    for c in range(1, k):  # k-means++: draw the next centre with probability proportional to the squared distance
-        probs = d2.cpu().double()
-        nxt = int(torch.multinomial(probs / probs.sum(), 1, generator=gen)) if probs.sum() > 0 else c
-        centers[c] = x[nxt]
-        d2 = torch.minimum(d2, (x - x[nxt]).pow(2).sum(1))
-    threshold = tol * x.var(0).mean()
-    labels = torch.cdist(x, centers).argmin(1)
-    for _ in range(max_iter):
-        sums = torch.zeros_like(centers).index_add_(0, labels, x)
-        counts = torch.bincount(labels, minlength=k).unsqueeze(1)
-        new = torch.where(counts > 0, sums / counts.clamp_min(1), centers)  # an empty cluster keeps its centre
-        shift = (new - centers).pow(2).sum()
-        centers = new
-        labels = torch.cdist(x, centers).argmin(1)
-        if shift <= threshold:
-            break
-    return labels, centers
+    from sklearn.cluster import KMeans
+
+    points = x.detach().to("cpu", torch.float32).numpy()
+    km = KMeans(n_clusters=min(k, len(points)), init="k-means++", n_init=n_init, max_iter=max_iter, tol=tol,
+                random_state=seed).fit(points)  # fmt: skip
+    labels = torch.from_numpy(km.labels_.astype(np.int64))
+    return labels, torch.from_numpy(np.ascontiguousarray(km.cluster_centers_, dtype=np.float32)).to(x.device)
 
 
 def repr_filter(x: Tensor, order: Tensor, k: int, tau: float = 0.9, chunk: int = 1024) -> Tensor:

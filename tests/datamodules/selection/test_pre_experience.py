@@ -1,5 +1,6 @@
-"""Cherry's pre-experience stage: k-means is a Lloyd fixed point that recovers separated clusters, the per-cluster
-middle-perplexity band by hand, perplexity/embedding against a float64 reference, and the two-command flow."""
+"""Cherry's pre-experience stage: k-means is a Lloyd fixed point that recovers separated clusters and is
+scikit-learn's seeded KMeans, the per-cluster middle-perplexity band by hand, perplexity/embedding against a float64
+reference, and the two-command flow."""
 
 from __future__ import annotations
 
@@ -29,6 +30,21 @@ def test_kmeans_recovers_separated_blobs_and_is_a_lloyd_fixed_point():
     assert torch.equal(torch.cdist(x, centers).argmin(1), labels)
     again, _ = kmeans(x, 3, seed=0)
     assert torch.equal(again, labels)
+
+
+def test_kmeans_is_sklearns_seeded_kmeans_on_overlapping_blobs():
+    from sklearn.cluster import KMeans
+    from sklearn.datasets import make_blobs
+
+    x, _ = make_blobs(n_samples=150, centers=5, n_features=4, cluster_std=2.5, random_state=7)  # blobs overlap
+    x = x.astype(np.float32)
+    for seed, n_init in ((0, 1), (3, 1), (0, 4)):
+        ref = KMeans(n_clusters=5, n_init=n_init, random_state=seed).fit(x)
+        labels, centers = kmeans(torch.from_numpy(x), 5, seed=seed, n_init=n_init)
+        assert labels.dtype == torch.int64 and labels.tolist() == ref.labels_.tolist()
+        np.testing.assert_allclose(centers.numpy(), ref.cluster_centers_, rtol=1e-6)
+    few, _ = kmeans(torch.from_numpy(x[:3]), 5)  # k is clipped to N: every point its own cluster
+    assert sorted(few.tolist()) == [0, 1, 2]
 
 
 def test_band_per_cluster_by_hand():
