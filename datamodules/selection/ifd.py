@@ -17,6 +17,7 @@ Superfiltering is this class with ``scorer`` set to a small model other than the
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
@@ -94,7 +95,29 @@ class IFD(Selection):
 
     def score(self, rows: list[dict], names: list[str]) -> dict[str, np.ndarray]:
         bb = self.scorer_backbone()
-        tok, device = bb.tokenizer, self.device()
+        return self.score_with(lambda: bb.load_model().eval().requires_grad_(False).to(self.device()), bb.tokenizer,
+                               rows, names)  # fmt: skip
+
+    def score_with(
+        self,
+        model: torch.nn.Module | Callable[[], torch.nn.Module],
+        tokenizer: Any,
+        rows: list[dict],
+        names: list[str],
+        device: torch.device | None = None,
+    ) -> dict[str, np.ndarray]:
+        """IFD of ``rows`` under a given model: ``ifd``, ``loss_cond``, ``loss_direct`` (NaN where skipped) and the
+        ``skipped`` mask. Cherry's pre-experienced stage (:class:`ltune.callbacks.cherry.CherryPreExperience`) scores
+        with the model it has just trained.
+
+        Args:
+            model: A causal LM in eval mode, or a callable returning one (loaded after the rows are rendered).
+            tokenizer: The model's tokenizer.
+            rows: The rows to score.
+            names: Their labels for error messages.
+            device: Where the batches go (default: the model's device).
+        """
+        tok = tokenizer
         fmt = self.renderer(tok, self.max_length_scored)
         prefix = self.prefix_ids(tok)
         cond, direct, skipped = [], [], np.zeros(len(rows), dtype=bool)
@@ -109,7 +132,9 @@ class IFD(Selection):
             answer = [t for t, lab in zip(enc["input_ids"], enc["labels"]) if lab != IGNORE]
             cond.append(enc)
             direct.append({"input_ids": prefix + answer, "labels": [IGNORE] * len(prefix) + answer})
-        model = bb.load_model().eval().requires_grad_(False).to(device)
+        if not isinstance(model, torch.nn.Module):
+            model = model()
+        device = device or next(model.parameters()).device
         pad = tok.pad_token_id
 
         def mean_nll(items: list[dict]) -> torch.Tensor:

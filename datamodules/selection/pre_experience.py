@@ -7,9 +7,12 @@ whose perplexity lies in the [25th, 75th] percentile band, and of those ``per_cl
 order (stride ``len(band) // 10``). A cluster with fewer than 10 rows is taken whole, a band with fewer than 10 rows
 likewise. About 1,000 rows for 100 clusters.
 
-The stage is two commands (the self-training rounds callback is another issue):
+One command runs the whole of Cherry as rounds (:class:`ltune.callbacks.cherry.CherryPreExperience`: round 0 trains
+on these rows, its E-step scores the pool by IFD with the pre-experienced model, round 1 trains the base model on the
+kept rows); the two-command path exports the pre-experienced model and scores with it:
 
-    ltune fit --config configs/selection/cherry_pre.yaml          # select, train 1 epoch, export runs/.../hf
+    ltune fit --config configs/selection/cherry.yaml                 # one command
+    ltune fit --config configs/selection/cherry_pre.yaml             # select, train 1 epoch, export runs/.../hf
     ltune fit --config configs/selection/ifd.yaml --data.init_args.scorer.name_or_path runs/cherry_pre/version_0/hf
 """
 
@@ -38,7 +41,7 @@ class IFDPreExperience(Selection):
         per_cluster: Rows taken per cluster (10 in Cherry).
         low_percentile: Lower edge of the perplexity band within a cluster (25).
         high_percentile: Upper edge of the perplexity band (75).
-        seed: Seed of the k-means++ initialisation (Cherry: ``random_state=0``).
+        seed: ``random_state`` of the k-means (scikit-learn, one k-means++ start; Cherry: ``random_state=0``).
         cache_dir: Folder of the score cache.
         report_dir: Folder of the selection report.
         score_batch_size: Rows per scoring forward.
