@@ -6,6 +6,9 @@ python benchmarks/objective_effects.py paraphrase-prompts --n 50 --out para_eval
 python benchmarks/objective_effects.py wrong-tokens --ckpt runs/cut/version_0/checkpoints/<c>.ckpt  (or an HF folder)
     mean probability, without the judgment, of the first token at which a held-out negatively judged response
     departs from the correct solution (the token its judgment calls wrong), given the correct prefix
+python benchmarks/objective_effects.py vote-headroom --ckpt runs/quickstart/version_0/hf --temperature 0.6
+    greedy exact match vs mean sample accuracy, maj@N and pass@N of N samples per held-out prompt (TTRL / RLSC
+    can at best move greedy decoding to the majority answer)
 python benchmarks/objective_effects.py phrasing-spread --metrics runs/coin/version_0/metrics.csv
     exact match per phrasing at the last validation, their mean and standard deviation
 """
@@ -73,6 +76,62 @@ def wrong_tokens(
     return out
 
 
+@torch.no_grad()
+def vote_headroom(
+    ckpt: str, temperature: float = 0.6, n: int = 200, samples: int = 16, difficulties: list[int] | None = None
+) -> dict[str, float]:
+    from ltune.datamodules import EmbeddedTasks, PromptData
+
+    from ltune import TTRL
+    from ltune.backbone import Backbone
+    from ltune.generation import decode
+    from ltune.rewards import extract_answer, is_equivalent, majority_vote
+
+    torch.manual_seed(0)
+    model = TTRL(
+        backbone=Backbone(ckpt),
+        num_votes=samples,
+        num_generations=2,
+        temperature=temperature,
+        max_completion_length=64,
+        max_new_tokens=64,
+    )
+    model.configure_model()
+    model.eval()
+    dm = PromptData(train=EmbeddedTasks(format="prompts", n=n, split="val", difficulties=difficulties), batch_size=20)
+    dm.tokenizer = model.tokenizer
+    dm.setup("fit")
+    sample_acc, maj, pass_n, greedy = [], [], [], []
+    for batch in dm.train_dataloader():
+        texts = decode(model.tokenizer, model.rollout(batch))
+        out = model.model.generate(
+            input_ids=batch["prompt_ids"],
+            attention_mask=batch["prompt_mask"],
+            do_sample=False,
+            max_new_tokens=64,
+            pad_token_id=model.tokenizer.pad_token_id,
+        )
+        best = model.tokenizer.batch_decode(out[:, batch["prompt_ids"].shape[1] :], skip_special_tokens=True)
+        for i, truth in enumerate(batch["answer"]):
+            answers = [extract_answer(t) for t in texts[samples * i : samples * (i + 1)]]
+            hits = [is_equivalent(a, truth) for a in answers]
+            sample_acc.append(sum(hits) / samples)
+            maj.append(float(is_equivalent(majority_vote(answers)[0], truth)))
+            pass_n.append(float(any(hits)))
+            greedy.append(float(is_equivalent(extract_answer(best[i]), truth)))
+    out = {
+        k: statistics.mean(v)
+        for k, v in {
+            "greedy": greedy,
+            "mean_sample_acc": sample_acc,
+            f"maj@{samples}": maj,
+            f"pass@{samples}": pass_n,
+        }.items()
+    }
+    print(json.dumps({"temperature": temperature, **out}))
+    return out
+
+
 def phrasing_spread(metrics: str) -> dict[str, float]:
     with open(metrics) as f:
         rows = [r for r in csv.DictReader(f) if r.get("val/exact_match/phrasing0")]
@@ -97,6 +156,12 @@ def main() -> None:
     b.add_argument("--split", default="val", help="val (held out) or train (with the run's data seed)")
     b.add_argument("--seed", type=int, default=0, help="data seed of the rows (the run's for --split train)")
     b.add_argument("--difficulties", type=int, nargs="+", default=None)
+    v = sub.add_parser("vote-headroom")
+    v.add_argument("--ckpt", required=True, help="an exported Hugging Face folder")
+    v.add_argument("--temperature", type=float, default=0.6)
+    v.add_argument("--n", type=int, default=200)
+    v.add_argument("--samples", type=int, default=16)
+    v.add_argument("--difficulties", type=int, nargs="+", default=[1])
     c = sub.add_parser("phrasing-spread")
     c.add_argument("--metrics", required=True)
     args = parser.parse_args()
@@ -104,6 +169,8 @@ def main() -> None:
         paraphrase_prompts(args.n, args.out, args.seed, args.difficulties)
     elif args.cmd == "wrong-tokens":
         wrong_tokens(args.ckpt, args.n, args.seed, args.split, args.difficulties)
+    elif args.cmd == "vote-headroom":
+        vote_headroom(args.ckpt, args.temperature, args.n, args.samples, args.difficulties)
     else:
         phrasing_spread(args.metrics)
 
