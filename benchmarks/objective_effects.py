@@ -9,6 +9,8 @@ python benchmarks/objective_effects.py wrong-tokens --ckpt runs/cut/version_0/ch
 python benchmarks/objective_effects.py vote-headroom --ckpt runs/quickstart/version_0/hf --temperature 0.6
     greedy exact match vs mean sample accuracy, maj@N and pass@N of N samples per held-out prompt (TTRL / RLSC
     can at best move greedy decoding to the majority answer)
+python benchmarks/objective_effects.py cut-flags --ckpt runs/cut/version_0/checkpoints/<c>.ckpt  (or an HF folder)
+    the Misalign tokens CUT flags (p(y_t | x, j-) / p(y_t | x) > threshold) on held-out negative rows, bracketed
 python benchmarks/objective_effects.py phrasing-spread --metrics runs/coin/version_0/metrics.csv
     exact match per phrasing at the last validation, their mean and standard deviation
 """
@@ -16,6 +18,7 @@ python benchmarks/objective_effects.py phrasing-spread --metrics runs/coin/versi
 from __future__ import annotations
 
 import argparse
+import collections
 import csv
 import json
 import os
@@ -132,6 +135,42 @@ def vote_headroom(
     return out
 
 
+@torch.no_grad()
+def cut_flags(ckpt: str, n: int = 60, threshold: float = 1.1, show: int = 8, difficulties: list[int] | None = None):
+    from ltune.datamodules import EmbeddedTasks, JudgmentData
+
+    from ltune import CUT
+    from ltune.backbone import Backbone, completion_logprobs
+
+    if os.path.isdir(ckpt):
+        model = CUT(backbone=Backbone(ckpt))
+        model.configure_model()
+    else:
+        model = CUT.load_from_checkpoint(ckpt, map_location="cpu")
+    model.eval()
+    dm = JudgmentData(
+        val=EmbeddedTasks(format="judgment", n=n, split="val", difficulties=difficulties), eval_batch_size=n
+    )
+    dm.tokenizer = model.tokenizer
+    dm.setup("fit")
+    batch = next(iter(dm.val_dataloader()[0]))
+    ids, labels, negative = batch["input_ids"], batch["labels"], batch["negative_rows"]
+    first = ids.shape[0] - len(negative)
+    lp = completion_logprobs(model.model, ids, batch["attention_mask"], labels).logprobs
+    counts, total = collections.Counter(), 0
+    for k, row in enumerate(negative):  # Align-N row `row` and its Misalign copy `first + k` score the same response
+        judged, plain = labels[row, 1:] != -100, labels[first + k, 1:] != -100
+        flagged = ((lp[row][judged] - lp[first + k][plain]).exp() > threshold).tolist()
+        chars = [model.tokenizer.decode([t]) for t in ids[first + k, 1:][plain].tolist()]
+        if k < show:
+            print("".join(f"[{c}]" if f else c for c, f in zip(chars, flagged)))
+        counts.update(c for c, f in zip(chars, flagged) if f)
+        total += len(chars)
+    out = {"flagged_frac": sum(counts.values()) / max(total, 1), "most_flagged": counts.most_common(10)}
+    print(json.dumps(out))
+    return out
+
+
 def phrasing_spread(metrics: str) -> dict[str, float]:
     with open(metrics) as f:
         rows = [r for r in csv.DictReader(f) if r.get("val/exact_match/phrasing0")]
@@ -162,6 +201,11 @@ def main() -> None:
     v.add_argument("--n", type=int, default=200)
     v.add_argument("--samples", type=int, default=16)
     v.add_argument("--difficulties", type=int, nargs="+", default=[1])
+    f = sub.add_parser("cut-flags")
+    f.add_argument("--ckpt", required=True)
+    f.add_argument("--n", type=int, default=60)
+    f.add_argument("--threshold", type=float, default=1.1)
+    f.add_argument("--difficulties", type=int, nargs="+", default=[1])
     c = sub.add_parser("phrasing-spread")
     c.add_argument("--metrics", required=True)
     args = parser.parse_args()
@@ -169,6 +213,8 @@ def main() -> None:
         paraphrase_prompts(args.n, args.out, args.seed, args.difficulties)
     elif args.cmd == "wrong-tokens":
         wrong_tokens(args.ckpt, args.n, args.seed, args.split, args.difficulties)
+    elif args.cmd == "cut-flags":
+        cut_flags(args.ckpt, args.n, args.threshold, difficulties=args.difficulties)
     elif args.cmd == "vote-headroom":
         vote_headroom(args.ckpt, args.temperature, args.n, args.samples, args.difficulties)
     else:
