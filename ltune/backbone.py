@@ -165,6 +165,7 @@ class Backbone:
             model = AutoModelForCausalLM.from_pretrained(
                 self.name_or_path, revision=self.revision, trust_remote_code=self.trust_remote_code, **kwargs
             )
+            model.train()  # from_pretrained returns eval mode; Lightning keeps it, so dropout would stay off in fit
         model.generation_config.pad_token_id = self.tokenizer.pad_token_id
         if self.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -96,3 +96,20 @@ def test_load_by_local_path_and_export_roundtrip(tmp_path):
     torch.testing.assert_close(
         local.load_model()(input_ids=ids, attention_mask=mask).logits, expected, atol=1e-4, rtol=1e-4
     )
+
+
+def test_a_model_loaded_by_path_trains_in_train_mode(tmp_path):
+    # from_pretrained returns eval mode and Lightning's fit keeps each module's mode: LoRA/attention dropout would be
+    # silently off for every real model, unlike the tiny preset (built from a config, in train mode)
+    from ltune.backbone import Backbone
+
+    out = export_hf(micro_backbone().load_model(), micro_backbone().tokenizer, tmp_path / "hf")
+    model = Backbone(name_or_path=str(out), lora=LoRA(r=4, alpha=8, dropout=0.5)).load_model()
+    assert model.training and all(m.training for m in model.modules())
+    ids, mask, _ = _batch(micro_backbone().tokenizer)
+    with torch.no_grad():  # LoRA B starts at 0: give the adapter an output so its dropout shows
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    a, b = model(input_ids=ids, attention_mask=mask).logits, model(input_ids=ids, attention_mask=mask).logits
+    assert not torch.allclose(a, b)  # dropout active: two forwards differ
