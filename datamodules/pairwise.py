@@ -19,13 +19,15 @@ class PairwiseData(LTuneData):
     attention masks and the ``preference`` floats.
 
     Rows without ``preference`` are labeled at setup by ``judge`` (RLAIF's AI labeler, e.g. ``ltune.judges.LMJudge``)
-    and the labeled rows are written to ``labels_path`` (jsonl, atomically), which later runs read back instead of
-    asking the judge again when it holds the same pairs. Map other column names with ``columns``, e.g.
+    and the labeled rows are written to ``labels_path`` (jsonl, atomically; the train split's, other splits beside it
+    as ``<stem>.<split>.jsonl``), which later runs read back instead of asking the judge again when they hold the
+    same pairs. Map other column names with ``columns``, e.g.
     ``{response_a: chosen, response_b: rejected}`` for preference rows.
 
     Args:
         judge: AI labeler for unlabeled rows; None requires a ``preference`` on every row.
-        labels_path: Where AI-labeled rows are cached (None: not cached).
+        labels_path: Where the train split's AI-labeled rows are cached (None: not cached); ``val`` goes to
+            ``<stem>.val<suffix>`` beside it.
         **kwargs: Arguments of :class:`~ltune.datamodules.base.LTuneData`.
     """
 
@@ -50,13 +52,21 @@ class PairwiseData(LTuneData):
         if self.judge is None:
             first = next(i for i, r in enumerate(rows, start=1) if "preference" not in r)
             raise DataError(f"{as_source(spec).name}: row {first}: field 'preference' is missing (or set a judge)")
-        return self.label(rows)
+        split = next((k for k, v in self.sources.items() if v is spec), None)
+        return self.label(rows, self.labels_file(split))
 
-    def label(self, rows: list[dict]) -> list[dict]:
-        """Fill the missing ``preference`` labels with the judge (or from ``labels_path`` when it matches)."""
+    def labels_file(self, split: str | None) -> Path | None:
+        """The cache of one split: ``labels_path`` for train, ``<stem>.<split><suffix>`` beside it for the others."""
+        if not self.labels_path:
+            return None
+        path = Path(self.labels_path)
+        return path if split in (None, "train") else path.with_name(f"{path.stem}.{split}{path.suffix}")
+
+    def label(self, rows: list[dict], path: Path | None = None) -> list[dict]:
+        """Fill the missing ``preference`` labels with the judge (or from the cache ``path`` when it matches)."""
         key = [(str(r["prompt"]), r["response_a"], r["response_b"]) for r in rows]
-        if self.labels_path and Path(self.labels_path).is_file():
-            cached = [json.loads(line) for line in Path(self.labels_path).read_text().splitlines() if line.strip()]
+        if path and path.is_file():
+            cached = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
             if [(str(r["prompt"]), r["response_a"], r["response_b"]) for r in cached] == key:
                 return cached
         todo = [i for i, r in enumerate(rows) if "preference" not in r]
@@ -67,12 +77,12 @@ class PairwiseData(LTuneData):
         rows = [dict(r) for r in rows]
         for i, value in zip(todo, p.tolist()):
             rows[i]["preference"] = value
-        if self.labels_path and (self.trainer is None or self.trainer.is_global_zero):
-            Path(self.labels_path).parent.mkdir(parents=True, exist_ok=True)
-            tmp = f"{self.labels_path}.tmp{os.getpid()}"
+        if path and (self.trainer is None or self.trainer.is_global_zero):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = f"{path}.tmp{os.getpid()}"
             with open(tmp, "w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in rows)
-            os.replace(tmp, self.labels_path)
+            os.replace(tmp, path)
         return rows
 
     def encode(self, row: dict) -> dict[str, Any]:

@@ -38,8 +38,10 @@ class _NoJudge(PairJudge):
         raise AssertionError("the cached labels should have been used")
 
 
-def _label(tmp_path, judge):
-    dm = PairwiseData(train=EmbeddedTasks(**PAIRS), columns=COLUMNS, judge=judge, labels_path=str(tmp_path / "l.jsonl"))
+def _label(tmp_path, judge, val=None):
+    dm = PairwiseData(
+        train=EmbeddedTasks(**PAIRS), val=val, columns=COLUMNS, judge=judge, labels_path=str(tmp_path / "l.jsonl")
+    )
     dm.tokenizer = micro_backbone().tokenizer
     dm.setup()
     return dm
@@ -56,6 +58,13 @@ def test_rlaif_label_then_reward_model_then_rl_in_order(tmp_path, monkeypatch):
     torch.testing.assert_close(torch.tensor([r["preference"] for r in rows]), expected)
     assert [b["preference"] for b in dm.data["train"]] == [r["preference"] for r in rows]
     _label(tmp_path, _NoJudge())  # a second run reads the cache instead of asking the judge
+    # a labeled val split gets its own cache beside the train one (it used to overwrite the train labels)
+    val = EmbeddedTasks(**{**PAIRS, "split": "val", "n": 3})
+    _label(tmp_path, judge, val=val)
+    assert [json.loads(line) for line in (tmp_path / "l.jsonl").read_text().splitlines()] == rows
+    val_rows = [json.loads(line) for line in (tmp_path / "l.val.jsonl").read_text().splitlines()]
+    assert [r["prompt"] for r in val_rows] == [r["prompt"] for r in val.rows()]
+    _label(tmp_path, _NoJudge(), val=val)  # both splits from their caches
     # stage 2: reward model on the labeled file
     main(["fit", "--config", str(ROOT / "configs/objectives/rlaif_reward_model.yaml"), *MICRO,
           "--trainer.max_steps=3", "--trainer.val_check_interval=3", "--trainer.log_every_n_steps=1",
