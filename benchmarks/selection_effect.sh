@@ -5,7 +5,7 @@
 #
 #   bash benchmarks/selection_effect.sh <SCORER> <OUT_DIR> [seeds...]     # then read <OUT_DIR>/*/result.txt
 set -euo pipefail
-SCORER=$(realpath "$1"); OUT=$(realpath -m "$2"); shift 2; SEEDS=("${@:-0 1 2}")
+SCORER=$(realpath "$1"); OUT=$(realpath -m "$2"); shift 2; SEEDS=("${@:-0 1 2 3 4}")
 C=$(cd "$(dirname "$0")/.." && pwd)/configs/selection
 export HF_HUB_OFFLINE=1 WANDB_MODE=${WANDB_MODE:-disabled} OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 COMMON=(--trainer.max_steps 600 --trainer.val_check_interval 600 --trainer.check_val_every_n_epoch null
