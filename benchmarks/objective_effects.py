@@ -107,14 +107,12 @@ def vote_headroom(
     sample_acc, maj, pass_n, greedy = [], [], [], []
     for batch in dm.train_dataloader():
         texts = decode(model.tokenizer, model.rollout(batch))
-        out = model.model.generate(
-            input_ids=batch["prompt_ids"],
-            attention_mask=batch["prompt_mask"],
-            do_sample=False,
-            max_new_tokens=64,
-            pad_token_id=model.tokenizer.pad_token_id,
-        )
-        best = model.tokenizer.batch_decode(out[:, batch["prompt_ids"].shape[1] :], skip_special_tokens=True)
+        tok = model.tokenizer
+        greedy_samples = model.sampler(
+            model.model, batch["prompt_ids"], batch["prompt_mask"], max_new_tokens=64,
+            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        )  # fmt: skip
+        best = decode(tok, greedy_samples)
         for i, truth in enumerate(batch["answer"]):
             answers = [extract_answer(t) for t in texts[samples * i : samples * (i + 1)]]
             hits = [is_equivalent(a, truth) for a in answers]
@@ -140,7 +138,7 @@ def cut_flags(ckpt: str, n: int = 60, threshold: float = 1.1, show: int = 8, dif
     from ltune.datamodules import EmbeddedTasks, JudgmentData
 
     from ltune import CUT
-    from ltune.backbone import Backbone, completion_logprobs
+    from ltune.backbone import Backbone
 
     if os.path.isdir(ckpt):
         model = CUT(backbone=Backbone(ckpt))
@@ -154,14 +152,12 @@ def cut_flags(ckpt: str, n: int = 60, threshold: float = 1.1, show: int = 8, dif
     dm.tokenizer = model.tokenizer
     dm.setup("fit")
     batch = next(iter(dm.val_dataloader()[0]))
-    ids, labels, negative = batch["input_ids"], batch["labels"], batch["negative_rows"]
-    first = ids.shape[0] - len(negative)
-    lp = completion_logprobs(model.model, ids, batch["attention_mask"], labels).logprobs
+    lp, response, first = model.response_logprobs(batch)
     counts, total = collections.Counter(), 0
-    for k, row in enumerate(negative):  # Align-N row `row` and its Misalign copy `first + k` score the same response
-        judged, plain = labels[row, 1:] != -100, labels[first + k, 1:] != -100
+    for k, row in enumerate(batch["negative_rows"]):  # Align-N row `row` and its Misalign copy `first + k`
+        judged, plain = response[row], response[first + k]
         flagged = ((lp[row][judged] - lp[first + k][plain]).exp() > threshold).tolist()
-        chars = [model.tokenizer.decode([t]) for t in ids[first + k, 1:][plain].tolist()]
+        chars = [model.tokenizer.decode([t]) for t in batch["input_ids"][first + k, 1:][plain].tolist()]
         if k < show:
             print("".join(f"[{c}]" if f else c for c, f in zip(chars, flagged)))
         counts.update(c for c, f in zip(chars, flagged) if f)

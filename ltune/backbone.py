@@ -130,6 +130,11 @@ class Backbone:
         tok.padding_side = "right"
         return tok
 
+    def load_frozen(self, device: torch.device | str | None = None) -> nn.Module:
+        """The model for scoring and judging: eval mode, no gradients, moved to ``device`` when given."""
+        model = self.load_model().eval().requires_grad_(False)
+        return model if device is None else model.to(device)
+
     def load_model(self) -> nn.Module:
         """Build or load the model, apply gradient checkpointing and LoRA. Heavy: call from ``configure_model``."""
         dtype = None if self.dtype == "auto" else getattr(torch, self.dtype)

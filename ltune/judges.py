@@ -143,7 +143,7 @@ class LMJudge(PairJudge):
 
     def _model(self):
         if self.model is None:
-            self.model = self.backbone.load_model().eval().requires_grad_(False)
+            self.model = self.backbone.load_frozen()
         return self.model
 
     def _options(self, contexts: list[str], options: list[str]) -> Tensor:

@@ -310,7 +310,7 @@ class Selection(LTuneData):
         from ltune.backbone import hidden_states
 
         bb = dataclasses.replace(embedder, lora=None)
-        model, tok = bb.load_model().eval().requires_grad_(False).to(device), bb.tokenizer
+        model, tok = bb.load_frozen(device), bb.tokenizer
         enc = [
             tok(t, add_special_tokens=False)["input_ids"][: self.pool.max_length] or [tok.eos_token_id] for t in texts
         ]

@@ -145,7 +145,7 @@ class DEITA(Selection):
         per_turn = {}
         for kind, bb in (("complexity", self.complexity_scorer), ("quality", self.quality_scorer)):
             bb = self._bb(bb)
-            model, tok = bb.load_model().eval().requires_grad_(False).to(device), bb.tokenizer
+            model, tok = bb.load_frozen(device), bb.tokenizer
             texts = [self.prompts[kind].format(instruction=x, output=y) for _, _, x, y in flat]
 
             @torch.inference_mode()
@@ -172,7 +172,7 @@ class DEITA(Selection):
             texts = ["\n".join(f"{x}\n{y}" for x, y in turns(r)) for r in rows]
             return self.embed_texts(texts, names, None, "DEITA embeddings")
         bb = self._bb(self.embedder)
-        model, tok, device = bb.load_model().eval().requires_grad_(False).to(self.device()), bb.tokenizer, self.device()
+        model, tok, device = bb.load_frozen(self.device()), bb.tokenizer, self.device()
         fmt = self.renderer(tok)
         enc = []
         for i, r in enumerate(rows):

@@ -95,8 +95,7 @@ class IFD(Selection):
 
     def score(self, rows: list[dict], names: list[str]) -> dict[str, np.ndarray]:
         bb = self.scorer_backbone()
-        return self.score_with(lambda: bb.load_model().eval().requires_grad_(False).to(self.device()), bb.tokenizer,
-                               rows, names)  # fmt: skip
+        return self.score_with(lambda: bb.load_frozen(self.device()), bb.tokenizer, rows, names)
 
     def score_with(
         self,

@@ -91,7 +91,7 @@ class IFDPreExperience(Selection):
                 raise ScoringError(f"{names[i]}: could not be rendered: {err}") from err
             if len(ids[-1]) < 2:
                 raise ScoringError(f"{names[i]}: the rendered instruction has fewer than 2 tokens; no perplexity")
-        model = bb.load_model().eval().requires_grad_(False).to(device)
+        model = bb.load_frozen(device)
 
         @torch.inference_mode()
         def fn(batch: list[int]) -> dict[str, np.ndarray]:

@@ -49,11 +49,16 @@ class CUT(Objective):
         self.threshold, self.weighting, self.alpha, self.gamma = threshold, weighting, alpha, gamma
         self.val_metrics = torch.nn.ModuleDict({k: MeanMetric() for k in LOGGED})
 
-    def forward_loss(self, batch: dict):
-        ids, labels, negative_rows = batch["input_ids"], batch["labels"], batch["negative_rows"]
-        n_first = ids.shape[0] - len(negative_rows)
+    def response_logprobs(self, batch: dict):
+        """One forward over the stacked batch: per-token log-probs ``[B, T-1]``, the response-token mask, and the
+        number of Align-P/Align-N rows (the Misalign copies of ``negative_rows`` follow them, in that order)."""
+        ids, labels = batch["input_ids"], batch["labels"]
         lp = completion_logprobs(self.model, ids, batch["attention_mask"], labels).logprobs
-        response = labels[:, 1:] != IGNORE
+        return lp, labels[:, 1:] != IGNORE, ids.shape[0] - len(batch["negative_rows"])
+
+    def forward_loss(self, batch: dict):
+        ids, negative_rows = batch["input_ids"], batch["negative_rows"]
+        lp, response, n_first = self.response_logprobs(batch)
         first, first_mask = lp[:n_first], response[:n_first]
         neg = torch.as_tensor(negative_rows, dtype=torch.long, device=ids.device)
         judged = first[neg][first_mask[neg]]  # Align-N tokens, row-major: the same order as the Misalign tokens
