@@ -81,7 +81,12 @@ def wrong_tokens(
 
 @torch.no_grad()
 def vote_headroom(
-    ckpt: str, temperature: float = 0.6, n: int = 200, samples: int = 16, difficulties: list[int] | None = None
+    ckpt: str,
+    temperature: float = 0.6,
+    n: int = 200,
+    samples: int = 16,
+    difficulties: list[int] | None = None,
+    categories: list[str] | None = None,
 ) -> dict[str, float]:
     from ltune.datamodules import EmbeddedTasks, PromptData
 
@@ -101,7 +106,8 @@ def vote_headroom(
     )
     model.configure_model()
     model.eval()
-    dm = PromptData(train=EmbeddedTasks(format="prompts", n=n, split="val", difficulties=difficulties), batch_size=20)
+    tasks = EmbeddedTasks(format="prompts", n=n, split="val", difficulties=difficulties, categories=categories)
+    dm = PromptData(train=tasks, batch_size=20)
     dm.tokenizer = model.tokenizer
     dm.setup("fit")
     sample_acc, maj, pass_n, greedy = [], [], [], []
@@ -197,6 +203,7 @@ def main() -> None:
     v.add_argument("--n", type=int, default=200)
     v.add_argument("--samples", type=int, default=16)
     v.add_argument("--difficulties", type=int, nargs="+", default=[1])
+    v.add_argument("--categories", nargs="+", default=None, help="e.g. sum (default: the six default categories)")
     f = sub.add_parser("cut-flags")
     f.add_argument("--ckpt", required=True)
     f.add_argument("--n", type=int, default=60)
@@ -212,7 +219,7 @@ def main() -> None:
     elif args.cmd == "cut-flags":
         cut_flags(args.ckpt, args.n, args.threshold, difficulties=args.difficulties)
     elif args.cmd == "vote-headroom":
-        vote_headroom(args.ckpt, args.temperature, args.n, args.samples, args.difficulties)
+        vote_headroom(args.ckpt, args.temperature, args.n, args.samples, args.difficulties, args.categories)
     else:
         phrasing_spread(args.metrics)
 

@@ -1,7 +1,9 @@
 """The problems behind the embedded tasks: a seeded generator of short arithmetic and string problems.
 
 Every problem has one checkable answer and a worked solution in a single regular format,
-``"{expression}={answer}. The answer is {answer}."`` (e.g. ``"23+58=81. The answer is 81."``).
+``"{expression}={answer}. The answer is {answer}."`` (e.g. ``"23+58=81. The answer is 81."``). The ``sum`` category
+(requested by name) writes a running-sum trace as its expression, in an order drawn per problem
+(``"12+5=17, 17+7=24. The answer is 24."``): the one category where samples can reach an answer along different paths.
 
 Splits are disjoint by construction: a problem belongs to ``train``, ``val`` or ``test`` according to
 a stable hash (SHA-256) of its category and question, whatever the seed. The seed only decides which
@@ -18,12 +20,16 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 CATEGORIES: tuple[str, ...] = ("add", "sub", "mul", "compare", "reverse", "sort")
+# Categories drawn only when named (not in the default mix): "sum" adds 3-4 numbers through a running-sum trace
+# whose order is drawn per problem, so a model's samples can reach the answer along different paths.
+TRACE_CATEGORIES: tuple[str, ...] = ("sum",)
 DIFFICULTIES: tuple[int, ...] = (1, 2, 3)
 # Hash buckets (out of 100) of each split: 80% train, 10% val, 10% test.
 _SPLIT_BUCKETS: dict[str, tuple[int, int]] = {"train": (0, 80), "val": (80, 90), "test": (90, 100)}
 _LETTERS = string.ascii_lowercase
 _NUMBER_RANGE = {1: (0, 20), 2: (10, 99), 3: (100, 999)}  # operand ranges of add/sub
 _WORD_LENGTHS = {1: (3,), 2: (4, 5), 3: (6, 7, 8)}  # word lengths of reverse/sort
+_SUM_TERMS = {1: (3, (1, 20)), 2: (4, (1, 30)), 3: (4, (10, 99))}  # number of terms and their range for sum
 # Fractional parts without a trailing zero, so that decimals are written canonically ("3.5", "3.45").
 _FRACTIONS = tuple(str(i) for i in range(1, 10)) + tuple(f"{i:02d}" for i in range(1, 100) if i % 10)
 
@@ -33,7 +39,7 @@ class Problem:
     """One verifiable problem.
 
     Attributes:
-        category: Task family, one of ``CATEGORIES``.
+        category: Task family, one of ``CATEGORIES`` or ``TRACE_CATEGORIES``.
         difficulty: 1 (easy) to 3 (hard).
         question: Canonical instruction, e.g. ``"What is 23+58?"``.
         answer: Final answer, e.g. ``"81"``.
@@ -119,6 +125,26 @@ def _compare(rng: random.Random, difficulty: int) -> Problem:
     return _problem("compare", difficulty, f"max({a},{b})", larger, phrasings)
 
 
+def _sum(rng: random.Random, difficulty: int) -> Problem:
+    """Several numbers added step by step in an order drawn per problem: ``"12+5=17, 17+7=24"``."""
+    count, (lo, hi) = _SUM_TERMS[difficulty]
+    terms = [rng.randint(lo, hi) for _ in range(count)]
+    listed = ", ".join(map(str, terms[:-1])) + f" and {terms[-1]}"
+    order = rng.sample(terms, count)
+    steps, total = [], order[0]
+    for term in order[1:-1]:
+        steps.append(f"{total}+{term}={total + term}")
+        total += term
+    steps.append(f"{total}+{order[-1]}")  # the last step's result is the answer, written by solution_for
+    phrasings = (
+        f"What is the sum of {listed}?",
+        f"Add up {listed}.",
+        f"Compute {'+'.join(map(str, terms))}.",
+        f"Find the total of {listed}.",
+    )
+    return _problem("sum", difficulty, ", ".join(steps), str(sum(terms)), phrasings)
+
+
 def _word(rng: random.Random, difficulty: int, reject: Callable[[str], bool]) -> str:
     while True:
         word = "".join(rng.choices(_LETTERS, k=rng.choice(_WORD_LENGTHS[difficulty])))
@@ -155,6 +181,7 @@ _MAKERS: dict[str, Callable[[random.Random, int], Problem]] = {
     "compare": _compare,
     "reverse": _reverse,
     "sort": _sort,
+    "sum": _sum,
 }
 
 
@@ -166,6 +193,9 @@ def _space_size(category: str, difficulty: int) -> int:
         return k * k if category == "add" else k * (k + 1) // 2
     if category == "mul":
         return {1: 144, 2: 720, 3: 8100}[difficulty]
+    if category == "sum":
+        count, (lo, hi) = _SUM_TERMS[difficulty]
+        return (hi - lo + 1) ** count
     if category == "compare":
         return {1: 100 * 99, 2: 900 * 899, 3: 100 * len(_FRACTIONS) * (len(_FRACTIONS) - 1)}[difficulty]
     return sum(26**k for k in _WORD_LENGTHS[difficulty])
@@ -194,7 +224,7 @@ def generate_problems(
         n: Number of problems.
         seed: Random seed; the same seed and arguments give the same list.
         split: ``"train"``, ``"val"`` or ``"test"``; the three are disjoint whatever the seed.
-        categories: Task families to draw from (default: all of ``CATEGORIES``).
+        categories: Task families to draw from (default: all of ``CATEGORIES``; ``TRACE_CATEGORIES`` on request).
         difficulties: Difficulty levels to draw from (1 easy .. 3 hard).
 
     Raises:
@@ -206,7 +236,7 @@ def generate_problems(
     if split not in _SPLIT_BUCKETS:
         raise ValueError(f"split must be one of {tuple(_SPLIT_BUCKETS)}, got {split!r}")
     if unknown := [c for c in categories if c not in _MAKERS]:
-        raise ValueError(f"unknown categories {unknown}; choose from {CATEGORIES}")
+        raise ValueError(f"unknown categories {unknown}; choose from {CATEGORIES + TRACE_CATEGORIES}")
     if not categories or not difficulties or any(d not in DIFFICULTIES for d in difficulties):
         raise ValueError(f"need at least one category and difficulties in {DIFFICULTIES}, got {difficulties}")
     if n < 0:

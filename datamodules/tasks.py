@@ -16,7 +16,14 @@ import random
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
-from ltune.datamodules.problems import CATEGORIES, DIFFICULTIES, Problem, generate_problems, split_of
+from ltune.datamodules.problems import (
+    CATEGORIES,
+    DIFFICULTIES,
+    TRACE_CATEGORIES,
+    Problem,
+    generate_problems,
+    split_of,
+)
 from ltune.datamodules.sources import Source
 
 if TYPE_CHECKING:
@@ -47,7 +54,8 @@ class EmbeddedTasks(Source):
         n: Number of rows.
         seed: Random seed; rows are a deterministic function of all arguments.
         split: ``"train"``, ``"val"`` or ``"test"``; problems of different splits never overlap.
-        categories: Task families (default all: add, sub, mul, compare, reverse, sort).
+        categories: Task families (default: add, sub, mul, compare, reverse, sort; ``"sum"``, a multi-step
+            running sum in a per-problem order, only when named).
         difficulties: Difficulty levels, 1 (easy) to 3 (hard).
         negative_fraction: Fraction of wrong candidates in ``critique`` rows and of negative ``judgment`` rows.
         noise_fraction: Fraction of noisy rows among the distinct rows of a ``pool``.
@@ -187,6 +195,7 @@ def _noisy_response(p: Problem, rng: random.Random) -> str:
 
 __all__ = [
     "CATEGORIES",
+    "TRACE_CATEGORIES",
     "DIFFICULTIES",
     "FORMATS",
     "EmbeddedTasks",

@@ -181,3 +181,29 @@ def test_bad_arguments():
         EmbeddedTasks(format="chat")
     with pytest.raises(ValueError, match="noise_fraction"):
         EmbeddedTasks(format="pool", noise_fraction=1.5)
+
+
+def test_sum_trace_is_a_correct_running_sum_in_varied_orders():
+    problems = generate_problems(300, seed=2, categories=["sum"], difficulties=(1, 2, 3))
+    first_terms_in_question_order = 0
+    rng = random.Random(0)
+    for p in problems:
+        terms = [int(t) for t in p.paraphrases[1][len("Compute ") : -1].split("+")]  # "Compute 12+17+14."
+        assert len(terms) == (3 if p.difficulty == 1 else 4)
+        steps = [s.split("=") for s in p.solution.split(". The answer")[0].split(", ")]
+        used, total = [], None
+        for left, result in steps:
+            a, b = (int(x) for x in left.split("+"))
+            assert total is None or a == total, p  # each step starts from the previous result
+            used += [b] if total is not None else [a, b]
+            total = int(result)
+            assert total == a + b, p
+        assert sorted(used) == sorted(terms) and total == sum(terms) == int(p.answer), p
+        assert len(p.solution) <= 60 and p.wrong_answer(rng) != p.answer
+        first_terms_in_question_order += used == terms
+    assert 0 < first_terms_in_question_order < len(problems) / 3  # the order is drawn, not the question's
+
+
+def test_sum_is_only_drawn_when_named():
+    assert "sum" not in {p.category for p in generate_problems(600, seed=0, difficulties=(1, 2, 3))}
+    assert "sum" not in CATEGORIES
