@@ -7,8 +7,9 @@ python benchmarks/objective_effects.py wrong-tokens --ckpt runs/cut/version_0/ch
     mean probability, without the judgment, of the first token at which a held-out negatively judged response
     departs from the correct solution (the token its judgment calls wrong), given the correct prefix
 python benchmarks/objective_effects.py vote-headroom --ckpt runs/quickstart/version_0/hf --temperature 0.6
-    greedy exact match vs mean sample accuracy, maj@N and pass@N of N samples per held-out prompt (TTRL / RLSC
-    can at best move greedy decoding to the majority answer)
+    (add --categories sum --difficulties 1 2 for the multi-path task) greedy exact match vs mean sample accuracy,
+    maj@N and pass@N of N samples per held-out prompt (TTRL / RLSC can at best move greedy decoding to the majority
+    answer)
 python benchmarks/objective_effects.py cut-flags --ckpt runs/cut/version_0/checkpoints/<c>.ckpt  (or an HF folder)
     the Misalign tokens CUT flags (p(y_t | x, j-) / p(y_t | x) > threshold) on held-out negative rows, bracketed
 python benchmarks/objective_effects.py phrasing-spread --metrics runs/coin/version_0/metrics.csv
@@ -25,6 +26,18 @@ import os
 import statistics
 
 import torch
+
+
+def load_objective(cls, ckpt: str):
+    """An objective of class ``cls`` in eval mode, from an exported Hugging Face folder or a Lightning checkpoint."""
+    from ltune.backbone import Backbone
+
+    if os.path.isdir(ckpt):  # an exported Hugging Face folder (e.g. the quickstart's runs/.../hf)
+        model = cls(backbone=Backbone(ckpt))
+        model.configure_model()
+    else:
+        model = cls.load_from_checkpoint(ckpt, map_location="cpu")
+    return model.eval()
 
 
 def paraphrase_prompts(n: int, out: str, seed: int = 0, difficulties: list[int] | None = None) -> None:
@@ -51,14 +64,9 @@ def wrong_tokens(
 
         model = Objective(backbone=Backbone("tiny", tiny=Tiny(init_seed=int(ckpt[5:]))))
         model.configure_model()
-    elif os.path.isdir(ckpt):  # an exported Hugging Face folder (e.g. the quickstart's runs/.../hf)
-        from ltune.backbone import Backbone
-
-        model = Objective(backbone=Backbone(ckpt))
-        model.configure_model()
+        model.eval()
     else:
-        model = Objective.load_from_checkpoint(ckpt, map_location="cpu")
-    model.eval()
+        model = load_objective(Objective, ckpt)
     source = EmbeddedTasks(format="judgment", n=n, split=split, seed=seed, difficulties=difficulties)
     dm = JudgmentData()
     dm.tokenizer = model.tokenizer
@@ -144,14 +152,8 @@ def cut_flags(ckpt: str, n: int = 60, threshold: float = 1.1, show: int = 8, dif
     from ltune.datamodules import EmbeddedTasks, JudgmentData
 
     from ltune import CUT
-    from ltune.backbone import Backbone
 
-    if os.path.isdir(ckpt):
-        model = CUT(backbone=Backbone(ckpt))
-        model.configure_model()
-    else:
-        model = CUT.load_from_checkpoint(ckpt, map_location="cpu")
-    model.eval()
+    model = load_objective(CUT, ckpt)
     dm = JudgmentData(
         val=EmbeddedTasks(format="judgment", n=n, split="val", difficulties=difficulties), eval_batch_size=n
     )
