@@ -47,7 +47,9 @@ ROWS = [{"prompt": f"q{i}", "response": "x" * (i % 7 + 1) + f" {i}"} for i in ra
 
 
 def make(tmp_path, rows=ROWS, tokenizer=None, **kwargs):
-    path = write_jsonl(tmp_path / "pool.jsonl", rows)
+    path = str(tmp_path / "pool.jsonl")
+    if rows is not None:  # None: the pool is already written (DDP ranks must not rewrite it under each other)
+        write_jsonl(path, rows)
     sel = LengthScore(
         InstructionData(train=path),
         cache_dir=str(tmp_path / "cache"),
@@ -166,7 +168,7 @@ def _ddp_worker(rank, world, port, tmp, out):
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
     from ltune.backbone import Backbone
 
-    sel = make(__import__("pathlib").Path(tmp), tokenizer=Backbone().tokenizer, budget=4)
+    sel = make(__import__("pathlib").Path(tmp), rows=None, tokenizer=Backbone().tokenizer, budget=4)
     seen = []
     orig = sel.score
 
@@ -186,6 +188,7 @@ def test_scoring_shards_across_ddp_ranks(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    write_jsonl(tmp_path / "pool.jsonl", ROWS)
     torch.multiprocessing.spawn(_ddp_worker, args=(2, port, str(tmp_path), str(tmp_path)), nprocs=2)
     r0, r1 = (torch.load(tmp_path / f"{r}.pt", weights_only=False) for r in (0, 1))
     assert r0["seen"] == [f"{tmp_path}/pool.jsonl: row {i + 1}" for i in range(0, 20, 2)]
