@@ -81,7 +81,8 @@ class Lion(Rounds):
     Args:
         instructions: The initial instructions (``prompt`` column): both the Train Pool and the first Cache Pool.
         teacher: Answers instructions and writes new ones (``generate``).
-        referee: Rates two answers 1-10 (``rating``); the teacher itself when None.
+        referee: Rates two answers 1-10 (``rate_pair``); the teacher itself when None. ``VerifierJudge`` checks
+            answers with a solver instead (tasks a program can solve, such as the embedded ones).
         rounds: M-steps: round 0 is imitation, each later one follows an adversarial E-step (paper: 3 iterations).
         threshold: Hard when the two-order mean teacher score minus student score is at least this (paper: 1.0).
         num_new: New instructions per round, half from hard seeds and half from easy seeds (paper: 6000).
@@ -233,13 +234,7 @@ class Lion(Rounds):
         return [t.strip() for t in decode(tok, samples)]
 
     def _ratings(self, prompts: list[str], first: list[str], second: list[str]) -> tuple[list[float], list[float]]:
-        ctx = [
-            self.referee_template.format(question=p, first=a, second=b, slot=slot)
-            for slot in (1, 2)
-            for p, a, b in zip(prompts, first, second)
-        ]
-        scores = self.referee.rating(ctx).tolist()
-        return scores[: len(prompts)], scores[len(prompts) :]
+        return self.referee.rate_pair(prompts, first, second, self.referee_template)
 
 
 def _rouge_l(a: list[str], b: list[str]) -> float:

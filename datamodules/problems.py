@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 import string
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -271,3 +272,44 @@ def generate_problems(
         seen.add(key)
         problems.append(problem)
     return problems
+
+
+# ---- solving a question from its text (an oracle for judges: also reads questions no generator drew) ----------------
+_FIELDS = {"a": r"\d+", "b": r"\d+", "x": r"\d+(?:\.\d+)?", "y": r"\d+(?:\.\d+)?", "w": "[a-z]+",
+           "terms": r"(?:\d+, )*\d+ and \d+", "plus": r"(?:\d+\+)+\d+"}  # fmt: skip
+_PHRASINGS: tuple[tuple[tuple[str, ...], Callable[..., str]], ...] = (
+    (("What is {a}+{b}?", "Add {a} and {b}.", "Find the sum of {a} and {b}."), lambda a, b: str(int(a) + int(b))),
+    (("What is {a}-{b}?", "Compute {a}-{b}.", "Subtract {b} from {a}.", "What is {a} minus {b}?"),
+     lambda a, b: str(int(a) - int(b))),
+    (("What is {a}*{b}?", "Compute {a}*{b}.", "Multiply {a} by {b}.", "What is {a} times {b}?"),
+     lambda a, b: str(int(a) * int(b))),
+    (("Compute {plus}.", "What is the sum of {terms}?", "Add up {terms}.", "Find the total of {terms}."),
+     lambda plus=None, terms=None: str(sum(int(t) for t in re.findall(r"\d+", plus or terms)))),
+    (("Which is larger, {x} or {y}?", "What is max({x},{y})?", "Give the bigger number: {x} or {y}.",
+      "Pick the larger of {x} and {y}."), lambda x, y: x if Decimal(x) > Decimal(y) else y),
+    (("Reverse the letters of {w}.", "Write {w} backwards.", "Spell {w} in reverse.", "What is {w} reversed?"),
+     lambda w: w[::-1]),
+    (("Sort the letters of {w}.", "Put the letters of {w} in alphabetical order.",
+      "Arrange the letters {w} alphabetically.", "What is {w} sorted?"), lambda w: "".join(sorted(w))),
+)  # fmt: skip
+
+
+def _pattern(phrasing: str) -> re.Pattern:
+    parts = re.split(r"\{(\w+)\}", phrasing)  # literal, field, literal, field, ..., literal
+    return re.compile("".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>{_FIELDS[p]})" for i, p in enumerate(parts)))
+
+
+_SOLVERS = [(_pattern(phrasing), fn) for phrasings, fn in _PHRASINGS for phrasing in phrasings]
+
+
+def solve(question: str) -> str | None:
+    """The answer of a question written in any phrasing of the embedded tasks, computed from its text alone, so it
+    also answers questions that a model wrote (Lion's new instructions); None when the text matches no phrasing.
+
+    Example: ``solve("Add up 3, 12 and 7.") == "22"``; ``solve("Write kcab backwards.") == "back"``.
+    """
+    text = question.strip()
+    for pattern, fn in _SOLVERS:
+        if m := pattern.fullmatch(text):
+            return fn(**m.groupdict())
+    return None

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
 from ltune.backbone import Backbone, completion_logprobs
 from ltune.generation import HFSampler, decode, terminated
+from ltune.rewards import extract_answer, is_equivalent
 
 PREAMBLE = "A good response answers the question correctly and ends with 'The answer is X.'"
 ENDING = "Preferred Response="
@@ -67,6 +68,19 @@ class PairJudge:
     def rating(self, contexts: Sequence[str]) -> Tensor:
         """``[N]`` 1-10 rating that follows each context (``"Score: "``); NaN where none can be read."""
         raise NotImplementedError
+
+    def rate_pair(
+        self, questions: Sequence[str], first: Sequence[str], second: Sequence[str], template: str
+    ) -> tuple[list[float], list[float]]:
+        """1-10 ratings of the answers in slot 1 and slot 2 (Lion's referee): :meth:`rating` after ``template``
+        (``{question}``, ``{first}``, ``{second}``, ``{slot}``) rendered once per slot; NaN where none can be read."""
+        ctx = [
+            template.format(question=q, first=a, second=b, slot=slot)
+            for slot in (1, 2)
+            for q, a, b in zip(questions, first, second)
+        ]
+        scores = self.rating(ctx).tolist()
+        return scores[: len(questions)], scores[len(questions) :]
 
     def preference(
         self, prompts: Sequence[str], responses_a: Sequence[str], responses_b: Sequence[str]
@@ -283,6 +297,45 @@ class APIJudge(PairJudge):
         return torch.tensor(values, dtype=torch.float32)
 
 
+class VerifierJudge(PairJudge):
+    """A referee that checks answers instead of reading an LM's opinion: an answer rates ``correct`` when its final
+    answer (:func:`ltune.rewards.extract_answer`) is equivalent to the reference that ``solver`` computes from the
+    question, ``wrong`` otherwise, and NaN (unjudged) when the solver cannot read the question. It stands in for a
+    strong LM referee on tasks a program can solve, such as the embedded tasks (:func:`ltune.datamodules.problems.
+    solve`, which also reads questions a model wrote). It rates only: it cannot generate or give pair preferences.
+
+    Args:
+        solver: Question -> reference answer, or None when unreadable (default: the embedded tasks' ``solve``).
+        correct: Rating of a verified answer.
+        wrong: Rating of any other answer (no final answer included).
+    """
+
+    def __init__(
+        self, solver: Callable[[str], str | None] | None = None, correct: float = 10.0, wrong: float = 1.0
+    ) -> None:
+        super().__init__()
+        if solver is None:
+            from ltune.datamodules.problems import solve as solver
+        self.solver, self.correct, self.wrong = solver, correct, wrong
+
+    def verdicts(self, questions: Sequence[str], answers: Sequence[str]) -> list[float]:
+        """The rating of each answer to its question."""
+        out = []
+        for question, answer in zip(questions, answers):
+            reference = self.solver(question)
+            if reference is None:
+                out.append(math.nan)
+            else:
+                out.append(self.correct if is_equivalent(extract_answer(answer), reference) else self.wrong)
+        return out
+
+    def rate_pair(
+        self, questions: Sequence[str], first: Sequence[str], second: Sequence[str], template: str = ""
+    ) -> tuple[list[float], list[float]]:
+        """The two slots' ratings; ``template`` is ignored (no prompt is rendered), so the order cannot matter."""
+        return self.verdicts(questions, first), self.verdicts(questions, second)
+
+
 _RATING = re.compile(r"\s*(10|[1-9])(?!\d)")
 
-__all__ = ["APIJudge", "LMJudge", "PairJudge"]
+__all__ = ["APIJudge", "LMJudge", "PairJudge", "VerifierJudge"]

@@ -1,6 +1,7 @@
 """Judges: the preference by hand from the model's own log-probs, order debiasing, d-RLAIF rating, and the
 OpenAI-compatible client against a real HTTP server on 127.0.0.1 that serves the same micro model."""
 
+import math
 import os
 import subprocess
 import sys
@@ -8,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from ltune.judges import APIJudge, LMJudge, PairJudge
+from ltune.judges import APIJudge, LMJudge, PairJudge, VerifierJudge
 from tests.conftest import micro_backbone
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -100,3 +101,13 @@ def test_api_judge_matches_the_local_judge_over_http(server):
     assert m_api["p_first_position"] == m_local["p_first_position"]
     with pytest.raises(ValueError, match="top_logprobs"):
         APIJudge(model="tiny-micro", base_url=server, top_logprobs=1, preamble="zzzz").preference(PROMPTS, A, B)
+
+
+def test_verifier_judge_rates_by_the_solved_reference_and_leaves_unreadable_questions_unjudged():
+    judge = VerifierJudge(correct=9.0, wrong=2.0)
+    first, second = judge.rate_pair(PROMPTS + ["Tell a joke."], A + ["A joke."], B + ["Another."], template="unused")
+    assert first[:2] == [9.0, 9.0] and second[:2] == [2.0, 2.0]  # A is right, B is wrong (by hand: 4, cba)
+    assert math.isnan(first[2]) and math.isnan(second[2])  # no phrasing of the embedded tasks: unjudged
+    custom = VerifierJudge(solver=lambda q: "42")
+    assert custom.verdicts(["anything"], ["The answer is 42."]) == [10.0]
+    assert custom.verdicts(["anything"], ["no final answer"]) == [1.0]

@@ -18,7 +18,7 @@ from rouge_score import rouge_scorer
 
 from ltune.backbone import Backbone
 from ltune.cli import main
-from ltune.judges import APIJudge, LMJudge, PairJudge
+from ltune.judges import APIJudge, LMJudge, PairJudge, VerifierJudge
 from tests.callbacks.conftest import ROOT, cpu_env
 
 
@@ -58,6 +58,19 @@ def test_discrimination_averages_both_orders_and_applies_the_gap_threshold(monke
     nan_judge.rating = lambda contexts: torch.full((len(contexts),), float("nan"))
     lion.referee = nan_judge
     assert [o["label"] for o in lion.e_step(None, None, 1, items)] == ["unjudged", "unjudged"]
+
+
+def test_a_verifier_referee_marks_hard_where_only_the_teacher_is_right(monkeypatch):
+    lion = Lion(instructions="unused.jsonl", teacher=Scripted(), referee=VerifierJudge(), threshold=1.0)
+    questions = ["Add up 3, 12 and 7.", "What is 2+2?", "Write a story.", "Compute 1+2+3."]
+    student = dict(zip(questions, ["The answer is 21.", "2+2=4. The answer is 4.", "Once.", "The answer is 6."]))
+    monkeypatch.setattr(lion, "_student", lambda trainer, module, prompts: [student[p] for p in prompts])
+    teacher = ["12+7=19, 19+3=22. The answer is 22.", "The answer is 4.", "Once upon a time.", "The answer is 7."]
+    out = lion.e_step(None, None, 1, [{"prompt": q, "response": t} for q, t in zip(questions, teacher)])
+    # teacher right, student wrong -> gap 9 (hard); both right -> 0 (easy); unreadable question -> unjudged;
+    # only the student right -> gap -9 (easy)
+    assert [(o["s_teacher"], o["s_student"]) for o in out if o["label"] != "unjudged"] == [(10, 1), (10, 10), (1, 10)]
+    assert [o["label"] for o in out] == ["hard", "easy", "unjudged", "easy"]
 
 
 def test_instruction_filters_and_rouge_l():

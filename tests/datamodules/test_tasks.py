@@ -3,7 +3,15 @@
 import random
 
 import pytest
-from ltune.datamodules.tasks import CATEGORIES, FORMATS, EmbeddedTasks, Problem, generate_problems, split_of
+from ltune.datamodules.tasks import (
+    CATEGORIES,
+    FORMATS,
+    TRACE_CATEGORIES,
+    EmbeddedTasks,
+    Problem,
+    generate_problems,
+    split_of,
+)
 
 from ltune.rewards import extract_answer, is_equivalent
 
@@ -207,3 +215,25 @@ def test_sum_trace_is_a_correct_running_sum_in_varied_orders():
 def test_sum_is_only_drawn_when_named():
     assert "sum" not in {p.category for p in generate_problems(600, seed=0, difficulties=(1, 2, 3))}
     assert "sum" not in CATEGORIES
+
+
+def test_solve_reads_every_phrasing_of_every_category_and_only_those():
+    from ltune.datamodules.problems import solve
+
+    for category in CATEGORIES + TRACE_CATEGORIES:
+        for difficulty in (1, 2, 3):
+            for p in generate_problems(20, seed=3, split="train", categories=[category], difficulties=[difficulty]):
+                for question in (p.question, *p.paraphrases):
+                    assert solve(question) == p.answer, (category, question)
+    # questions no generator drew (a model's new instructions), worked by hand
+    assert solve("What is the sum of 1, 2, 3, 4 and 5?") == "15" and solve("Compute 7+8+9.") == "24"
+    assert solve("Subtract 9 from 4.") == "-5" and solve("Pick the larger of 3.5 and 3.45.") == "3.5"
+    assert solve(" Spell abc in reverse. ") == "cba" and solve("What is dcba sorted?") == "abcd"
+    for text in (
+        "What is the sum of 3 and?",
+        "Add up 3, 12 and 7",
+        "What is 3+4? Think.",
+        "",
+        "Sort the letters of ABC.",
+    ):
+        assert solve(text) is None, text
