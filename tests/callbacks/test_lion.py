@@ -157,9 +157,9 @@ def test_api_teacher_reports_finish_reason_length(solver_dir):
         server.wait()
 
 
-def lion_config(tmp_path: Path, teacher: dict, name: str = "lion") -> Path:
-    cfg = yaml.safe_load((ROOT / "configs/loops/lion.yaml").read_text())
-    loop = cfg["trainer"]["callbacks"][0]["init_args"]
+def lion_config(tmp_path: Path, teacher: dict, name: str = "lion", config: str = "lion.yaml") -> Path:
+    cfg = yaml.safe_load((ROOT / "configs/loops" / config).read_text())
+    loop = cfg["trainer"]["callbacks"][-1]["init_args"]  # Lion is last
     loop["instructions"]["init_args"].update(n=8)
     loop.update(teacher=teacher, rounds=2, num_new=4, answer_tokens=16, instruction_tokens=16, epochs_per_round=1,
                 chunk_size=4)  # fmt: skip
@@ -167,7 +167,7 @@ def lion_config(tmp_path: Path, teacher: dict, name: str = "lion") -> Path:
                                  "init_args": {"save_dir": str(tmp_path / "runs"), "name": name}}]  # fmt: skip
     cfg["trainer"]["enable_progress_bar"] = False
     tiny = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "num_kv_heads": 1, "intermediate_size": 64}
-    cfg["model"]["init_args"]["backbone"]["tiny"] = tiny
+    cfg["model"]["init_args"]["backbone"].update(name_or_path="tiny", tiny=tiny)
     cfg["model"]["init_args"]["max_new_tokens"] = 16
     cfg["data"]["init_args"].update(batch_size=4, max_length=96)
     cfg["data"]["init_args"]["eval_prompts"]["init_args"].update(n=4)
@@ -194,6 +194,18 @@ def test_lion_config_runs_offline_through_the_cli(tmp_path, solver_dir, one_thre
     history = _check_run(tmp_path / "runs/lion/version_0")
     assert history[1]["unjudged"] == 0  # a local judge always yields a rating (an expectation over 1..10)
     assert 1 <= history[1]["referee_teacher"] <= 10 and 1 <= history[1]["referee_student"] <= 10
+
+
+def test_lion_sum_config_runs_offline_through_the_cli_with_the_verifier_referee(tmp_path, solver_dir, one_thread):
+    teacher = {"class_path": "ltune.judges.LMJudge", "init_args": {"backbone": {"name_or_path": str(solver_dir)}}}
+    main(["fit", "--config", str(lion_config(tmp_path, teacher, name="lion_sum", config="lion_sum.yaml"))])
+    run = tmp_path / "runs/lion_sum/version_0"
+    history = _check_run(run)
+    assert history[1]["unjudged"] == 0  # every sum question is readable by problems.solve
+    judged = read_jsonl(run / "rounds/round_1/chunk_00000.jsonl") + read_jsonl(run / "rounds/round_1/chunk_00001.jsonl")
+    for row in judged:  # verifier ratings: 10 for a right answer, 1 otherwise; hard iff only the teacher is right
+        assert {row["s_teacher"], row["s_student"]} <= {1.0, 10.0}
+        assert (row["label"] == "hard") == (row["s_teacher"] - row["s_student"] == 9.0)
 
 
 def test_lion_with_an_api_teacher_against_a_real_local_server(tmp_path, one_thread):
@@ -224,4 +236,9 @@ def test_api_rating_reads_a_leading_integer_from_1_to_10():
 
 def test_every_loop_config_has_a_cli_run_test():
     # rest_em.yaml: test_rest_em.py (and the SIGKILL resume test); lion.yaml: the two CLI runs above
-    assert sorted(p.name for p in (ROOT / "configs/loops").glob("*.yaml")) == ["lion.yaml", "rest_em.yaml"]
+    # lion_sum.yaml: the verifier-referee run above
+    assert sorted(p.name for p in (ROOT / "configs/loops").glob("*.yaml")) == [
+        "lion.yaml",
+        "lion_sum.yaml",
+        "rest_em.yaml",
+    ]

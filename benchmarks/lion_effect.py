@@ -1,0 +1,80 @@
+"""Lion's effect on the embedded ``sum`` task: the data that teaches a tiny teacher to write instructions, and the
+per-round summary of a run.
+
+Lion needs a teacher that answers instructions *and* writes new ones from a seed (same task type and difficulty for a
+hard seed, a rarer kind for an easy seed), and a referee that can tell a right answer from a wrong one. At tiny scale
+the teacher is the sum SFT model fine-tuned on a mix of answers and instruction-writing rows (this file writes them),
+and the referee is ``ltune.judges.VerifierJudge`` (answers checked against ``problems.solve``). Recipe and figures:
+benchmarks/RESULTS.md, "Lion on the sum task".
+
+    python benchmarks/lion_effect.py teacher-data --out teacher.jsonl
+    python benchmarks/lion_effect.py summary runs/lion/version_0
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import random
+from pathlib import Path
+
+from ltune.datamodules.problems import generate_problems
+
+HARD = "Write a similar problem: {instruction}"  # the tiny teacher's short forms of Lion's hard/easy prompts
+EASY = "Write a rarer problem: {instruction}"
+
+
+def teacher_data(out: str, n: int = 4000, seed: int = 0) -> None:
+    """``n`` answer rows (sum, difficulties 1-2) and ``n`` writing rows, half hard and half easy, shuffled.
+
+    Hard: the response is another problem of the seed's difficulty. Easy ("rarer"): a problem of the other
+    difficulty, phrased in one of the three less common phrasings. All from the train split.
+    """
+    rng = random.Random(seed)
+    by_level = {d: generate_problems(n, seed, "train", ["sum"], [d]) for d in (1, 2)}
+    answers = [p for d in (1, 2) for p in by_level[d][: n // 2]]
+    rows = [{"prompt": p.question, "response": p.solution} for p in answers]
+    pool = {d: by_level[d][n // 2 :] for d in (1, 2)}
+    for i in range(n):
+        seed_problem = answers[i % len(answers)]
+        level, hard = seed_problem.difficulty, i % 2 == 0
+        target = rng.choice(pool[level] if hard else pool[3 - level])
+        response = target.question if hard else rng.choice(target.paraphrases)
+        rows.append(
+            {"prompt": (HARD if hard else EASY).format(instruction=seed_problem.question), "response": response}
+        )
+    rng.shuffle(rows)
+    Path(out).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    print(f"{len(rows)} rows -> {out}")
+
+
+def summary(run: str) -> None:
+    """Per-round Lion metrics and held-out exact match of a run folder (``metrics.csv``, ``rounds/``)."""
+    run_dir = Path(run)
+    rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
+    keys = ["round/hard", "round/easy", "round/unjudged", "round/referee_teacher", "round/referee_student",
+            "round/new_hard", "round/new_easy", "round/rouge_rejected", "round/train_pool"]  # fmt: skip
+    rounds = [{k: r[k] for k in keys if r.get(k)} for r in rows if any(r.get(k) for k in keys)]
+    val = [float(r["val/exact_match"]) for r in rows if r.get("val/exact_match")]
+    print(json.dumps({"rounds": rounds, "val/exact_match": val}, indent=1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("teacher-data")
+    t.add_argument("--out", required=True)
+    t.add_argument("--n", type=int, default=4000)
+    t.add_argument("--seed", type=int, default=0)
+    s = sub.add_parser("summary")
+    s.add_argument("run")
+    args = parser.parse_args()
+    if args.cmd == "teacher-data":
+        teacher_data(args.out, args.n, args.seed)
+    else:
+        summary(args.run)
+
+
+if __name__ == "__main__":
+    main()
