@@ -146,8 +146,8 @@ class Lion(Rounds):
             return [{"prompt": it["prompt"], "response": a} for it, a in zip(items, self._answer(items))]
         prompts = [it["prompt"] for it in items]
         teacher, student = [it["response"] for it in items], self._student(trainer, pl_module, prompts)
-        order1 = self._ratings(prompts, teacher, student)  # teacher in slot 1
-        order2 = self._ratings(prompts, student, teacher)  # teacher in slot 2
+        order1 = self.referee.rate_pair(prompts, teacher, student, self.referee_template)  # teacher in slot 1
+        order2 = self.referee.rate_pair(prompts, student, teacher, self.referee_template)  # teacher in slot 2
         out = []
         for i, p in enumerate(prompts):
             s_t = (order1[0][i] + order2[1][i]) / 2
@@ -232,9 +232,6 @@ class Lion(Rounds):
             temperature=self.student_temperature, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
         )  # fmt: skip
         return [t.strip() for t in decode(tok, samples)]
-
-    def _ratings(self, prompts: list[str], first: list[str], second: list[str]) -> tuple[list[float], list[float]]:
-        return self.referee.rate_pair(prompts, first, second, self.referee_template)
 
 
 def _rouge_l(a: list[str], b: list[str]) -> float:
