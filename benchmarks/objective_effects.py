@@ -95,6 +95,7 @@ def vote_headroom(
     samples: int = 16,
     difficulties: list[int] | None = None,
     categories: list[str] | None = None,
+    split: str = "val",
 ) -> dict[str, float]:
     from ltune.datamodules import EmbeddedTasks, PromptData
 
@@ -114,7 +115,7 @@ def vote_headroom(
     )
     model.configure_model()
     model.eval()
-    tasks = EmbeddedTasks(format="prompts", n=n, split="val", difficulties=difficulties, categories=categories)
+    tasks = EmbeddedTasks(format="prompts", n=n, split=split, difficulties=difficulties, categories=categories)
     dm = PromptData(train=tasks, batch_size=20)
     dm.tokenizer = model.tokenizer
     dm.setup("fit")
@@ -206,6 +207,7 @@ def main() -> None:
     v.add_argument("--samples", type=int, default=16)
     v.add_argument("--difficulties", type=int, nargs="+", default=[1])
     v.add_argument("--categories", nargs="+", default=None, help="e.g. sum (default: the six default categories)")
+    v.add_argument("--split", default="val", help="val, or test: prompts a test-time run never saw")
     f = sub.add_parser("cut-flags")
     f.add_argument("--ckpt", required=True)
     f.add_argument("--n", type=int, default=60)
@@ -221,7 +223,7 @@ def main() -> None:
     elif args.cmd == "cut-flags":
         cut_flags(args.ckpt, args.n, args.threshold, difficulties=args.difficulties)
     elif args.cmd == "vote-headroom":
-        vote_headroom(args.ckpt, args.temperature, args.n, args.samples, args.difficulties, args.categories)
+        vote_headroom(args.ckpt, args.temperature, args.n, args.samples, args.difficulties, args.categories, args.split)
     else:
         phrasing_spread(args.metrics)
 
