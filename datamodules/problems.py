@@ -35,6 +35,25 @@ _SUM_TERMS = {1: (3, (1, 20)), 2: (4, (1, 30)), 3: (4, (10, 99))}  # number of t
 _FRACTIONS = tuple(str(i) for i in range(1, 10)) + tuple(f"{i:02d}" for i in range(1, 100) if i % 10)
 
 
+# Phrasings of each category, the first being the canonical question; ``solve`` reads them back (fields below).
+PHRASINGS: dict[str, tuple[str, ...]] = {
+    "add": ("What is {a}+{b}?", "Compute {a}+{b}.", "Add {a} and {b}.", "Find the sum of {a} and {b}."),
+    "sub": ("What is {a}-{b}?", "Compute {a}-{b}.", "Subtract {b} from {a}.", "What is {a} minus {b}?"),
+    "mul": ("What is {a}*{b}?", "Compute {a}*{b}.", "Multiply {a} by {b}.", "What is {a} times {b}?"),
+    "compare": ("Which is larger, {x} or {y}?", "What is max({x},{y})?", "Give the bigger number: {x} or {y}.",
+                "Pick the larger of {x} and {y}."),
+    "sum": ("What is the sum of {terms}?", "Add up {terms}.", "Compute {plus}.", "Find the total of {terms}."),
+    "reverse": ("Reverse the letters of {w}.", "Write {w} backwards.", "Spell {w} in reverse.",
+                "What is {w} reversed?"),
+    "sort": ("Sort the letters of {w}.", "Put the letters of {w} in alphabetical order.",
+             "Arrange the letters {w} alphabetically.", "What is {w} sorted?"),
+}  # fmt: skip
+
+
+def _phrase(category: str, **fields: object) -> tuple[str, ...]:
+    return tuple(t.format(**fields) for t in PHRASINGS[category])
+
+
 @dataclass(frozen=True)
 class Problem:
     """One verifiable problem.
@@ -90,23 +109,20 @@ def _problem(category: str, difficulty: int, expression: str, answer: str, phras
 def _add(rng: random.Random, difficulty: int) -> Problem:
     lo, hi = _NUMBER_RANGE[difficulty]
     a, b = rng.randint(lo, hi), rng.randint(lo, hi)
-    phrasings = (f"What is {a}+{b}?", f"Compute {a}+{b}.", f"Add {a} and {b}.", f"Find the sum of {a} and {b}.")
-    return _problem("add", difficulty, f"{a}+{b}", str(a + b), phrasings)
+    return _problem("add", difficulty, f"{a}+{b}", str(a + b), _phrase("add", a=a, b=b))
 
 
 def _sub(rng: random.Random, difficulty: int) -> Problem:
     lo, hi = _NUMBER_RANGE[difficulty]
     a = rng.randint(lo, hi)
     b = rng.randint(lo, a)
-    phrasings = (f"What is {a}-{b}?", f"Compute {a}-{b}.", f"Subtract {b} from {a}.", f"What is {a} minus {b}?")
-    return _problem("sub", difficulty, f"{a}-{b}", str(a - b), phrasings)
+    return _problem("sub", difficulty, f"{a}-{b}", str(a - b), _phrase("sub", a=a, b=b))
 
 
 def _mul(rng: random.Random, difficulty: int) -> Problem:
     ranges = {1: ((1, 12), (1, 12)), 2: ((10, 99), (2, 9)), 3: ((10, 99), (10, 99))}[difficulty]
     a, b = rng.randint(*ranges[0]), rng.randint(*ranges[1])
-    phrasings = (f"What is {a}*{b}?", f"Compute {a}*{b}.", f"Multiply {a} by {b}.", f"What is {a} times {b}?")
-    return _problem("mul", difficulty, f"{a}*{b}", str(a * b), phrasings)
+    return _problem("mul", difficulty, f"{a}*{b}", str(a * b), _phrase("mul", a=a, b=b))
 
 
 def _compare(rng: random.Random, difficulty: int) -> Problem:
@@ -117,13 +133,7 @@ def _compare(rng: random.Random, difficulty: int) -> Problem:
         lo, hi = (0, 99) if difficulty == 1 else (100, 999)
         a, b = (str(x) for x in rng.sample(range(lo, hi + 1), 2))
     larger = a if Decimal(a) > Decimal(b) else b
-    phrasings = (
-        f"Which is larger, {a} or {b}?",
-        f"What is max({a},{b})?",
-        f"Give the bigger number: {a} or {b}.",
-        f"Pick the larger of {a} and {b}.",
-    )
-    return _problem("compare", difficulty, f"max({a},{b})", larger, phrasings)
+    return _problem("compare", difficulty, f"max({a},{b})", larger, _phrase("compare", x=a, y=b))
 
 
 def _sum(rng: random.Random, difficulty: int) -> Problem:
@@ -137,12 +147,7 @@ def _sum(rng: random.Random, difficulty: int) -> Problem:
         steps.append(f"{total}+{term}={total + term}")
         total += term
     steps.append(f"{total}+{order[-1]}")  # the last step's result is the answer, written by solution_for
-    phrasings = (
-        f"What is the sum of {listed}?",
-        f"Add up {listed}.",
-        f"Compute {'+'.join(map(str, terms))}.",
-        f"Find the total of {listed}.",
-    )
+    phrasings = _phrase("sum", terms=listed, plus="+".join(map(str, terms)))
     return _problem("sum", difficulty, ", ".join(steps), str(sum(terms)), phrasings)
 
 
@@ -155,24 +160,12 @@ def _word(rng: random.Random, difficulty: int, reject: Callable[[str], bool]) ->
 
 def _reverse(rng: random.Random, difficulty: int) -> Problem:
     w = _word(rng, difficulty, reject=lambda s: s == s[::-1])  # palindromes would be trivial
-    phrasings = (
-        f"Reverse the letters of {w}.",
-        f"Write {w} backwards.",
-        f"Spell {w} in reverse.",
-        f"What is {w} reversed?",
-    )
-    return _problem("reverse", difficulty, f"reverse({w})", w[::-1], phrasings)
+    return _problem("reverse", difficulty, f"reverse({w})", w[::-1], _phrase("reverse", w=w))
 
 
 def _sort(rng: random.Random, difficulty: int) -> Problem:
     w = _word(rng, difficulty, reject=lambda s: list(s) == sorted(s))  # already sorted would be trivial
-    phrasings = (
-        f"Sort the letters of {w}.",
-        f"Put the letters of {w} in alphabetical order.",
-        f"Arrange the letters {w} alphabetically.",
-        f"What is {w} sorted?",
-    )
-    return _problem("sort", difficulty, f"sort({w})", "".join(sorted(w)), phrasings)
+    return _problem("sort", difficulty, f"sort({w})", "".join(sorted(w)), _phrase("sort", w=w))
 
 
 _MAKERS: dict[str, Callable[[random.Random, int], Problem]] = {
@@ -277,21 +270,15 @@ def generate_problems(
 # ---- solving a question from its text (an oracle for judges: also reads questions no generator drew) ----------------
 _FIELDS = {"a": r"\d+", "b": r"\d+", "x": r"\d+(?:\.\d+)?", "y": r"\d+(?:\.\d+)?", "w": "[a-z]+",
            "terms": r"(?:\d+, )*\d+ and \d+", "plus": r"(?:\d+\+)+\d+"}  # fmt: skip
-_PHRASINGS: tuple[tuple[tuple[str, ...], Callable[..., str]], ...] = (
-    (("What is {a}+{b}?", "Add {a} and {b}.", "Find the sum of {a} and {b}."), lambda a, b: str(int(a) + int(b))),
-    (("What is {a}-{b}?", "Compute {a}-{b}.", "Subtract {b} from {a}.", "What is {a} minus {b}?"),
-     lambda a, b: str(int(a) - int(b))),
-    (("What is {a}*{b}?", "Compute {a}*{b}.", "Multiply {a} by {b}.", "What is {a} times {b}?"),
-     lambda a, b: str(int(a) * int(b))),
-    (("Compute {plus}.", "What is the sum of {terms}?", "Add up {terms}.", "Find the total of {terms}."),
-     lambda plus=None, terms=None: str(sum(int(t) for t in re.findall(r"\d+", plus or terms)))),
-    (("Which is larger, {x} or {y}?", "What is max({x},{y})?", "Give the bigger number: {x} or {y}.",
-      "Pick the larger of {x} and {y}."), lambda x, y: x if Decimal(x) > Decimal(y) else y),
-    (("Reverse the letters of {w}.", "Write {w} backwards.", "Spell {w} in reverse.", "What is {w} reversed?"),
-     lambda w: w[::-1]),
-    (("Sort the letters of {w}.", "Put the letters of {w} in alphabetical order.",
-      "Arrange the letters {w} alphabetically.", "What is {w} sorted?"), lambda w: "".join(sorted(w))),
-)  # fmt: skip
+_ANSWERS: dict[str, Callable[..., str]] = {
+    "add": lambda a, b: str(int(a) + int(b)),
+    "sub": lambda a, b: str(int(a) - int(b)),
+    "mul": lambda a, b: str(int(a) * int(b)),
+    "compare": lambda x, y: x if Decimal(x) > Decimal(y) else y,
+    "sum": lambda terms=None, plus=None: str(sum(int(t) for t in re.findall(r"\d+", terms or plus))),
+    "reverse": lambda w: w[::-1],
+    "sort": lambda w: "".join(sorted(w)),
+}
 
 
 def _pattern(phrasing: str) -> re.Pattern:
@@ -299,7 +286,7 @@ def _pattern(phrasing: str) -> re.Pattern:
     return re.compile("".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>{_FIELDS[p]})" for i, p in enumerate(parts)))
 
 
-_SOLVERS = [(_pattern(phrasing), fn) for phrasings, fn in _PHRASINGS for phrasing in phrasings]
+_SOLVERS = [(_pattern(phrasing), _ANSWERS[c]) for c, phrasings in PHRASINGS.items() for phrasing in phrasings]
 
 
 def solve(question: str) -> str | None:
