@@ -93,7 +93,9 @@ class Lion(Rounds):
         easy_template: Teacher prompt that writes a new instruction from an easy seed.
         answer_tokens: Token budget of teacher and student answers (paper: 1024).
         instruction_tokens: Token budget of a new instruction; None = 4 x the seed's word count (paper).
-        teacher_temperature: Sampling temperature of the teacher (paper: 0.7 for answers, 1.0 for instructions).
+        teacher_temperature: Sampling temperature of the teacher's answers (paper: 0.7).
+        instruction_temperature: Sampling temperature of the teacher's new instructions (paper: 1.0; a small local
+            teacher writes fewer garbled instructions at a lower one).
         student_temperature: Sampling temperature of the student's answers (paper: 0.7).
         epochs_per_round: Epochs of each M-step.
         reset_to_base: Retrain the student from the base weights each round (the paper's choice is recalled).
@@ -118,6 +120,7 @@ class Lion(Rounds):
         answer_tokens: int = 1024,
         instruction_tokens: int | None = None,
         teacher_temperature: float = 0.7,
+        instruction_temperature: float = 1.0,
         student_temperature: float = 0.7,
         epochs_per_round: int = 1,
         reset_to_base: bool = True,
@@ -132,6 +135,7 @@ class Lion(Rounds):
         self.hard_template, self.easy_template = hard_template, easy_template
         self.answer_tokens, self.instruction_tokens = answer_tokens, instruction_tokens
         self.teacher_temperature, self.student_temperature = teacher_temperature, student_temperature
+        self.instruction_temperature = instruction_temperature
         self.rouge = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
 
     # ---- E-step items and chunks ----------------------------------------------------------------------------------
@@ -188,7 +192,8 @@ class Lion(Rounds):
                 break
             picks = [random.choice(seeds) for _ in range(need)]
             budget = self.instruction_tokens or max(4 * max(len(s.split()) for s in picks), 16)
-            texts, cut = self.teacher.complete([template.format(instruction=s) for s in picks], budget, 1.0)
+            prompts = [template.format(instruction=s) for s in picks]
+            texts, cut = self.teacher.complete(prompts, budget, self.instruction_temperature)
             for text, was_cut in zip(texts, cut):
                 if truncated(text, was_cut):
                     self._stats["truncated"] += 1
