@@ -246,7 +246,9 @@ def test_every_loop_config_has_a_cli_run_test():
 
 def test_instructions_and_answers_use_their_own_temperatures(tmp_path):
     class Recording(Scripted):
-        temperatures: list[tuple[str, float]] = []
+        def __init__(self, texts):
+            super().__init__(texts)
+            self.temperatures: list[tuple[str, float]] = []
 
         def generate(self, prompts, max_new_tokens=256, temperature=0.0):
             kind = "instruction" if "#New Instruction#" in prompts[0] else "answer"
@@ -254,10 +256,11 @@ def test_instructions_and_answers_use_their_own_temperatures(tmp_path):
             return super().generate(prompts, max_new_tokens, temperature)
 
     new = {"hard": ["Which is larger, 12 or 40 or 7?"], "easy": []}
-    lion = Lion(instructions="unused.jsonl", teacher=Recording(new), num_new=2, instruction_tokens=16,
+    teacher = Recording(new)
+    lion = Lion(instructions="unused.jsonl", teacher=teacher, num_new=2, instruction_tokens=16,
                 teacher_temperature=0.7, instruction_temperature=0.3)  # fmt: skip
     lion.dir = tmp_path
     write_jsonl_atomic(tmp_path / "round_0/train.jsonl", [])
     lion.paths[0] = str(tmp_path / "round_0/train.jsonl")
     lion.train_rows(None, None, 1, [{"prompt": "Which is larger, 3 or 9?", "label": "hard"}])
-    assert set(Recording.temperatures) == {("instruction", 0.3), ("answer", 0.7)}
+    assert set(teacher.temperatures) == {("instruction", 0.3), ("answer", 0.7)}
