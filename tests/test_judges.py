@@ -111,3 +111,5 @@ def test_verifier_judge_rates_by_the_solved_reference_and_leaves_unreadable_ques
     custom = VerifierJudge(solver=lambda q: "42")
     assert custom.verdicts(["anything"], ["The answer is 42."]) == [10.0]
     assert custom.verdicts(["anything"], ["no final answer"]) == [1.0]
+    reward = judge.score(PROMPTS + ["Tell a joke."], A[:1] + B[1:2] + ["A joke."])  # right, wrong, unreadable
+    assert reward[:2].tolist() == [1.0, -1.0] and math.isnan(reward[2])  # LMJudge.score's [-1, 1] scale
