@@ -24,12 +24,14 @@ sed -e '/^      lora: {r: 16/d' -e 's/{format: instruction, n: 60, split: val, c
   -e 's/{format: prompts, n: 200, split: val, categories: \[add, sub, mul\]}/{format: prompts, n: 200, split: val}/' "$C/less.yaml" > less.yaml
 sed -e '/^  callbacks:/,/^      init_args: {epochs_per_round/d' "$C/mods.yaml" > mods.yaml   # quality + k-center stage only
 for S in ${SEEDS[@]}; do
-  for ST in random ifd deita mods less; do
+  for ST in random ifd deita mods mods_verifier less; do
     case $ST in
       random) A=(--config "$C/random.yaml" --data.init_args.seed "$S");;
       ifd) A=(--config "$C/ifd.yaml" --data.init_args.scorer "$SC");;
       deita) A=(--config "$C/deita.yaml" --data.init_args.complexity_scorer "$SC" --data.init_args.quality_scorer "$SC");;
       mods) A=(--config "$OUT/mods.yaml" --data.init_args.reward.init_args.backbone "$SC" --data.init_args.augment_size 0);;
+      mods_verifier) A=(--config "$OUT/mods.yaml" --data.init_args.reward '{"class_path": "ltune.judges.VerifierJudge"}'
+                     --data.init_args.augment_size 0);;   # a reward that knows quality: answers checked by problems.solve
       less) A=(--config "$OUT/less.yaml" --data.init_args.projection_dim 1024
                --data.init_args.checkpoints "$OUT/warmup/runs/less_warmup/version_0/less"
                --data.init_args.scorer "{\"name_or_path\": \"$SCORER\", \"lora\": {\"r\": 16, \"alpha\": 64, \"dropout\": 0.1}}");;

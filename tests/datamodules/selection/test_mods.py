@@ -9,11 +9,12 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 import torch
-from ltune.datamodules import InstructionData, MoDS
+from ltune.datamodules import EmbeddedTasks, InstructionData, MoDS
 from ltune.datamodules.selection.geometry import k_center_greedy
 from torch import Tensor
 
 from ltune.cli import main
+from ltune.judges import VerifierJudge
 from tests.conftest import micro_backbone, write_jsonl
 from tests.datamodules.selection.test_cli import SHRINK
 from tests.test_cli import ROOT
@@ -111,3 +112,15 @@ def test_necessity_round_through_the_cli(tmp_path, monkeypatch):
     assert len(round1) == 4 + 3  # beta = 100 marks every answer as necessary; k-center keeps augment_size = 3
     history = json.loads((run / "rounds/rounds.json").read_text())
     assert [h["round"] for h in history] == [0, 1] and history[1]["rows"] == 7
+
+
+def test_a_verifier_reward_keeps_only_the_clean_rows_of_the_embedded_pool(tmp_path):
+    source = EmbeddedTasks(format="pool", n=120, split="train", difficulties=[1])
+    rows = source.rows()
+    sel = MoDS(InstructionData(train=source), reward=VerifierJudge(), budget=40, embedder=micro_backbone(),
+               cache_dir=str(tmp_path / "c"), report_dir=str(tmp_path / "r"), progress=False)  # fmt: skip
+    sel.tokenizer = micro_backbone().tokenizer
+    sel.select()
+    good = [r["quality"] == "good" for r in rows]
+    assert sel.scores["reward"].tolist() == [1.0 if g else -1.0 for g in good]  # wrong or garbled: -1
+    assert 0 < good.count(False) and len(sel.selected) == 40 and all(good[i] for i in sel.selected)
