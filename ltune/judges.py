@@ -302,7 +302,8 @@ class VerifierJudge(PairJudge):
     answer (:func:`ltune.rewards.extract_answer`) is equivalent to the reference that ``solver`` computes from the
     question, ``wrong`` otherwise, and NaN (unjudged) when the solver cannot read the question. It stands in for a
     strong LM referee on tasks a program can solve, such as the embedded tasks (:func:`ltune.datamodules.problems.
-    solve`, which also reads questions a model wrote). It rates only: it cannot generate or give pair preferences.
+    solve`, which also reads questions a model wrote). It rates, and scores as a reward (``score``); it cannot
+    generate or give pair preferences.
 
     Args:
         solver: Question -> reference answer, or None when unreadable (default: the embedded tasks' ``solve``).
