@@ -14,7 +14,6 @@ benchmarks/RESULTS.md, "Lion on the sum task".
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import random
 from pathlib import Path
@@ -50,14 +49,10 @@ def teacher_data(out: str, n: int = 4000, seed: int = 0) -> None:
 
 
 def summary(run: str) -> None:
-    """Per-round Lion metrics and held-out exact match of a run folder (``metrics.csv``, ``rounds/``)."""
-    run_dir = Path(run)
-    rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
-    keys = ["round/hard", "round/easy", "round/unjudged", "round/referee_teacher", "round/referee_student",
-            "round/new_hard", "round/new_easy", "round/rouge_rejected", "round/train_pool"]  # fmt: skip
-    rounds = [{k: r[k] for k in keys if r.get(k)} for r in rows if any(r.get(k) for k in keys)]
-    val = [float(r["val/exact_match"]) for r in rows if r.get("val/exact_match")]
-    print(json.dumps({"rounds": rounds, "val/exact_match": val}, indent=1))
+    """Per-round Lion figures of a run folder: ``rounds/rounds.json``, which the rounds callback writes (every
+    ``round/*`` metric and the held-out ``val/*`` figures after each round's M-step)."""
+    for r in json.loads((Path(run) / "rounds" / "rounds.json").read_text()):
+        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}))
 
 
 def main() -> None:
