@@ -52,7 +52,12 @@ def paraphrase_prompts(n: int, out: str, seed: int = 0, difficulties: list[int] 
 
 @torch.no_grad()
 def wrong_tokens(
-    ckpt: str, n: int = 200, seed: int = 0, split: str = "val", difficulties: list[int] | None = None
+    ckpt: str,
+    n: int = 200,
+    seed: int = 0,
+    split: str = "val",
+    difficulties: list[int] | None = None,
+    categories: list[str] | None = None,
 ) -> dict[str, float]:
     from ltune.datamodules import EmbeddedTasks, JudgmentData
 
@@ -67,7 +72,9 @@ def wrong_tokens(
         model.eval()
     else:
         model = load_objective(Objective, ckpt)
-    source = EmbeddedTasks(format="judgment", n=n, split=split, seed=seed, difficulties=difficulties)
+    source = EmbeddedTasks(
+        format="judgment", n=n, split=split, seed=seed, difficulties=difficulties, categories=categories
+    )
     dm = JudgmentData()
     dm.tokenizer = model.tokenizer
     probs = []
@@ -200,6 +207,7 @@ def main() -> None:
     b.add_argument("--split", default="val", help="val (held out) or train (with the run's data seed)")
     b.add_argument("--seed", type=int, default=0, help="data seed of the rows (the run's for --split train)")
     b.add_argument("--difficulties", type=int, nargs="+", default=None)
+    b.add_argument("--categories", nargs="+", default=None, help="e.g. sum (default: the six default categories)")
     v = sub.add_parser("vote-headroom")
     v.add_argument("--ckpt", required=True, help="an exported Hugging Face folder")
     v.add_argument("--temperature", type=float, default=0.6)
@@ -219,7 +227,7 @@ def main() -> None:
     if args.cmd == "paraphrase-prompts":
         paraphrase_prompts(args.n, args.out, args.seed, args.difficulties)
     elif args.cmd == "wrong-tokens":
-        wrong_tokens(args.ckpt, args.n, args.seed, args.split, args.difficulties)
+        wrong_tokens(args.ckpt, args.n, args.seed, args.split, args.difficulties, args.categories)
     elif args.cmd == "cut-flags":
         cut_flags(args.ckpt, args.n, args.threshold, difficulties=args.difficulties)
     elif args.cmd == "vote-headroom":

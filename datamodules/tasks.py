@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 from ltune.datamodules.problems import (
     CATEGORIES,
     DIFFICULTIES,
+    PHRASINGS,
     TRACE_CATEGORIES,
     Problem,
     generate_problems,
@@ -60,6 +61,9 @@ class EmbeddedTasks(Source):
         negative_fraction: Fraction of wrong candidates in ``critique`` rows and of negative ``judgment`` rows.
         noise_fraction: Fraction of noisy rows among the distinct rows of a ``pool``.
         duplicate_fraction: Fraction of a ``pool``'s rows that duplicate another row.
+        paraphrases: Which of each problem's paraphrases ``paraphrase`` rows draw from, as 0-based indices (default:
+            all). Leaving one out keeps a phrasing for evaluation that training never saw (CoIN's unseen
+            perturbations).
     """
 
     def __init__(
@@ -73,6 +77,7 @@ class EmbeddedTasks(Source):
         negative_fraction: float = 0.5,
         noise_fraction: float = 0.2,
         duplicate_fraction: float = 0.1,
+        paraphrases: Sequence[int] | None = None,
     ) -> None:
         if format not in FORMATS:
             raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
@@ -92,6 +97,14 @@ class EmbeddedTasks(Source):
         self.negative_fraction = negative_fraction
         self.noise_fraction = noise_fraction
         self.duplicate_fraction = duplicate_fraction
+        most = (
+            min(len(v) for v in PHRASINGS.values()) - 1
+        )  # paraphrases per problem (the first phrasing is the question)
+        if paraphrases is not None and (not paraphrases or not all(0 <= k < most for k in paraphrases)):
+            raise ValueError(
+                f"paraphrases must be a non-empty list of indices in 0..{most - 1}, got {list(paraphrases)}"
+            )
+        self.paraphrases = None if paraphrases is None else list(paraphrases)
 
     @property
     def name(self) -> str:
@@ -129,7 +142,7 @@ class EmbeddedTasks(Source):
         if self.format == "preference":
             return {"prompt": p.question, "chosen": p.solution, "rejected": p.solution_for(p.wrong_answer(rng)), **meta}
         if self.format == "paraphrase":
-            paraphrase = rng.choice(p.paraphrases)
+            paraphrase = rng.choice([p.paraphrases[k] for k in self.paraphrases] if self.paraphrases else p.paraphrases)
             return {"instruction": p.question, "paraphrase": paraphrase, "input": "", "output": p.solution, **meta}
         wrong = p.wrong_answer(rng)
         if self.format == "critique":

@@ -237,3 +237,15 @@ def test_solve_reads_every_phrasing_of_every_category_and_only_those():
         "Sort the letters of ABC.",
     ):
         assert solve(text) is None, text
+
+
+def test_paraphrase_rows_draw_only_the_named_paraphrases():
+    rows = EmbeddedTasks(format="paraphrase", n=200, paraphrases=[0, 1]).rows()
+    problems = EmbeddedTasks(format="paraphrase", n=200).problems()
+    seen = {p.paraphrases.index(r["paraphrase"]) for r, p in zip(rows, problems)}
+    assert seen == {0, 1}  # the third paraphrase is held out of every row
+    assert {
+        p.paraphrases.index(r["paraphrase"]) for r, p in zip(EmbeddedTasks(format="paraphrase", n=200).rows(), problems)
+    } == {0, 1, 2}
+    with pytest.raises(ValueError, match="paraphrases"):
+        EmbeddedTasks(format="paraphrase", paraphrases=[3])
