@@ -156,14 +156,22 @@ def vote_headroom(
 
 
 @torch.no_grad()
-def cut_flags(ckpt: str, n: int = 60, threshold: float = 1.1, show: int = 8, difficulties: list[int] | None = None):
+def cut_flags(
+    ckpt: str,
+    n: int = 60,
+    threshold: float = 1.1,
+    show: int = 8,
+    difficulties: list[int] | None = None,
+    categories: list[str] | None = None,
+):
     from ltune.datamodules import EmbeddedTasks, JudgmentData
 
     from ltune import CUT
 
     model = load_objective(CUT, ckpt)
     dm = JudgmentData(
-        val=EmbeddedTasks(format="judgment", n=n, split="val", difficulties=difficulties), eval_batch_size=n
+        val=EmbeddedTasks(format="judgment", n=n, split="val", difficulties=difficulties, categories=categories),
+        eval_batch_size=n,
     )
     dm.tokenizer = model.tokenizer
     dm.setup("fit")
@@ -221,6 +229,7 @@ def main() -> None:
     f.add_argument("--n", type=int, default=60)
     f.add_argument("--threshold", type=float, default=1.1)
     f.add_argument("--difficulties", type=int, nargs="+", default=[1])
+    f.add_argument("--categories", nargs="+", default=None, help="e.g. sum (default: the six default categories)")
     c = sub.add_parser("phrasing-spread")
     c.add_argument("--metrics", required=True)
     args = parser.parse_args()
@@ -229,7 +238,7 @@ def main() -> None:
     elif args.cmd == "wrong-tokens":
         wrong_tokens(args.ckpt, args.n, args.seed, args.split, args.difficulties, args.categories)
     elif args.cmd == "cut-flags":
-        cut_flags(args.ckpt, args.n, args.threshold, difficulties=args.difficulties)
+        cut_flags(args.ckpt, args.n, args.threshold, difficulties=args.difficulties, categories=args.categories)
     elif args.cmd == "vote-headroom":
         vote_headroom(args.ckpt, args.temperature, args.n, args.samples, args.difficulties, args.categories, args.split)
     else:
