@@ -97,9 +97,8 @@ class EmbeddedTasks(Source):
         self.negative_fraction = negative_fraction
         self.noise_fraction = noise_fraction
         self.duplicate_fraction = duplicate_fraction
-        most = (
-            min(len(v) for v in PHRASINGS.values()) - 1
-        )  # paraphrases per problem (the first phrasing is the question)
+        # paraphrases per problem: every phrasing but the first, which is the question
+        most = min(len(v) for v in PHRASINGS.values()) - 1
         if paraphrases is not None and (not paraphrases or not all(0 <= k < most for k in paraphrases)):
             raise ValueError(
                 f"paraphrases must be a non-empty list of indices in 0..{most - 1}, got {list(paraphrases)}"
