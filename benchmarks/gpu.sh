@@ -21,7 +21,7 @@ case "${1:-}" in
   run)
     OUT=${OUT:-gpu_out} && mkdir -p "$OUT"
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-    export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 WANDB_MODE=disabled PYTHONUNBUFFERED=1
+    export PYTHONPATH=/tmp/site HF_HUB_OFFLINE=1 WANDB_MODE=disabled PYTHONUNBUFFERED=1
     python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . 2>&1 | tail -3
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/device.txt"
     python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/device.txt"
