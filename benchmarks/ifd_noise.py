@@ -10,7 +10,6 @@ import argparse
 import json
 
 import numpy as np
-import torch
 from ltune.datamodules import IFD, EmbeddedTasks, InstructionData
 
 from ltune.backbone import Backbone
@@ -21,9 +20,7 @@ def ifd_by_quality(scorer: str, n: int, fractions: list[float]) -> dict:
     rows = source.rows()
     pool = InstructionData(train=source, max_length=128)
     ifd = IFD(pool=pool, scorer=Backbone(name_or_path=scorer), progress=False, score_batch_size=32)
-    bb = ifd.scorer_backbone()
-    names = [f"row {i}" for i in range(len(rows))]
-    s = ifd.score_with(lambda: bb.load_frozen(torch.device("cpu")), bb.tokenizer, rows, names)
+    s = ifd.score(rows, [ifd.row_name(i) for i in range(len(rows))])
     noisy = np.array([r["quality"] == "noisy" for r in rows])
     scored = ~s["skipped"]
     out: dict = {"rows": len(rows), "pool_noisy_share": float(noisy.mean())}

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 Format = Literal["instruction", "preference", "critique", "judgment", "paraphrase", "prompts", "pool"]
 FORMATS: tuple[str, ...] = get_args(Format)
+_PARAPHRASES = min(len(v) for v in PHRASINGS.values()) - 1  # per problem: every phrasing but the question
 
 
 class EmbeddedTasks(Source):
@@ -97,11 +98,9 @@ class EmbeddedTasks(Source):
         self.negative_fraction = negative_fraction
         self.noise_fraction = noise_fraction
         self.duplicate_fraction = duplicate_fraction
-        # paraphrases per problem: every phrasing but the first, which is the question
-        most = min(len(v) for v in PHRASINGS.values()) - 1
-        if paraphrases is not None and (not paraphrases or not all(0 <= k < most for k in paraphrases)):
+        if paraphrases is not None and (not paraphrases or not all(0 <= k < _PARAPHRASES for k in paraphrases)):
             raise ValueError(
-                f"paraphrases must be a non-empty list of indices in 0..{most - 1}, got {list(paraphrases)}"
+                f"paraphrases must be a non-empty list of indices in 0..{_PARAPHRASES - 1}, got {list(paraphrases)}"
             )
         self.paraphrases = None if paraphrases is None else list(paraphrases)
 
