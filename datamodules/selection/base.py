@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from ltune.datamodules.base import LTuneData, Overlong, pad_right
+from ltune.datamodules.base import LTuneData, Overlong, backbone_system, pad_right
 from ltune.datamodules.selection.cache import ScoreCache, config_key, fingerprint
 from ltune.datamodules.sources import DataError, as_source
 
@@ -110,7 +110,8 @@ class Selection(LTuneData):
     def scorer_config(self) -> dict[str, Any]:
         """Everything the scores depend on besides the rows (extend in subclasses; the budget is not included)."""
         p = self.pool
-        return {"strategy": type(self).__name__, "template": p.template, "system": p.system, "pool": type(p).__name__}
+        system = p.system or p.default_system or self.default_system
+        return {"strategy": type(self).__name__, "template": p.template, "system": system, "pool": type(p).__name__}
 
     def score(self, rows: list[dict], names: list[str]) -> dict[str, np.ndarray]:
         """Score ``rows`` (this rank's shard); ``names`` are their labels for error messages."""
@@ -132,6 +133,7 @@ class Selection(LTuneData):
             if lm is None or not hasattr(lm, "tokenizer"):
                 raise RuntimeError("set `datamodule.tokenizer`, or fit with an ltune objective that provides one")
             self.tokenizer = lm.tokenizer
+            self.default_system = backbone_system(lm)
         if self.backbone is None and lm is not None:
             self.backbone = getattr(lm, "backbone", None)
         self.pool.trainer = self.trainer
@@ -142,7 +144,8 @@ class Selection(LTuneData):
     def select(self) -> list[dict]:
         """Load, score (or read the cache), choose and report; sets the pool's train rows. Returns the kept rows."""
         pool = self.pool
-        pool.tokenizer = pool.tokenizer or self.tokenizer
+        if pool.tokenizer is None:
+            pool.tokenizer, pool.default_system = self.tokenizer, self.default_system
         source = as_source(pool.sources["train"])
         rows = pool.load_rows(source, pool.fields, pool.optional, pool.check)
         self.source_name, n = source.name, len(rows)

@@ -124,6 +124,8 @@ class MoDS(Selection):
         self.embedder, self.kcenter_seed = embedder, seed
 
     def scorer_config(self) -> dict[str, Any]:
+        if hasattr(self.reward, "bind"):
+            self.reward.bind(self.backbone)  # an LMJudge given no backbone judges with the trained policy's
         emb = "minilm" if self.embedder is None else dataclasses.asdict(self.embedder)
         return {**super().scorer_config(), "reward": scorer_config(self.reward), "embedder": emb}
 

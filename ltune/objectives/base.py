@@ -4,6 +4,8 @@ guard, and evaluation by greedy generation + exact match of the final answer. No
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -128,6 +130,6 @@ class Objective(L.LightningModule):
             self.log(f"val/exact_match/{cat}", metric.compute())
             metric.reset()
 
-    def export(self, output_dir: str, merge_lora: bool = True) -> None:
-        """Write a Hugging Face folder (LoRA merged by default)."""
-        export_hf(self.model, self.tokenizer, output_dir, merge_lora=merge_lora)
+    def export(self, output_dir: str, merge_lora: bool = True) -> Path:
+        """Write a Hugging Face folder (LoRA merged by default); returns it."""
+        return export_hf(self.model, self.tokenizer, output_dir, merge_lora=merge_lora)

@@ -41,6 +41,8 @@ class RLAIF(GRPO):
 
     def configure_model(self) -> None:
         super().configure_model()
+        if self.judge is not None:
+            self.judge.bind(self.backbone)  # no judge backbone given: the policy's starting checkpoint judges
         if self.reward_model_path and not self._scorer:
             rm = (
                 RewardModel.load_from_checkpoint(self.reward_model_path, map_location="cpu")

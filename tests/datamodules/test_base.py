@@ -136,3 +136,21 @@ def test_resumable_sampler_skips_trained_batches_and_shards_cover_once():
     assert sorted(s) == data and list(s) != full
     shards = [list(Shard(data, 3, r)) for r in range(3)]
     assert sorted(sum(shards, [])) == data
+
+
+def test_the_backbones_system_prompt_is_the_default_and_the_datas_wins():
+    """A per-model prompt style (Backbone.system_prompt) reaches every prompt the data renders, unless the data names
+    its own system message."""
+    import lightning as L
+
+    from ltune import SFT
+    from tests.conftest import micro_backbone
+
+    model = SFT(backbone=micro_backbone(system_prompt="End with the answer."))
+    for system, expected in ((None, "End with the answer."), ("Be brief.", "Be brief.")):
+        dm = InstructionData(train=EmbeddedTasks(n=4), eval_prompts=EmbeddedTasks(format="prompts", n=2), system=system)
+        L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                  enable_model_summary=False, limit_val_batches=0).fit(model, dm)  # fmt: skip
+        for ex in (dm.data["train"][0], dm.data["eval"][0]):
+            ids = ex["input_ids"] if "input_ids" in ex else ex["prompt_ids"]
+            assert model.tokenizer.decode(ids).startswith(f"{expected}\nQ: ")

@@ -1,0 +1,87 @@
+"""SmolLM2-135M-Instruct in ltune's longer paths: IFD and DEITA scoring through `ltune select`, one ReST-EM round,
+and export then reload with identical logits."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from ltune.datamodules import EmbeddedTasks, InstructionData
+from transformers import AutoModelForCausalLM
+
+from ltune.backbone import LoRA
+from ltune.cli import main, select
+from ltune.objectives import SFT
+from ltune.rewards import extract_answer, is_equivalent
+from tests.real.conftest import FRAGMENT, NAME, ROOT
+
+pytestmark = pytest.mark.real
+
+
+@pytest.mark.parametrize("strategy", ["ifd", "deita"])
+def test_selection_scores_rows_with_the_real_model(strategy, tmp_path, monkeypatch, smollm2_dir):
+    monkeypatch.chdir(tmp_path)
+    out = select(["--config", str(ROOT / f"configs/selection/{strategy}.yaml"), "--config", FRAGMENT,
+                  "--data.init_args.pool.init_args.train.init_args.n=6", "--data.init_args.budget=3",
+                  "--data.init_args.score_batch_size=3", "--data.init_args.progress=false",
+                  "--output", "kept.jsonl"])  # fmt: skip
+    kept = [json.loads(line) for line in open(out)]
+    assert 1 <= len(kept) <= 3
+    (report,) = tmp_path.rglob("selection.csv")
+    table = pd.read_csv(report)
+    assert len(table) == 6 and int(table["selected"].sum()) == len(kept)
+    scores = table.drop(columns=["index", "selected"])
+    assert scores.notna().all().all() and len(scores.columns) >= 1
+    if strategy == "ifd":  # the ratio of two real model losses: positive, and not the same for every row
+        assert (table["ifd"] > 0).all() and table["ifd"].nunique() == 6
+
+
+def test_one_rest_em_round_from_the_instruct_model(tmp_path, monkeypatch, smollm2_dir):
+    """The loop config on the real model: sample, keep verified solutions, one M-step, held-out evaluation."""
+    monkeypatch.chdir(tmp_path)
+    cfg = yaml.safe_load((ROOT / "configs/loops/rest_em.yaml").read_text())
+    loop = cfg["trainer"]["callbacks"][0]["init_args"]
+    loop["problems"]["init_args"].update(n=8, categories=["compare"])  # the instruct model's easiest category
+    loop.update(rounds=1, num_samples=4, max_solutions=2, max_new_tokens=32, epochs_per_round=1, chunk_size=8)
+    cfg["trainer"]["callbacks"] = cfg["trainer"]["callbacks"][:1]
+    cfg["trainer"]["logger"] = [{"class_path": "lightning.pytorch.loggers.CSVLogger",
+                                 "init_args": {"save_dir": "runs", "name": "rest_em"}}]  # fmt: skip
+    cfg["trainer"]["enable_progress_bar"] = False
+    cfg["model"]["init_args"]["max_new_tokens"] = 32
+    cfg["data"]["init_args"].update(batch_size=4, eval_batch_size=8, max_length=96)
+    cfg["data"]["init_args"]["eval_prompts"]["init_args"].update(n=8, categories=["compare"])
+    (tmp_path / "rest_em.yaml").write_text(yaml.safe_dump(cfg))
+    main(["fit", "--config", "rest_em.yaml", "--config", FRAGMENT])
+    run = tmp_path / "runs/rest_em/version_0"
+    (history,) = json.loads((run / "rounds/rounds.json").read_text())
+    assert history["round"] == 0 and "held_out/exact_match" in history
+    rows = [json.loads(line) for line in open(run / "rounds/round_0/train.jsonl")]
+    assert len(rows) == history["kept"] >= 1  # the instruct model solves some comparisons when sampled
+    assert all(is_equivalent(extract_answer(r["response"]), r["answer"]) for r in rows)
+
+
+def test_export_then_reload_gives_identical_logits(tmp_path, smollm2_dir):
+    """LoRA merged into the weights: the reloaded folder computes the same logits as the trained adapter model."""
+    import lightning as L
+
+    from ltune.backbone import Backbone
+
+    torch.manual_seed(0)
+    model = SFT(backbone=Backbone(NAME, lora=LoRA(r=8, alpha=16, dropout=0.0)),
+                optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3))  # fmt: skip
+    data = InstructionData(train=EmbeddedTasks(n=4, categories=["add"]), batch_size=2, max_length=64)
+    L.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False).fit(model, data)  # fmt: skip
+    out = model.export(tmp_path / "hf")
+    reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    ids = torch.tensor([model.tokenizer("<|im_start|>user\nWhat is 7+8?<|im_end|>\n")["input_ids"]])
+    model.model.eval()
+    with torch.no_grad():
+        trained, again = model.model(input_ids=ids).logits, reloaded(input_ids=ids).logits
+        base = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()(input_ids=ids).logits
+    assert not torch.allclose(trained, base, atol=1e-4)  # the adapter learned something, so the check has teeth
+    torch.testing.assert_close(again, trained, atol=1e-4, rtol=1e-4)
+    assert (out / "tokenizer.json").is_file() and (out / "chat_template.jinja").is_file()
