@@ -10,9 +10,9 @@ import argparse
 import json
 
 import numpy as np
-from ltune.datamodules import IFD, EmbeddedTasks, InstructionData
 
 from ltune.backbone import Backbone
+from ltune.datamodules import IFD, EmbeddedTasks, InstructionData
 
 
 def ifd_by_quality(scorer: str, n: int, fractions: list[float]) -> dict:

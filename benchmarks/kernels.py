@@ -27,9 +27,10 @@ import sys
 import time
 from collections.abc import Callable
 
-import ltune.kernels as K
 import torch
 import torch.nn.functional as F
+
+import ltune.kernels as K
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
 GPU_SHAPES = ["16384x151936x896", "8192x32000x4096"]

@@ -60,9 +60,8 @@ def wrong_tokens(
     difficulties: list[int] | None = None,
     categories: list[str] | None = None,
 ) -> dict[str, float]:
-    from ltune.datamodules import EmbeddedTasks, JudgmentData
-
     from ltune.backbone import completion_logprobs
+    from ltune.datamodules import EmbeddedTasks, JudgmentData
     from ltune.objectives.base import Objective
 
     if ckpt.startswith("init:"):  # the randomly initialised tiny model of that init seed (before training)
@@ -107,10 +106,9 @@ def vote_headroom(
     system_prompt: str | None = None,
     max_tokens: int = 64,
 ) -> dict[str, float]:
-    from ltune.datamodules import EmbeddedTasks, PromptData
-
     from ltune import TTRL
     from ltune.backbone import Backbone
+    from ltune.datamodules import EmbeddedTasks, PromptData
     from ltune.generation import decode
     from ltune.rewards import extract_answer, is_equivalent, majority_vote
 
@@ -165,9 +163,8 @@ def cut_flags(
     difficulties: list[int] | None = None,
     categories: list[str] | None = None,
 ):
-    from ltune.datamodules import EmbeddedTasks, JudgmentData
-
     from ltune import CUT
+    from ltune.datamodules import EmbeddedTasks, JudgmentData
 
     model = load_objective(CUT, ckpt)
     dm = JudgmentData(

@@ -40,8 +40,8 @@ def _backbone(model: str):
 def run_ltune(a: argparse.Namespace) -> dict:
     import lightning as L
     import torch
-    from ltune.datamodules import EmbeddedTasks, PromptData
 
+    from ltune.datamodules import EmbeddedTasks, PromptData
     from ltune.objectives import GRPO, TTRL
 
     torch.manual_seed(0)

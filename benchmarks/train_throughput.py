@@ -49,9 +49,9 @@ def _result(side: str, tokens: list[int], times: list[float]) -> dict:
 def run_ltune(a: argparse.Namespace) -> dict:
     import lightning as L
     import torch
-    from ltune.datamodules import PreferenceData
 
     from ltune.backbone import Backbone
+    from ltune.datamodules import PreferenceData
     from ltune.objectives import ORPO
 
     torch.manual_seed(0)

@@ -17,6 +17,7 @@ from typing import Literal
 
 import lightning as L
 import numpy as np
+
 from ltune.callbacks.rounds import Rounds
 from ltune.datamodules.selection.base import SKIPPED, ScoringError, Selection, pair_text, resolve_budget
 from ltune.datamodules.selection.ifd import IFD

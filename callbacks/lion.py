@@ -23,11 +23,11 @@ import random
 
 import lightning as L
 import torch
+from rouge_score import rouge_scorer
+
 from ltune.callbacks.rounds import Rounds, read_jsonl, write_jsonl_atomic
 from ltune.datamodules.base import pad_left
 from ltune.datamodules.sources import Source, as_source
-from rouge_score import rouge_scorer
-
 from ltune.generation import HFSampler, decode
 from ltune.judges import PairJudge
 

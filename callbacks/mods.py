@@ -11,6 +11,7 @@ to ``augment_size``). Round 1 retrains the base model (``reset_to_base``) on see
 from __future__ import annotations
 
 import lightning as L
+
 from ltune.callbacks.rounds import Rounds
 from ltune.datamodules.base import pad_left
 from ltune.datamodules.selection.base import instruction_text, pair_text

@@ -20,11 +20,11 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
+
 from ltune.callbacks.best_round import BestRound
 from ltune.callbacks.rounds import Rounds
 from ltune.datamodules.base import pad_left
 from ltune.datamodules.sources import Source, as_source
-
 from ltune.generation import HFSampler, decode, sample_groups, terminated
 from ltune.rewards import verifier_reward
 

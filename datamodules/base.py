@@ -17,8 +17,9 @@ from typing import Any, ClassVar, Literal
 
 import lightning as L
 import torch
-from ltune.datamodules.sources import DataError, Source, as_source
 from torch.utils.data import DataLoader, DistributedSampler
+
+from ltune.datamodules.sources import DataError, Source, as_source
 
 log = logging.getLogger(__name__)
 IGNORE = -100

@@ -9,7 +9,6 @@ from typing import Any
 
 from ltune.datamodules.base import LTuneData
 from ltune.datamodules.sources import DataError, as_source
-
 from ltune.judges import PairJudge
 
 

@@ -8,8 +8,9 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from ltune.datamodules.base import IGNORE, LTuneData, ResumableLoader, ResumableSampler, pad_right
 from torch.utils.data import DataLoader, DistributedSampler
+
+from ltune.datamodules.base import IGNORE, LTuneData, ResumableLoader, ResumableSampler, pad_right
 
 log = logging.getLogger(__name__)
 

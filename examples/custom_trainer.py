@@ -9,10 +9,10 @@ import argparse
 
 import lightning as L
 import torch
-from ltune.datamodules import EmbeddedTasks, InstructionData
 
 from ltune import SFT
 from ltune.backbone import Backbone, LoRA
+from ltune.datamodules import EmbeddedTasks, InstructionData
 
 
 def main(

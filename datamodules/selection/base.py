@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from ltune.datamodules.base import LTuneData, Overlong, backbone_system, pad_right
 from ltune.datamodules.selection.cache import ScoreCache, config_key, fingerprint
 from ltune.datamodules.sources import DataError, as_source

@@ -24,11 +24,11 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from ltune.backbone import Backbone, hidden_states, unwrap
 from ltune.datamodules.base import LTuneData, pad_right
 from ltune.datamodules.selection.base import ScoringError, Selection, pair_text
 from ltune.datamodules.selection.geometry import repr_filter
-
-from ltune.backbone import Backbone, hidden_states, unwrap
 
 COMPLEXITY_PROMPT = (
     "You are a helpful assistant. Please identify the complexity score of the following user query. \n"

@@ -22,10 +22,10 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from ltune.datamodules.base import IGNORE, LTuneData, Overlong, pad_right
-from ltune.datamodules.selection.base import SKIPPED, ScoringError, Selection, pair_text
 
 from ltune.backbone import Backbone, completion_logprobs
+from ltune.datamodules.base import IGNORE, LTuneData, Overlong, pad_right
+from ltune.datamodules.selection.base import SKIPPED, ScoringError, Selection, pair_text
 
 
 class IFD(Selection):

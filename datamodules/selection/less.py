@@ -24,12 +24,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from ltune.datamodules.base import IGNORE, LTuneData, Overlong, pad_right
-from ltune.datamodules.selection.base import SKIPPED, ScoringError, Selection, pair_text
-from ltune.datamodules.sources import Source, as_source
 from torch import Tensor, nn
 
 from ltune.backbone import Backbone, completion_logprobs
+from ltune.datamodules.base import IGNORE, LTuneData, Overlong, pad_right
+from ltune.datamodules.selection.base import SKIPPED, ScoringError, Selection, pair_text
+from ltune.datamodules.sources import Source, as_source
 
 
 def per_example_grads(model: nn.Module, batch: dict[str, Tensor], names: list[str]) -> Tensor:

@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from ltune.backbone import Backbone
 from ltune.datamodules.base import LTuneData
 from ltune.datamodules.selection.base import Selection, instruction_text, pair_text
 from ltune.datamodules.selection.geometry import k_center_greedy
-
-from ltune.backbone import Backbone
 
 REJECT = [r"(?i)\b(I|I'm|I've|my|me)\b", r"(?i)\b(as mentioned|other answers?|previous answer|this answer)\b"]
 

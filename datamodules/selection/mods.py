@@ -21,12 +21,12 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
-from ltune.datamodules.base import LTuneData
-from ltune.datamodules.selection.base import Selection, instruction_text, pair_text
-from ltune.datamodules.selection.geometry import k_center_greedy
 from torch import Tensor
 
 from ltune.backbone import Backbone
+from ltune.datamodules.base import LTuneData
+from ltune.datamodules.selection.base import Selection, instruction_text, pair_text
+from ltune.datamodules.selection.geometry import k_center_greedy
 
 
 @runtime_checkable

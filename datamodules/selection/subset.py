@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from ltune.datamodules.base import LTuneData
 from ltune.datamodules.selection.base import Selection
 

@@ -9,12 +9,12 @@ import json
 import lightning as L
 import pytest
 import torch
-from ltune.callbacks import HFExport, ReSTEM
-from ltune.callbacks.best_round import BestRound, trainable_state
-from ltune.datamodules import EmbeddedTasks, InstructionData
 from transformers import AutoModelForCausalLM
 
 from ltune import SFT
+from ltune.callbacks import HFExport, ReSTEM
+from ltune.callbacks.best_round import BestRound, trainable_state
+from ltune.datamodules import EmbeddedTasks, InstructionData
 from tests.conftest import micro_backbone
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ltune.callbacks.rounds import read_jsonl
 
+from ltune.callbacks.rounds import read_jsonl
 from tests.callbacks.conftest import cpu_env
 from tests.callbacks.test_rest_em import rest_em_config
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from ltune.callbacks.lion import Lion, _rouge_l, keep_instruction, truncated
-from ltune.callbacks.rounds import read_jsonl, write_jsonl_atomic
 from rouge_score import rouge_scorer
 
 from ltune.backbone import Backbone
+from ltune.callbacks.lion import Lion, _rouge_l, keep_instruction, truncated
+from ltune.callbacks.rounds import read_jsonl, write_jsonl_atomic
 from ltune.cli import main
 from ltune.judges import APIJudge, LMJudge, PairJudge, VerifierJudge
 from tests.callbacks.conftest import ROOT, cpu_env

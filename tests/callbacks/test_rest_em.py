@@ -10,12 +10,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
+
 from ltune.callbacks import rest_em
 from ltune.callbacks.rest_em import ReSTEM
+from ltune.cli import main
 from ltune.datamodules import InstructionData
 from ltune.datamodules.base import pad_left
-
-from ltune.cli import main
 from ltune.generation import HFSampler, Samples
 from ltune.rewards import extract_answer, is_equivalent
 from tests.conftest import micro_backbone

@@ -8,10 +8,10 @@ import random
 import lightning as L
 import pytest
 import torch
-from ltune.callbacks.rounds import Rounds, chunk_seed, read_jsonl
-from ltune.datamodules import EmbeddedTasks, InstructionData
 
 from ltune import SFT
+from ltune.callbacks.rounds import Rounds, chunk_seed, read_jsonl
+from ltune.datamodules import EmbeddedTasks, InstructionData
 from tests.conftest import micro_backbone
 
 

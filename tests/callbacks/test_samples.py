@@ -7,10 +7,10 @@ import json
 import lightning as L
 import torch
 from lightning.pytorch.loggers import CSVLogger
-from ltune.callbacks import SampleTable
-from ltune.datamodules import EmbeddedTasks, InstructionData
 
 from ltune import SFT
+from ltune.callbacks import SampleTable
+from ltune.datamodules import EmbeddedTasks, InstructionData
 from ltune.generation import HFSampler, decode
 from ltune.rewards import extract_answer, is_equivalent
 from tests.conftest import micro_backbone

@@ -1,8 +1,8 @@
 """JudgmentData: Align-P / Align-N / Misalign sequences, identical response tokens, batches, bad rows named."""
 
 import pytest
-from ltune.datamodules import DataError, EmbeddedTasks, JudgmentData
 
+from ltune.datamodules import DataError, EmbeddedTasks, JudgmentData
 from tests.conftest import write_jsonl
 
 

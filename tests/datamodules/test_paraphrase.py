@@ -2,6 +2,7 @@
 sampler that keeps pairs whole across epochs, ranks and mid-epoch resume."""
 
 import pytest
+
 from ltune.datamodules import EmbeddedTasks, ParaphraseData
 from ltune.datamodules.paraphrase import PairSampler
 

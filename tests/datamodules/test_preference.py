@@ -1,8 +1,8 @@
 """PreferenceData: string and chat rows, shared prompt tokens, stacked batches, bad rows named, length policy."""
 
 import pytest
-from ltune.datamodules import DataError, EmbeddedTasks, PreferenceData
 
+from ltune.datamodules import DataError, EmbeddedTasks, PreferenceData
 from tests.conftest import write_jsonl
 
 

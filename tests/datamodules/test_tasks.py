@@ -3,6 +3,7 @@
 import random
 
 import pytest
+
 from ltune.datamodules.tasks import (
     CATEGORIES,
     FORMATS,
@@ -12,7 +13,6 @@ from ltune.datamodules.tasks import (
     generate_problems,
     split_of,
 )
-
 from ltune.rewards import extract_answer, is_equivalent
 
 COLUMNS = {

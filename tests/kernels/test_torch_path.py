@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import ltune.kernels as K
 import pytest
 import torch
+
+import ltune.kernels as K
 from ltune.kernels import dispatch
 from ltune.kernels.reference import (
     reference_linear_token_logprobs,

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import importlib.util
 
-import ltune.kernels as K
 import pytest
 import torch
+
+import ltune.kernels as K
 from ltune.kernels.reference import reference_linear_token_logprobs, reference_token_logprobs
 
 pytestmark = pytest.mark.skipif(

@@ -16,8 +16,9 @@ import sys
 import traceback
 from collections.abc import Callable
 
-import ltune.kernels as K
 import torch
+
+import ltune.kernels as K
 from ltune.kernels.reference import (
     reference_linear_token_logprobs,
     reference_odds_ratio_loss,

@@ -5,9 +5,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+
 from ltune.kernels import odds_ratio_loss
 from ltune.kernels.reference import reference_odds_ratio_loss
-
 from ltune.losses.orpo import mean_logprob, odds_ratio_torch, orpo_loss
 
 IMPLS = [odds_ratio_torch, odds_ratio_loss]

@@ -4,10 +4,10 @@ import csv
 from pathlib import Path
 
 import torch
-from ltune.datamodules import EmbeddedTasks, ParaphraseData
 
 from ltune.backbone import hidden_states
 from ltune.cli import main
+from ltune.datamodules import EmbeddedTasks, ParaphraseData
 from ltune.objectives import CoIN
 from tests.conftest import micro_backbone
 from tests.objectives.test_orpo import MICRO

@@ -5,9 +5,9 @@ import csv
 from pathlib import Path
 
 import torch
-from ltune.datamodules import EmbeddedTasks, JudgmentData
 
 from ltune.cli import main
+from ltune.datamodules import EmbeddedTasks, JudgmentData
 from ltune.objectives import CUT
 from tests.conftest import micro_backbone
 from tests.objectives.test_orpo import MICRO

@@ -8,10 +8,10 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from ltune.datamodules import EmbeddedTasks, PreferenceData
 from torch.nn import functional as F
 
 from ltune.cli import main
+from ltune.datamodules import EmbeddedTasks, PreferenceData
 from ltune.objectives import ORPO
 from tests.conftest import micro_backbone
 

@@ -3,9 +3,9 @@
 import lightning as L
 import pytest
 import torch
-from ltune.datamodules import EmbeddedTasks, PromptData
 
 from ltune.backbone import LoRA, completion_logprobs
+from ltune.datamodules import EmbeddedTasks, PromptData
 from ltune.generation import HFSampler, sample_groups, training_inputs
 from ltune.objectives import GRPO, TTRL
 from ltune.objectives.ttrl import majority_rewards

@@ -8,9 +8,9 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from ltune.datamodules import EmbeddedTasks, PairwiseData
 
 from ltune.cli import main
+from ltune.datamodules import EmbeddedTasks, PairwiseData
 from ltune.judges import LMJudge, PairJudge
 from ltune.objectives import RLAIF, RewardModel
 from tests.conftest import micro_backbone, write_jsonl

@@ -4,10 +4,10 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from ltune.datamodules import EmbeddedTasks, PromptData
 
 from ltune.backbone import completion_logprobs
 from ltune.cli import main
+from ltune.datamodules import EmbeddedTasks, PromptData
 from ltune.generation import training_inputs
 from ltune.objectives import RLSC
 from tests.conftest import micro_backbone

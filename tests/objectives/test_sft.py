@@ -3,9 +3,9 @@
 import lightning as L
 import pytest
 import torch
-from ltune.datamodules import EmbeddedTasks, InstructionData
 
 from ltune.backbone import LoRA
+from ltune.datamodules import EmbeddedTasks, InstructionData
 from ltune.objectives import SFT, NonFiniteLossError
 from tests.conftest import micro_backbone
 

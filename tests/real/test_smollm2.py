@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 from lightning.pytorch.cli import LightningCLI
-from ltune.datamodules import EmbeddedTasks, InstructionData
-from ltune.datamodules.base import IGNORE, LTuneData
 from transformers import AutoModelForCausalLM
 
 from ltune.backbone import completion_logprobs, hidden_states, unwrap
 from ltune.cli import LTuneCLI
+from ltune.datamodules import EmbeddedTasks, InstructionData
+from ltune.datamodules.base import IGNORE, LTuneData
 from ltune.generation import HFSampler, decode, terminated
 from ltune.objectives.base import Objective
 from tests.real.conftest import FRAGMENT, ROOT

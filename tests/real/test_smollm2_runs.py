@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from ltune.datamodules import EmbeddedTasks, InstructionData
 from transformers import AutoModelForCausalLM
 
 from ltune.backbone import LoRA
 from ltune.cli import main, select
+from ltune.datamodules import EmbeddedTasks, InstructionData
 from ltune.objectives import SFT
 from ltune.rewards import extract_answer, is_equivalent
 from tests.real.conftest import FRAGMENT, NAME, ROOT

@@ -8,11 +8,11 @@ import os
 import numpy as np
 import pytest
 import torch
+
 from ltune.datamodules import EmbeddedTasks, InstructionData
 from ltune.datamodules.selection import ScoreCache, ScoringError, Selection, Subset, resolve_budget
 from ltune.datamodules.selection.base import pair_text
 from ltune.datamodules.selection.cache import config_key, fingerprint
-
 from tests.conftest import write_jsonl
 
 

@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from ltune.callbacks.cherry import CherryPreExperience
-from ltune.datamodules import EmbeddedTasks, IFDPreExperience, InstructionData
 
 from ltune import SFT
+from ltune.callbacks.cherry import CherryPreExperience
 from ltune.cli import main
+from ltune.datamodules import EmbeddedTasks, IFDPreExperience, InstructionData
 from tests.conftest import micro_backbone, write_jsonl
 from tests.datamodules.selection.test_cli import SHRINK
 from tests.datamodules.selection.test_ifd import ROWS, reference_nll

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from ltune.datamodules import DEITA, InstructionData
 from ltune.datamodules.selection import ScoringError
 from ltune.datamodules.selection.deita import COMPLEXITY_PROMPT, QUALITY_PROMPT, expected_digit_score, turns
 from ltune.datamodules.selection.geometry import repr_filter
-
 from tests.conftest import micro_backbone, write_jsonl
 
 

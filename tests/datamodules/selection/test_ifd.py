@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from ltune.datamodules import IFD, InstructionData, PreferenceData
 from ltune.datamodules.selection.base import SKIPPED
-
 from tests.conftest import micro_backbone, write_jsonl
 
 ROWS = [

@@ -7,12 +7,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import torch
-from ltune.datamodules import LESS, InstructionData
-from ltune.datamodules.base import pad_right
-from ltune.datamodules.selection.less import RademacherProjector, influence, per_example_grads
 
 from ltune.backbone import LoRA, completion_logprobs
 from ltune.cli import main
+from ltune.datamodules import LESS, InstructionData
+from ltune.datamodules.base import pad_right
+from ltune.datamodules.selection.less import RademacherProjector, influence, per_example_grads
 from tests.conftest import micro_backbone, write_jsonl
 from tests.datamodules.selection.test_cli import SHRINK
 from tests.test_cli import ROOT

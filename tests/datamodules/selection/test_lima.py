@@ -7,11 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+
 from ltune.callbacks.lima import ResidualDropout, residual_dropout_rates
+from ltune.cli import main
 from ltune.datamodules import LIMA, InstructionData
 from ltune.datamodules.selection.geometry import k_center_greedy
-
-from ltune.cli import main
 from tests.conftest import micro_backbone, write_jsonl
 from tests.datamodules.selection.test_cli import SHRINK
 from tests.test_cli import ROOT

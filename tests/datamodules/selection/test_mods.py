@@ -9,11 +9,11 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 import torch
-from ltune.datamodules import EmbeddedTasks, InstructionData, MoDS
-from ltune.datamodules.selection.geometry import k_center_greedy
 from torch import Tensor
 
 from ltune.cli import main
+from ltune.datamodules import EmbeddedTasks, InstructionData, MoDS
+from ltune.datamodules.selection.geometry import k_center_greedy
 from ltune.judges import VerifierJudge
 from tests.conftest import micro_backbone, write_jsonl
 from tests.datamodules.selection.test_cli import SHRINK

@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+
+from ltune.cli import main
 from ltune.datamodules import IFDPreExperience, InstructionData
 from ltune.datamodules.selection.geometry import kmeans
 from ltune.datamodules.selection.pre_experience import band_per_cluster
-
-from ltune.cli import main
 from tests.conftest import micro_backbone, write_jsonl
 from tests.datamodules.selection.test_cli import SHRINK
 from tests.test_cli import ROOT
