@@ -12,6 +12,7 @@ and then draws for diversity:
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
 
@@ -64,8 +65,9 @@ class LIMA(Selection):
         self.embedder, self.kcenter_seed = embedder, seed
 
     def scorer_config(self) -> dict[str, Any]:
-        emb = "minilm" if self.embedder is None else str(self.embedder)
-        return {**super().scorer_config(), "embedder": emb}  # the rules are applied in choose: not part of the key
+        emb = "minilm" if self.embedder is None else dataclasses.asdict(self.embedder)
+        # the patterns decide the cached `rejected_pattern` flags; the length rules are applied in choose
+        return {**super().scorer_config(), "embedder": emb, "reject_patterns": self.reject_patterns}
 
     def score(self, rows: list[dict], names: list[str]) -> dict[str, np.ndarray]:
         texts = [instruction_text(r) for r in rows]

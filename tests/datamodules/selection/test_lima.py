@@ -75,3 +75,20 @@ def test_lima_recipe_through_the_cli(tmp_path, monkeypatch):
     assert len(list((run / "checkpoints").glob("*.ckpt"))) == 1
     lrs = pd.read_csv(run / "metrics.csv")
     assert np.isfinite(lrs["train/loss"].dropna()).all()
+
+
+def test_changed_reject_patterns_are_not_served_stale_from_the_cache(tmp_path):
+    """The patterns decide the cached flags, so they are part of the cache key (a changed pattern re-scores)."""
+    rows = [{"prompt": "a", "response": "I think " + "x" * 30}, {"prompt": "b", "response": "y" * 30}]
+    path = write_jsonl(tmp_path / "p.jsonl", rows)
+
+    def lima(patterns):
+        sel = LIMA(InstructionData(train=path), budget=2, min_chars=20, reject_patterns=patterns,
+                   cache_dir=str(tmp_path / "c"), report_dir=str(tmp_path / "r"), progress=False)  # fmt: skip
+        sel.tokenizer = micro_backbone().tokenizer
+        sel.select()
+        return sel.selected
+
+    assert lima(None) == [1]  # the default patterns reject the first-person row
+    assert sorted(lima([r"nothing matches this"])) == [0, 1]
+    assert lima(None) == [1]
