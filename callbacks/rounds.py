@@ -38,6 +38,7 @@ What the base guarantees:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -49,6 +50,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities.seed import isolate_rng
 
 log = logging.getLogger(__name__)
 
@@ -283,26 +285,11 @@ class Rounds(L.Callback):
         pl_module.model.load_state_dict(base.state_dict())
 
     @staticmethod
+    @contextlib.contextmanager
     def _seeded(seed: int, device: torch.device):
-        return _Seeded(seed, device)
-
-
-class _Seeded:
-    """Run a block with torch/python/numpy RNGs seeded, restoring the previous states afterwards."""
-
-    def __init__(self, seed: int, device: torch.device) -> None:
-        self.seed, self.device = seed, device
-
-    def __enter__(self) -> None:
-        devices = [self.device] if self.device.type == "cuda" else []
-        self._fork = torch.random.fork_rng(devices=devices)
-        self._fork.__enter__()
-        self._py, self._np = random.getstate(), np.random.get_state()
-        torch.manual_seed(self.seed)
-        random.seed(self.seed)
-        np.random.seed(self.seed % 2**32)
-
-    def __exit__(self, *exc) -> None:
-        random.setstate(self._py)
-        np.random.set_state(self._np)
-        self._fork.__exit__(*exc)
+        """Run a block with torch/python/numpy RNGs seeded, restoring the previous states afterwards."""
+        with isolate_rng(include_cuda=device.type == "cuda"):
+            torch.manual_seed(seed)
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+            yield

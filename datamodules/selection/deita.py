@@ -159,10 +159,6 @@ class DEITA(Selection):
         np.add.at(out["evol"], owner, per_turn["complexity"] * per_turn["quality"])
         np.add.at(out["complexity"], owner, per_turn["complexity"])
         np.add.at(out["quality"], owner, per_turn["quality"])
-        if (np.bincount(owner, minlength=len(rows)) == 0).any():
-            raise ScoringError(
-                f"{names[int(np.flatnonzero(np.bincount(owner, minlength=len(rows)) == 0)[0])]}: no turn"
-            )
         out["embedding"] = self.embed(rows, names)
         return out
 
