@@ -1,30 +1,36 @@
-"""DataModules: task formats and data-selection strategies (installed as ``ltune.datamodules``)."""
+"""DataModules (installed as ``ltune.datamodules``): task formats (instruction, critique, prompts, preference, pairwise,
+judgment, paraphrase), data sources, the embedded verifiable tasks, and the data-selection strategies."""
 
 from ltune.datamodules.base import LTuneData
 from ltune.datamodules.formats import CritiqueData, InstructionData, PromptData
 from ltune.datamodules.judgment import JudgmentData
+from ltune.datamodules.pairwise import PairwiseData
 from ltune.datamodules.paraphrase import ParaphraseData
 from ltune.datamodules.preference import PreferenceData
+from ltune.datamodules.selection import DEITA, IFD, LESS, LIMA, IFDPreExperience, MoDS, Selection, Subset
 from ltune.datamodules.sources import DataError, Files, Hub, Source
 from ltune.datamodules.tasks import EmbeddedTasks
 
 __all__ = [
     "CritiqueData",
+    "DEITA",
     "DataError",
     "EmbeddedTasks",
     "Files",
     "Hub",
+    "IFD",
+    "IFDPreExperience",
     "InstructionData",
     "JudgmentData",
+    "LESS",
+    "LIMA",
     "LTuneData",
+    "MoDS",
+    "PairwiseData",
     "ParaphraseData",
     "PreferenceData",
     "PromptData",
+    "Selection",
     "Source",
+    "Subset",
 ]
-from ltune.datamodules.pairwise import PairwiseData  # noqa: E402
-
-__all__ += ["PairwiseData"]
-from ltune.datamodules.selection import DEITA, IFD, LESS, LIMA, IFDPreExperience, MoDS, Selection, Subset  # noqa: E402
-
-__all__ += ["DEITA", "IFD", "IFDPreExperience", "LESS", "LIMA", "MoDS", "Selection", "Subset"]

@@ -1,18 +1,6 @@
 """ltune: composable Lightning pieces for fine-tuning language models."""
 
+from ltune.objectives import CUT, GRPO, ORPO, RLAIF, RLSC, SFT, TTRL, CoIN, Objective, RewardModel
+
 __version__ = "0.1.0"
-
-from ltune.objectives import (  # noqa: E402
-    CUT,
-    GRPO,
-    ORPO,
-    RLAIF,
-    RLSC,
-    SFT,
-    TTRL,
-    CoIN,
-    Objective,
-    RewardModel,
-)
-
 __all__ = ["CUT", "GRPO", "ORPO", "RLAIF", "RLSC", "SFT", "TTRL", "CoIN", "Objective", "RewardModel", "__version__"]

@@ -106,7 +106,7 @@ class IFD(Selection):
         device: torch.device | None = None,
     ) -> dict[str, np.ndarray]:
         """IFD of ``rows`` under a given model: ``ifd``, ``loss_cond``, ``loss_direct`` (NaN where skipped) and the
-        ``skipped`` mask. Cherry's pre-experienced stage (:class:`ltune.callbacks.cherry.CherryPreExperience`) scores
+        ``skipped`` mask. Cherry's pre-experienced stage (:class:`ltune.callbacks.CherryPreExperience`) scores
         with the model it has just trained.
 
         Args:

@@ -1,7 +1,7 @@
 """LESS (Xia et al., ICML 2024, "LESS: Selecting Influential Data for Targeted Instruction Tuning", arXiv:2402.04333).
 
 For every warmup checkpoint i (adapter, Adam moments m_i, v_i, mean learning rate η̄_i; see
-:class:`ltune.callbacks.less.LESSWarmup`) and every row, the gradient g of the row's mean completion loss with
+:class:`ltune.callbacks.LESSWarmup`) and every row, the gradient g of the row's mean completion loss with
 respect to the LoRA parameters (flattened in parameter-name order) gives::
 
     pool rows (Adam):   m' = β1 m_i + (1-β1) g,  v' = β2 v_i + (1-β2) g²,  Γ = m' / sqrt(v' + ε)   (no bias correction)
@@ -111,7 +111,7 @@ class LESS(Selection):
     Args:
         pool: The candidate pool DataModule.
         target: Validation rows of the target task, in the pool's format, with a ``subtask_field`` column.
-        checkpoints: Folder of ``epoch_*.pt`` files written by ``ltune.callbacks.less.LESSWarmup``.
+        checkpoints: Folder of ``epoch_*.pt`` files written by ``ltune.callbacks.LESSWarmup``.
         budget: Rows to keep (LESS: 5% of the pool): an int is a count, a float in (0, 1] a fraction.
         scorer: The warmup model with its LoRA settings; ``None``: the trained objective's backbone.
         subtask_field: Field of the target rows naming their subtask (mean within, max across subtasks).

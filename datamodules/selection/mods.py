@@ -3,7 +3,7 @@
 1. Quality: a reward model scores (instruction, response); rows with reward > α (0.0) form the high-quality set.
 2. Coverage: k-center greedy (Euclidean, seeded first centre) over the instruction embeddings of the high-quality
    set picks the seed set (``budget`` rows).
-3. Necessity (:class:`ltune.callbacks.mods.MoDSNecessity`, a round of the self-training callbacks): after training
+3. Necessity (:class:`ltune.callbacks.MoDSNecessity`, a round of the self-training callbacks): after training
    on the seed set, the model answers every other high-quality instruction; answers with reward < β mark rows the model
    handles badly; those are k-center-reduced to ``augment_size`` (extending the seed centres) and added to the seed
    set (deduplicated), and the base model is trained again on the union.
@@ -155,7 +155,7 @@ class MoDS(Selection):
     def cut(self, scores: dict[str, np.ndarray], selected: np.ndarray) -> tuple[str, float | None]:
         return "reward", self.alpha
 
-    # ---- the necessity stage (driven by ltune.callbacks.mods.MoDSNecessity) ------------------------------------
+    # ---- the necessity stage (driven by ltune.callbacks.MoDSNecessity) ------------------------------------
     def necessity_candidates(self) -> list[int]:
         """High-quality rows outside the seed set: the model answers these after training on the seed set."""
         seed = set(self.selected)

@@ -7,7 +7,7 @@ whose perplexity lies in the [25th, 75th] percentile band, and of those ``per_cl
 order (stride ``len(band) // 10``). A cluster with fewer than 10 rows is taken whole, a band with fewer than 10 rows
 likewise. About 1,000 rows for 100 clusters.
 
-One command runs the whole of Cherry as rounds (:class:`ltune.callbacks.cherry.CherryPreExperience`: round 0 trains
+One command runs the whole of Cherry as rounds (:class:`ltune.callbacks.CherryPreExperience`: round 0 trains
 on these rows, its E-step scores the pool by IFD with the pre-experienced model, round 1 trains the base model on the
 kept rows); the two-command path exports the pre-experienced model and scores with it:
 

@@ -1,20 +1,26 @@
-"""One LightningModule per training objective."""
+"""One LightningModule per training objective; ``Objective`` is what they share."""
 
 from ltune.objectives.base import NonFiniteLossError, Objective
 from ltune.objectives.coin import CoIN
 from ltune.objectives.cut import CUT
+from ltune.objectives.grpo import GRPO
 from ltune.objectives.orpo import ORPO
+from ltune.objectives.reward_model import RewardModel
+from ltune.objectives.rlaif import RLAIF
+from ltune.objectives.rlsc import RLSC
 from ltune.objectives.sft import SFT
+from ltune.objectives.ttrl import TTRL
 
-__all__ = ["CoIN", "CUT", "ORPO", "SFT", "NonFiniteLossError", "Objective"]
-from ltune.objectives.policy_gradient import GRPO  # noqa: E402
-from ltune.objectives.ttrl import TTRL  # noqa: E402
-
-__all__ += ["GRPO", "TTRL"]
-from ltune.objectives.rlsc import RLSC  # noqa: E402
-
-__all__ += ["RLSC"]
-from ltune.objectives.reward_model import RewardModel  # noqa: E402
-from ltune.objectives.rlaif import RLAIF  # noqa: E402
-
-__all__ += ["RLAIF", "RewardModel"]
+__all__ = [
+    "CUT",
+    "GRPO",
+    "ORPO",
+    "RLAIF",
+    "RLSC",
+    "SFT",
+    "TTRL",
+    "CoIN",
+    "NonFiniteLossError",
+    "Objective",
+    "RewardModel",
+]

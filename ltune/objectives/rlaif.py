@@ -11,7 +11,7 @@ from torch import Tensor
 
 from ltune.generation import training_inputs
 from ltune.judges import LMJudge
-from ltune.objectives.policy_gradient import GRPO
+from ltune.objectives.grpo import GRPO
 from ltune.objectives.reward_model import RewardModel
 
 
@@ -29,11 +29,11 @@ class RLAIF(GRPO):
     Args:
         reward_model: Path of a ``RewardModel`` checkpoint.
         judge: LM judge for direct RLAIF.
-        **kwargs: Arguments of :class:`~ltune.objectives.policy_gradient.GRPO`.
+        **kwargs: Arguments of :class:`~ltune.objectives.grpo.GRPO`.
     """
 
-    def __init__(self, *args, reward_model: str | None = None, judge: LMJudge | None = None, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, reward_model: str | None = None, judge: LMJudge | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
         if (reward_model is None) == (judge is None):
             raise ValueError("RLAIF needs exactly one reward: reward_model (a checkpoint path) or judge (direct RLAIF)")
         self.reward_model_path, self.judge = reward_model, judge

@@ -6,10 +6,9 @@ ltune fit --config configs/objectives/rlsc.yaml
 from __future__ import annotations
 
 import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
-from ltune.backbone import Backbone, completion_logprobs
+from ltune.backbone import completion_logprobs
 from ltune.generation import HFSampler, Sampler, decode, sample_groups, training_inputs
 from ltune.losses.rlsc import rlsc_loss
 from ltune.objectives.base import Objective
@@ -28,10 +27,6 @@ class RLSC(Objective):
     ``completions/mean_length``, ``alpha``; a reference ``answer`` in the rows adds ``ground_truth_ratio``.
 
     Args:
-        backbone: The model to sharpen.
-        optimizer: Optimizer factory.
-        scheduler: Optional LR scheduler factory.
-        max_new_tokens: Token budget of greedy evaluation on ``eval_prompts``.
         num_samples: Completions sampled per prompt (paper: 16).
         max_completion_length: Token budget of each sampled completion.
         temperature: Sampling temperature, also the temperature of the scored log-probs (paper: 0.5).
@@ -39,14 +34,11 @@ class RLSC(Objective):
         alpha: Smoothing constant of the loss (paper: 0.1).
         length_normalized_weight: Weight by exp(s_i / |y_i|) instead of exp(s_i) (not in the paper).
         generation_batch_size: Completions per ``generate`` call (a multiple of ``num_samples``); None = all.
+        **kwargs: Arguments of :class:`~ltune.objectives.base.Objective` (backbone, optimizer, scheduler, ...).
     """
 
     def __init__(
         self,
-        backbone: Backbone | None = None,
-        optimizer: OptimizerCallable = torch.optim.AdamW,
-        scheduler: LRSchedulerCallable | None = None,
-        max_new_tokens: int = 32,
         num_samples: int = 16,
         max_completion_length: int = 32,
         temperature: float = 0.5,
@@ -54,8 +46,9 @@ class RLSC(Objective):
         alpha: float = 0.1,
         length_normalized_weight: bool = False,
         generation_batch_size: int | None = None,
+        **kwargs,
     ) -> None:
-        super().__init__(backbone, optimizer, scheduler, max_new_tokens)
+        super().__init__(**kwargs)
         if temperature <= 0:
             raise ValueError(f"temperature={temperature}: RLSC samples, it needs a temperature > 0")
         self.num_samples, self.max_completion_length = num_samples, max_completion_length

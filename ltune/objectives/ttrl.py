@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ltune.metrics import pass_at_k
-from ltune.objectives.policy_gradient import GRPO
+from ltune.objectives.grpo import GRPO
 from ltune.rewards import extract_answer, is_equivalent, majority_vote
 
 
@@ -37,11 +37,11 @@ class TTRL(GRPO):
 
     Args:
         num_votes: Samples per prompt for the vote (N_vote >= ``num_generations``).
-        **kwargs: Arguments of :class:`~ltune.objectives.policy_gradient.GRPO` (``num_generations`` is N_train).
+        **kwargs: Arguments of :class:`~ltune.objectives.grpo.GRPO` (``num_generations`` is N_train).
     """
 
-    def __init__(self, *args, num_votes: int = 16, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, num_votes: int = 16, **kwargs) -> None:
+        super().__init__(**kwargs)
         if num_votes < self.num_generations:
             raise ValueError(
                 f"num_votes={num_votes} must be >= num_generations={self.num_generations}: "

@@ -1,4 +1,4 @@
-"""Cherry's pre-experienced stage as rounds (callbacks.cherry.CherryPreExperience): the E-step's IFD is the one of the
+"""Cherry's pre-experienced stage as rounds (callbacks.CherryPreExperience): the E-step's IFD is the one of the
 model in training (against an unbatched float64 reference), the next round's rows are the top budget of IFD < 1, and
 the whole loop runs through the real CLI (pre-experience M-step -> IFD E-step -> base model on the kept rows)."""
 
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from ltune import SFT
-from ltune.callbacks.cherry import CherryPreExperience
+from ltune.callbacks.cherry_rounds import CherryPreExperience
 from ltune.cli import main
 from ltune.datamodules import EmbeddedTasks, IFDPreExperience, InstructionData
 from tests.conftest import micro_backbone, write_jsonl

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from ltune.callbacks.lima import ResidualDropout, residual_dropout_rates
+from ltune.callbacks.residual_dropout import ResidualDropout, residual_dropout_rates
 from ltune.cli import main
 from ltune.datamodules import LIMA, InstructionData
 from ltune.datamodules.selection.geometry import k_center_greedy

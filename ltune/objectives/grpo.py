@@ -9,10 +9,9 @@ from __future__ import annotations
 import copy
 
 import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
-from ltune.backbone import Backbone, completion_logprobs, reference_model
+from ltune.backbone import completion_logprobs, reference_model
 from ltune.generation import HFSampler, Sampler, decode, sample_groups, select, terminated, training_inputs
 from ltune.losses.grpo import LossType, RewardScale, group_advantages, grpo_loss
 from ltune.objectives.base import Objective
@@ -34,11 +33,9 @@ class GRPO(Objective):
     verifier_reward``); subclasses override :meth:`rewards`. ``self.sampler`` may be replaced by any
     ``ltune.generation.Sampler`` (e.g. a vLLM engine).
 
+    With ``beta > 0`` the reference is the policy with its LoRA adapter disabled, or a frozen copy without LoRA.
+
     Args:
-        backbone: The policy (and, with ``beta > 0``, its reference: LoRA disabled, or a frozen copy without LoRA).
-        optimizer: Optimizer factory.
-        scheduler: Optional LR scheduler factory.
-        max_new_tokens: Token budget of greedy evaluation on ``eval_prompts``.
         num_generations: Completions per prompt used in the update (G >= 2; TRL default 8).
         max_completion_length: Token budget of each sampled completion (also L_max of ``dr_grpo``).
         temperature: Sampling temperature; log-probs are those of the tempered distribution.
@@ -50,14 +47,11 @@ class GRPO(Objective):
         beta: Coefficient of the k3 KL to the reference (default 0: no reference forward).
         epsilon: Lower clip range of the ratio.
         epsilon_high: Upper clip range (None = ``epsilon``; DAPO uses 0.28).
+        **kwargs: Arguments of :class:`~ltune.objectives.base.Objective` (backbone, optimizer, scheduler, ...).
     """
 
     def __init__(
         self,
-        backbone: Backbone | None = None,
-        optimizer: OptimizerCallable = torch.optim.AdamW,
-        scheduler: LRSchedulerCallable | None = None,
-        max_new_tokens: int = 32,
         num_generations: int = 8,
         max_completion_length: int = 32,
         temperature: float = 1.0,
@@ -68,8 +62,9 @@ class GRPO(Objective):
         beta: float = 0.0,
         epsilon: float = 0.2,
         epsilon_high: float | None = None,
+        **kwargs,
     ) -> None:
-        super().__init__(backbone, optimizer, scheduler, max_new_tokens)
+        super().__init__(**kwargs)
         if num_generations < 2:
             raise ValueError(f"num_generations={num_generations}: GRPO needs at least 2 completions per prompt")
         if temperature <= 0:
