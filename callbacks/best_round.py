@@ -9,12 +9,13 @@ run restores the same weights. Files of rounds that were not the best are remove
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+
+from ltune.io import atomic_write
 
 
 class BestRound:
@@ -62,13 +63,7 @@ class BestRound:
             return True
         path = Path(folder) / f"round_{round}" / "model.pt"
         if trainer.is_global_zero:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-            with open(tmp, "wb") as f:
-                torch.save(trainable_state(pl_module.model), f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            atomic_write(path, lambda f: torch.save(trainable_state(pl_module.model), f))
         trainer.strategy.barrier("best-round-saved")
         self.path = str(path)
         return True

@@ -6,11 +6,12 @@ save the adapter, the Adam moments keyed by parameter name, and the epoch's mean
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import lightning as L
 import torch
+
+from ltune.io import atomic_write
 
 
 class LESSWarmup(L.Callback):
@@ -45,8 +46,5 @@ class LESSWarmup(L.Callback):
         out = Path(self.output_dir)
         out = out if out.is_absolute() else Path(trainer.log_dir or trainer.default_root_dir) / out
         if trainer.is_global_zero:
-            out.mkdir(parents=True, exist_ok=True)
-            tmp = out / f".epoch_{trainer.current_epoch}.pt.tmp"
-            torch.save(ckpt, tmp)
-            os.replace(tmp, out / f"epoch_{trainer.current_epoch}.pt")
+            atomic_write(out / f"epoch_{trainer.current_epoch}.pt", lambda f: torch.save(ckpt, f))
         trainer.strategy.barrier("less-warmup")

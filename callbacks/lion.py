@@ -25,10 +25,11 @@ import lightning as L
 import torch
 from rouge_score import rouge_scorer
 
-from ltune.callbacks.rounds import Rounds, read_jsonl, write_jsonl_atomic
+from ltune.callbacks.rounds import Rounds, read_jsonl
 from ltune.datamodules.base import pad_left
 from ltune.datamodules.sources import Source, as_source
 from ltune.generation import HFSampler, decode
+from ltune.io import atomic_write_jsonl
 from ltune.judges import PairJudge
 
 ANSWER_TEMPLATE = "### Instruction:\n{instruction}\n\n### Response:\n"
@@ -167,7 +168,7 @@ class Lion(Rounds):
         self, trainer: L.Trainer, pl_module: L.LightningModule, round: int, produced: list[dict]
     ) -> list[dict]:
         if round == 0:
-            write_jsonl_atomic(self._cache_path(0), produced)  # both pools start from the same instructions
+            atomic_write_jsonl(self._cache_path(0), produced)  # both pools start from the same instructions
             return produced
         pool = read_jsonl(self.paths[round - 1])
         cache = [p["prompt"] for p in produced]
@@ -178,7 +179,7 @@ class Lion(Rounds):
             self._stats[f"new_{kind}"] = float(len(accepted))
             new += [{"prompt": a} for a in accepted]
         answered = [{"prompt": n["prompt"], "response": a} for n, a in zip(new, self._answer(new))]
-        write_jsonl_atomic(self._cache_path(round), answered)
+        atomic_write_jsonl(self._cache_path(round), answered)
         return pool + answered
 
     def _generate(self, seeds: list[str], template: str, target: int, pool: list[str]) -> list[str]:

@@ -52,20 +52,9 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities.seed import isolate_rng
 
+from ltune.io import atomic_write_jsonl, atomic_write_text
+
 log = logging.getLogger(__name__)
-
-
-def write_jsonl_atomic(path: str | Path, rows: list[dict]) -> None:
-    """Write rows as jsonl to ``path`` atomically: temporary file, fsync, rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -238,7 +227,7 @@ class Rounds(L.Callback):
             if i % world != rank or path.exists():
                 continue
             with self._seeded(chunk_seed(self.seed, round, i), pl_module.device):
-                write_jsonl_atomic(path, self.e_step(trainer, pl_module, round, chunk))
+                atomic_write_jsonl(path, self.e_step(trainer, pl_module, round, chunk))
         trainer.strategy.barrier("rounds-e-step")
         produced = [row for i in range(len(chunks)) for row in read_jsonl(folder / f"chunk_{i:05d}.jsonl")]
         with self._seeded(chunk_seed(self.seed, round, -1), pl_module.device):
@@ -250,7 +239,7 @@ class Rounds(L.Callback):
             )
         path = folder / "train.jsonl"
         if trainer.is_global_zero:
-            write_jsonl_atomic(path, rows)
+            atomic_write_jsonl(path, rows)
         trainer.strategy.barrier("rounds-train-rows")
         self.paths[round] = str(path)
         self._record(trainer, round, self.round_metrics(round, produced, rows))
@@ -262,10 +251,7 @@ class Rounds(L.Callback):
             self.history.append(entry)
         entry.update(metrics)
         if trainer.is_global_zero:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            tmp = self.dir / f".rounds.json.tmp{os.getpid()}"
-            tmp.write_text(json.dumps(self.history, indent=1))
-            os.replace(tmp, self.dir / "rounds.json")
+            atomic_write_text(self.dir / "rounds.json", json.dumps(self.history, indent=1))
             for logger in trainer.loggers:
                 logger.log_metrics({"round/index": round, **{f"round/{k}": v for k, v in metrics.items()}},
                                    step=trainer.global_step)  # fmt: skip

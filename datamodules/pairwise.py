@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from ltune.datamodules.base import LTuneData
 from ltune.datamodules.sources import DataError, as_source
+from ltune.io import atomic_write_text
 from ltune.judges import PairJudge
 
 
@@ -78,11 +78,7 @@ class PairwiseData(LTuneData):
         for i, value in zip(todo, p.tolist()):
             rows[i]["preference"] = value
         if path and (self.trainer is None or self.trainer.is_global_zero):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = f"{path}.tmp{os.getpid()}"
-            with open(tmp, "w") as f:
-                f.writelines(json.dumps(r) + "\n" for r in rows)
-            os.replace(tmp, path)
+            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
         return rows
 
     def encode(self, row: dict) -> dict[str, Any]:

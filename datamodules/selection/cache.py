@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ltune.io import atomic_write
 
 
 def fingerprint(rows: list[dict]) -> str:
@@ -58,21 +58,8 @@ class ScoreCache:
         """Write ``arrays`` (and ``meta`` as JSON beside them) atomically; returns the file path."""
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.path(key)
-        _atomic_write(path, lambda f: np.savez(f, **arrays))
+        atomic_write(path, lambda f: np.savez(f, **arrays))
         if meta is not None:
             text = json.dumps(meta, sort_keys=True, indent=1, default=str).encode()
-            _atomic_write(path.with_suffix(".json"), lambda f: f.write(text))
+            atomic_write(path.with_suffix(".json"), lambda f: f.write(text))
         return path
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

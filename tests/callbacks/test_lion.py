@@ -16,8 +16,9 @@ from rouge_score import rouge_scorer
 
 from ltune.backbone import Backbone
 from ltune.callbacks.lion import Lion, _rouge_l, keep_instruction, truncated
-from ltune.callbacks.rounds import read_jsonl, write_jsonl_atomic
+from ltune.callbacks.rounds import read_jsonl
 from ltune.cli import main
+from ltune.io import atomic_write_jsonl
 from ltune.judges import APIJudge, LMJudge, PairJudge, VerifierJudge
 from tests.callbacks.conftest import ROOT, cpu_env
 
@@ -90,7 +91,7 @@ def test_pool_update_adds_filtered_new_instructions_to_the_train_pool(tmp_path):
            "easy": ["Reverse the letters of the word cat.", "Spell the word dog backwards for me."]}  # fmt: skip
     lion = Lion(instructions="unused.jsonl", teacher=Scripted(new), num_new=4, instruction_tokens=16)
     lion.dir = tmp_path
-    write_jsonl_atomic(tmp_path / "round_0/train.jsonl", [{"prompt": "q0", "response": "good a0"}])
+    atomic_write_jsonl(tmp_path / "round_0/train.jsonl", [{"prompt": "q0", "response": "good a0"}])
     lion.paths[0] = str(tmp_path / "round_0/train.jsonl")
     produced = [{"prompt": "Which is larger, 3 or 9?", "label": "hard", "s_teacher": 9.0, "s_student": 5.0},
                 {"prompt": "Write cat backwards.", "label": "easy", "s_teacher": 9.0, "s_student": 9.0}]  # fmt: skip
@@ -260,7 +261,7 @@ def test_instructions_and_answers_use_their_own_temperatures(tmp_path):
     lion = Lion(instructions="unused.jsonl", teacher=teacher, num_new=2, instruction_tokens=16,
                 teacher_temperature=0.7, instruction_temperature=0.3)  # fmt: skip
     lion.dir = tmp_path
-    write_jsonl_atomic(tmp_path / "round_0/train.jsonl", [])
+    atomic_write_jsonl(tmp_path / "round_0/train.jsonl", [])
     lion.paths[0] = str(tmp_path / "round_0/train.jsonl")
     lion.train_rows(None, None, 1, [{"prompt": "Which is larger, 3 or 9?", "label": "hard"}])
     assert set(teacher.temperatures) == {("instruction", 0.3), ("answer", 0.7)}
