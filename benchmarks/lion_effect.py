@@ -18,7 +18,7 @@ import json
 import random
 from pathlib import Path
 
-from ltune.datamodules.problems import generate_problems
+from ltune.problems import generate_problems
 
 HARD = "Write a similar problem: {instruction}"  # the tiny teacher's short forms of Lion's hard/easy prompts
 EASY = "Write a rarer problem: {instruction}"

@@ -1,7 +1,7 @@
 """Embedded verifiable tasks as rows of every data format ltune reads (instruction, preference, critique,
 judgment, paraphrase, prompts, and a mixed-quality selection pool).
 
-The problems come from :mod:`ltune.datamodules.problems`: short arithmetic and string problems with one checkable
+The problems come from :mod:`ltune.problems`: short arithmetic and string problems with one checkable
 answer and a worked solution in a single regular format, ``"{expression}={answer}. The answer is {answer}."``
 (e.g. ``"23+58=81. The answer is 81."``), so a ~1M-parameter model with a byte-level tokenizer can learn the easy
 categories on a CPU in minutes, and every objective, selector and loop of ltune can be run, and measured, offline.
@@ -16,7 +16,8 @@ import random
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
-from ltune.datamodules.problems import (
+from ltune.datamodules.sources import Source
+from ltune.problems import (
     CATEGORIES,
     DIFFICULTIES,
     PHRASINGS,
@@ -25,7 +26,6 @@ from ltune.datamodules.problems import (
     generate_problems,
     split_of,
 )
-from ltune.datamodules.sources import Source
 
 if TYPE_CHECKING:
     import datasets

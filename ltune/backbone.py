@@ -18,8 +18,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from ltune import presets
 from ltune.kernels import LogProbs, linear_token_logprobs
+from ltune.presets import PRESETS, resolve
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +117,8 @@ class Backbone:
     @property
     def path(self) -> str:
         """What ``from_pretrained`` reads: a preset's cached folder (fetched on first use), else ``name_or_path``."""
-        if self.name_or_path in presets.PRESETS:
-            return str(presets.resolve(self.name_or_path))
+        if self.name_or_path in PRESETS:
+            return str(resolve(self.name_or_path))
         return self.name_or_path
 
     @property

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from ltune.backbone import Backbone, completion_logprobs
 from ltune.generation import HFSampler, decode, terminated
+from ltune.problems import solve
 from ltune.rewards import extract_answer, is_equivalent
 
 PREAMBLE = "A good response answers the question correctly and ends with 'The answer is X.'"
@@ -316,8 +317,8 @@ class VerifierJudge(PairJudge):
     """A referee that checks answers instead of reading an LM's opinion: an answer rates ``correct`` when its final
     answer (:func:`ltune.rewards.extract_answer`) is equivalent to the reference that ``solver`` computes from the
     question, ``wrong`` otherwise, and NaN (unjudged) when the solver cannot read the question. It stands in for a
-    strong LM referee on tasks a program can solve, such as the embedded tasks (:func:`ltune.datamodules.problems.
-    solve`, which also reads questions a model wrote). It rates, and scores as a reward (``score``); it cannot
+    strong LM referee on tasks a program can solve, such as the embedded tasks (:func:`ltune.problems.solve`, which
+    also reads questions a model wrote). It rates, and scores as a reward (``score``); it cannot
     generate or give pair preferences.
 
     Args:
@@ -330,9 +331,7 @@ class VerifierJudge(PairJudge):
         self, solver: Callable[[str], str | None] | None = None, correct: float = 10.0, wrong: float = 1.0
     ) -> None:
         super().__init__()
-        if solver is None:
-            from ltune.datamodules.problems import solve as solver
-        self.solver, self.correct, self.wrong = solver, correct, wrong
+        self.solver, self.correct, self.wrong = solver or solve, correct, wrong
 
     def verdicts(self, questions: Sequence[str], answers: Sequence[str]) -> list[float]:
         """The rating of each answer to its question."""

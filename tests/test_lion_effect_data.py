@@ -5,7 +5,7 @@ import json
 import re
 from pathlib import Path
 
-from ltune.datamodules.problems import solve
+from ltune.problems import solve
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -218,7 +218,7 @@ def test_sum_is_only_drawn_when_named():
 
 
 def test_solve_reads_every_phrasing_of_every_category_and_only_those():
-    from ltune.datamodules.problems import solve
+    from ltune.problems import solve
 
     for category in CATEGORIES + TRACE_CATEGORIES:
         for difficulty in (1, 2, 3):
