@@ -26,8 +26,7 @@ import torch
 from rouge_score import rouge_scorer
 
 from ltune.callbacks.rounds import Rounds, read_jsonl
-from ltune.datamodules.base import pad_left
-from ltune.datamodules.sources import Source, as_source
+from ltune.datamodules import Source, as_source
 from ltune.generation import HFSampler, decode
 from ltune.io import atomic_write_jsonl
 from ltune.judges import PairJudge
@@ -232,7 +231,7 @@ class Lion(Rounds):
     @torch.no_grad()
     def _student(self, trainer: L.Trainer, pl_module: L.LightningModule, prompts: list[str]) -> list[str]:
         tok, data = pl_module.tokenizer, trainer.datamodule
-        ids, mask = pad_left([data.encode_prompt(p) for p in prompts], tok.pad_token_id)
+        ids, mask = data.prompt_batch(prompts)
         samples = HFSampler()(
             pl_module.model, ids.to(pl_module.device), mask.to(pl_module.device), max_new_tokens=self.answer_tokens,
             temperature=self.student_temperature, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,

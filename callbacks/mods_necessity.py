@@ -13,8 +13,6 @@ from __future__ import annotations
 import lightning as L
 
 from ltune.callbacks.rounds import Rounds
-from ltune.datamodules.base import pad_left
-from ltune.datamodules.selection.base import instruction_text, pair_text
 
 
 class MoDSNecessity(Rounds):
@@ -46,13 +44,11 @@ class MoDSNecessity(Rounds):
     def e_step(self, trainer: L.Trainer, pl_module: L.LightningModule, round: int, items: list[dict]) -> list[dict]:
         dm, out = trainer.datamodule, []
         for s in range(0, len(items), self.batch_size):
-            rows = [dm.rows[it["index"]] for it in items[s : s + self.batch_size]]
-            ids, mask = pad_left([dm.pool.encode_prompt(pair_text(r)[0]) for r in rows], dm.pool.tokenizer.pad_token_id)
+            index = [it["index"] for it in items[s : s + self.batch_size]]
+            ids, mask = dm.answer_prompts(index)
             texts = pl_module.generate_text(ids.to(pl_module.device), mask.to(pl_module.device))
-            names = [dm.row_name(it["index"]) for it in items[s : s + self.batch_size]]
-            rewards = dm.reward_of([instruction_text(r) for r in rows], texts, names, "MoDS necessity reward")
-            out += [{"index": it["index"], "generated": t, "reward": float(r)}
-                    for it, t, r in zip(items[s : s + self.batch_size], texts, rewards)]  # fmt: skip
+            rewards = dm.answer_rewards(index, texts)
+            out += [{"index": i, "generated": t, "reward": float(r)} for i, t, r in zip(index, texts, rewards)]
         return out
 
     def train_rows(self, trainer: L.Trainer, pl_module: L.LightningModule, round: int, produced: list[dict]):

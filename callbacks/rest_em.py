@@ -23,8 +23,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from ltune.callbacks.best_round import BestRound
 from ltune.callbacks.rounds import Rounds
-from ltune.datamodules.base import pad_left
-from ltune.datamodules.sources import Source, as_source
+from ltune.datamodules import Source, as_source
 from ltune.generation import HFSampler, decode, sample_groups, terminated
 from ltune.rewards import verifier_reward
 
@@ -110,7 +109,7 @@ class ReSTEM(Rounds):
     @torch.no_grad()
     def e_step(self, trainer: L.Trainer, pl_module: L.LightningModule, round: int, items: list[dict]) -> list[dict]:
         data, tok, k = trainer.datamodule, pl_module.tokenizer, self.num_samples
-        ids, mask = pad_left([data.encode_prompt(it["prompt"]) for it in items], tok.pad_token_id)
+        ids, mask = data.prompt_batch([it["prompt"] for it in items])
         samples = sample_groups(
             HFSampler(), pl_module.model, ids.to(pl_module.device), mask.to(pl_module.device),
             num_samples=k, generation_batch_size=self.generation_batch_size, max_new_tokens=self.max_new_tokens,

@@ -8,7 +8,7 @@ from ltune.datamodules.pairwise import PairwiseData
 from ltune.datamodules.paraphrase import ParaphraseData
 from ltune.datamodules.preference import PreferenceData
 from ltune.datamodules.selection import DEITA, IFD, LESS, LIMA, IFDPreExperience, MoDS, Selection, Subset
-from ltune.datamodules.sources import DataError, Files, Hub, Source
+from ltune.datamodules.sources import DataError, Files, Hub, Source, as_source
 from ltune.datamodules.tasks import EmbeddedTasks
 
 __all__ = [
@@ -33,4 +33,5 @@ __all__ = [
     "Selection",
     "Source",
     "Subset",
+    "as_source",
 ]

@@ -162,6 +162,11 @@ class LTuneData(L.LightningDataModule):
         ids = self.tokens(self.render(prompt)[0])
         return ids[-self.max_length :]
 
+    def prompt_batch(self, prompts: Sequence[str | list[dict]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded ``[B, P]`` ids and attention mask of prompts rendered as training renders them (for generation
+        by a callback: ReST-EM's samples, Lion's student answers, MoDS's necessity answers)."""
+        return pad_left([self.encode_prompt(p) for p in prompts], self.tokenizer.pad_token_id)
+
     def encode(self, row: dict) -> dict[str, Any]:
         """Turn a validated row into model inputs. Implemented by each format."""
         raise NotImplementedError

@@ -161,6 +161,15 @@ class MoDS(Selection):
         seed = set(self.selected)
         return [int(i) for i in self.high_quality(self.scores) if i not in seed]
 
+    def answer_prompts(self, indices: Sequence[int]) -> tuple[Tensor, Tensor]:
+        """Left-padded prompt ids and mask of pool rows ``indices``, for the trained model to answer."""
+        return self.pool.prompt_batch([pair_text(self.rows[i])[0] for i in indices])
+
+    def answer_rewards(self, indices: Sequence[int], answers: Sequence[str]) -> np.ndarray:
+        """The reward of the model's ``answers`` to pool rows ``indices`` (a failing row is named)."""
+        prompts = [instruction_text(self.rows[i]) for i in indices]
+        return self.reward_of(prompts, list(answers), [self.row_name(i) for i in indices], "MoDS necessity reward")
+
     def with_necessary(self, indices: Sequence[int], rewards: Sequence[float]) -> list[dict]:
         """Seed rows + the rows whose generated answer scored < beta, k-center-reduced to ``augment_size`` (centres
         extend the seed set's), deduplicated; the training rows of the necessity round."""
