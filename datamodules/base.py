@@ -20,9 +20,9 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ltune.datamodules.sources import DataError, Source, as_source
+from ltune.kernels import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
-IGNORE = -100
 
 
 class Overlong(Exception):
@@ -155,7 +155,7 @@ class LTuneData(L.LightningDataModule):
                 raise Overlong
             p = p[len(p) + len(c) - self.max_length :]
             self._truncated += 1
-        return {"input_ids": p + c, "labels": [IGNORE] * len(p) + c}
+        return {"input_ids": p + c, "labels": [IGNORE_INDEX] * len(p) + c}
 
     def encode_prompt(self, prompt: str | list[dict]) -> list[int]:
         """Token ids of a prompt for generation (left-truncated to ``max_length``)."""
@@ -227,7 +227,7 @@ class LTuneData(L.LightningDataModule):
             elif key.endswith("input_ids"):
                 batch[key], batch[key.replace("input_ids", "attention_mask")] = pad_right(values, pad)
             elif key.endswith("labels"):
-                batch[key] = pad_right(values, IGNORE)[0]
+                batch[key] = pad_right(values, IGNORE_INDEX)[0]
             else:
                 batch[key] = values
         return batch

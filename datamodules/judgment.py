@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ltune.datamodules.base import IGNORE, LTuneData, pad_right
+from ltune.datamodules.base import LTuneData, pad_right
 from ltune.datamodules.sources import DataError
+from ltune.kernels import IGNORE_INDEX
 
 JUDGMENT_TEMPLATE = "{instruction}\n\nJudgment of the response: {judgment}"
 
@@ -52,7 +53,7 @@ class JudgmentData(LTuneData):
             return {"sequences": [plain], "category": row.get("category", "all")}
         prompt = self.judgment_template.format(instruction=instruction, judgment=row["judgment"])
         judged = self.encode_pair(prompt, row["response"])
-        if [t for t in judged["labels"] if t != IGNORE] != [t for t in plain["labels"] if t != IGNORE]:
+        if [t for t in judged["labels"] if t != IGNORE_INDEX] != [t for t in plain["labels"] if t != IGNORE_INDEX]:
             raise DataError(f"the response of {instruction[:60]!r} tokenizes differently with and without the judgment")
         return {"sequences": [judged, plain], "category": row.get("category", "all")}
 
@@ -67,7 +68,7 @@ class JudgmentData(LTuneData):
         return {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
-            "labels": pad_right([s["labels"] for s in seqs], IGNORE)[0],
+            "labels": pad_right([s["labels"] for s in seqs], IGNORE_INDEX)[0],
             "negative_rows": negative_rows,
             "category": [e["category"] for e in examples],
         }

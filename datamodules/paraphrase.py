@@ -10,7 +10,8 @@ from typing import Any
 
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ltune.datamodules.base import IGNORE, LTuneData, ResumableLoader, ResumableSampler, pad_right
+from ltune.datamodules.base import LTuneData, ResumableLoader, ResumableSampler, pad_right
+from ltune.kernels import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,6 @@ class ParaphraseData(LTuneData):
         return {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
-            "labels": pad_right([s["labels"] for s in seqs], IGNORE)[0],
+            "labels": pad_right([s["labels"] for s in seqs], IGNORE_INDEX)[0],
             "category": [e["category"] for e in examples],
         }

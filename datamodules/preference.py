@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ltune.datamodules.base import IGNORE, LTuneData, Overlong, pad_right
+from ltune.datamodules.base import LTuneData, Overlong, pad_right
+from ltune.kernels import IGNORE_INDEX
 
 
 class PreferenceData(LTuneData):
@@ -68,7 +69,7 @@ class PreferenceData(LTuneData):
             self._truncated += 1
         return {
             "input_ids": (p + c, p + r),
-            "labels": ([IGNORE] * len(p) + c, [IGNORE] * len(p) + r),
+            "labels": ([IGNORE_INDEX] * len(p) + c, [IGNORE_INDEX] * len(p) + r),
             "category": row.get("category", "all"),
         }
 
@@ -81,6 +82,6 @@ class PreferenceData(LTuneData):
         return {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
-            "labels": pad_right(labels, IGNORE)[0],
+            "labels": pad_right(labels, IGNORE_INDEX)[0],
             "category": [e["category"] for e in examples],
         }

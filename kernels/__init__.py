@@ -5,9 +5,18 @@ Public API (see :mod:`ltune.kernels.dispatch`): :func:`token_logprobs`, :func:`l
 Importing this package never imports ``triton``.
 """
 
-from .dispatch import LogProbs, linear_token_logprobs, odds_ratio_loss, resolve_impl, token_logprobs, triton_available
+from .dispatch import (
+    IGNORE_INDEX,
+    LogProbs,
+    linear_token_logprobs,
+    odds_ratio_loss,
+    resolve_impl,
+    token_logprobs,
+    triton_available,
+)
 
 __all__ = [
+    "IGNORE_INDEX",
     "LogProbs",
     "linear_token_logprobs",
     "odds_ratio_loss",

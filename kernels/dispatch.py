@@ -23,6 +23,8 @@ from .torch_linear import linear_token_logprobs_torch
 from .torch_logprobs import token_logprobs_torch
 from .torch_orpo import odds_ratio_loss_torch
 
+IGNORE_INDEX = -100  # the label of tokens that are not scored (prompt, padding): the one definition in ltune
+
 IMPLS = ("auto", "torch", "triton")
 ENV_VAR = "LTUNE_KERNELS"
 
@@ -106,7 +108,7 @@ def token_logprobs(
     targets: Tensor,
     *,
     temperature: float = 1.0,
-    ignore_index: int = -100,
+    ignore_index: int = IGNORE_INDEX,
     with_entropy: bool = False,
     with_argmax: bool = False,
     impl: str | None = None,
@@ -155,7 +157,7 @@ def linear_token_logprobs(
     *,
     bias: Tensor | None = None,
     temperature: float = 1.0,
-    ignore_index: int = -100,
+    ignore_index: int = IGNORE_INDEX,
     with_entropy: bool = False,
     with_argmax: bool = False,
     chunk_size: int = 4096,

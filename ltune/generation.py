@@ -11,6 +11,8 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
+from ltune.kernels import IGNORE_INDEX
+
 
 @dataclass
 class Samples:
@@ -193,7 +195,7 @@ def select(samples: Samples, index: Tensor) -> Samples:
     )
 
 
-def training_inputs(samples: Samples, ignore_index: int = -100) -> dict[str, Tensor]:
+def training_inputs(samples: Samples, ignore_index: int = IGNORE_INDEX) -> dict[str, Tensor]:
     """Prompt + completion as one sequence for a scoring forward: ``input_ids``, ``attention_mask`` and ``labels``
     (the completion tokens up to and including the stop token; ``ignore_index`` elsewhere). Feed them to
     :func:`ltune.backbone.completion_logprobs`; its outputs ``[:, P - 1:]`` line up with ``completion_ids``."""

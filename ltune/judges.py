@@ -16,6 +16,7 @@ from torch import Tensor
 
 from ltune.backbone import Backbone, completion_logprobs
 from ltune.generation import HFSampler, decode, terminated
+from ltune.kernels import IGNORE_INDEX
 from ltune.problems import solve
 from ltune.rewards import extract_answer, is_equivalent
 
@@ -114,10 +115,10 @@ def _next_token_logprobs(model, tokenizer, contexts: list[str], options: list[st
         for opt in options:
             o = tokenizer(opt, add_special_tokens=False)["input_ids"]
             ids.append(c + o)
-            labels.append([-100] * len(c) + o)
+            labels.append([IGNORE_INDEX] * len(c) + o)
     batch = tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
     lab = tokenizer.pad({"input_ids": labels}, padding=True, return_tensors="pt")["input_ids"]
-    lab = lab.masked_fill(batch["attention_mask"] == 0, -100)
+    lab = lab.masked_fill(batch["attention_mask"] == 0, IGNORE_INDEX)
     device = next(model.parameters()).device
     with torch.no_grad():
         lp = completion_logprobs(

@@ -14,7 +14,7 @@ ALLOWED = {
     "objectives": {"losses", "kernels", "backbone", "core", "io"},
     "callbacks": {"core", "backbone", "io", "datamodules"},  # datamodules: the package's public names only
     "datamodules": {"backbone", "kernels", "core", "io"},
-    "core": {"core", "backbone", "io"},
+    "core": {"core", "backbone", "kernels", "io"},
     "backbone": {"backbone", "kernels", "io"},
     "losses": set(),
     "kernels": set(),

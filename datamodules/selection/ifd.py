@@ -24,8 +24,9 @@ import numpy as np
 import torch
 
 from ltune.backbone import Backbone, completion_logprobs
-from ltune.datamodules.base import IGNORE, LTuneData, Overlong, pad_right
+from ltune.datamodules.base import LTuneData, Overlong, pad_right
 from ltune.datamodules.selection.base import SKIPPED, ScoringError, Selection, pair_text
+from ltune.kernels import IGNORE_INDEX
 
 
 class IFD(Selection):
@@ -128,9 +129,9 @@ class IFD(Selection):
                 continue
             except Exception as err:
                 raise ScoringError(f"{names[i]}: could not be rendered for IFD: {err}") from err
-            answer = [t for t, lab in zip(enc["input_ids"], enc["labels"]) if lab != IGNORE]
+            answer = [t for t, lab in zip(enc["input_ids"], enc["labels"]) if lab != IGNORE_INDEX]
             cond.append(enc)
-            direct.append({"input_ids": prefix + answer, "labels": [IGNORE] * len(prefix) + answer})
+            direct.append({"input_ids": prefix + answer, "labels": [IGNORE_INDEX] * len(prefix) + answer})
         if not isinstance(model, torch.nn.Module):
             model = model()
         device = device or next(model.parameters()).device
@@ -138,9 +139,9 @@ class IFD(Selection):
 
         def mean_nll(items: list[dict]) -> torch.Tensor:
             ids, mask = pad_right([e["input_ids"] for e in items], pad)
-            labels = pad_right([e["labels"] for e in items], IGNORE)[0]
+            labels = pad_right([e["labels"] for e in items], IGNORE_INDEX)[0]
             lp = completion_logprobs(model, ids.to(device), mask.to(device), labels.to(device)).logprobs
-            n = (labels[:, 1:] != IGNORE).sum(1).to(device)
+            n = (labels[:, 1:] != IGNORE_INDEX).sum(1).to(device)
             return (-lp.double().sum(1) / n).cpu()
 
         @torch.inference_mode()

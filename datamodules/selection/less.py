@@ -27,9 +27,10 @@ import torch
 from torch import Tensor, nn
 
 from ltune.backbone import Backbone, completion_logprobs
-from ltune.datamodules.base import IGNORE, LTuneData, Overlong, pad_right
+from ltune.datamodules.base import LTuneData, Overlong, pad_right
 from ltune.datamodules.selection.base import SKIPPED, ScoringError, Selection, pair_text
 from ltune.datamodules.sources import Source, as_source
+from ltune.kernels import IGNORE_INDEX
 
 
 def per_example_grads(model: nn.Module, batch: dict[str, Tensor], names: list[str]) -> Tensor:
@@ -49,7 +50,7 @@ def per_example_grads(model: nn.Module, batch: dict[str, Tensor], names: list[st
     try:
         ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
         lp = completion_logprobs(model, ids, mask, labels).logprobs
-        n = (labels[:, 1:] != IGNORE).sum(1).clamp_min(1)
+        n = (labels[:, 1:] != IGNORE_INDEX).sum(1).clamp_min(1)
         (-(lp.sum(1) / n)).sum().backward()
     finally:
         for h in handles:
@@ -192,7 +193,7 @@ class LESS(Selection):
 
         def fn(batch):
             ids, mask = pad_right([enc[j]["input_ids"] for j in batch], tok.pad_token_id)
-            labels = pad_right([enc[j]["labels"] for j in batch], IGNORE)[0]
+            labels = pad_right([enc[j]["labels"] for j in batch], IGNORE_INDEX)[0]
             g = per_example_grads(model, {"input_ids": ids.to(device), "attention_mask": mask.to(device),
                                           "labels": labels.to(device)}, trainable)  # fmt: skip
             if ckpt is not None:

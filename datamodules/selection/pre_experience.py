@@ -28,6 +28,7 @@ from ltune.backbone import Backbone, completion_logprobs, hidden_states
 from ltune.datamodules.base import LTuneData, pad_right
 from ltune.datamodules.selection.base import ScoringError, Selection, pair_text
 from ltune.datamodules.selection.geometry import kmeans
+from ltune.kernels import IGNORE_INDEX
 
 
 class IFDPreExperience(Selection):
@@ -97,7 +98,7 @@ class IFDPreExperience(Selection):
         def fn(batch: list[int]) -> dict[str, np.ndarray]:
             x, mask = pad_right([ids[j] for j in batch], tok.pad_token_id)
             x, mask = x.to(device), mask.to(device)
-            labels = x.masked_fill(mask == 0, -100)
+            labels = x.masked_fill(mask == 0, IGNORE_INDEX)
             lp = completion_logprobs(model, x, mask, labels).logprobs.double()
             nll = -lp.sum(1) / (mask[:, 1:].sum(1))
             h = hidden_states(model, x, mask).float()

@@ -10,11 +10,10 @@ import torch
 from torchmetrics import MeanMetric
 
 from ltune.backbone import hidden_states, unwrap
-from ltune.kernels import linear_token_logprobs
+from ltune.kernels import IGNORE_INDEX, linear_token_logprobs
 from ltune.losses.coin import coin_loss
 from ltune.objectives.base import Objective
 
-IGNORE = -100
 LOGGED = (
     "loss",
     "generation_loss",
@@ -72,7 +71,7 @@ class CoIN(Objective):
             h_all = self.all_gather(h, sync_grads=True).flatten(0, 1)
             h_pos_all = self.all_gather(h_pos, sync_grads=True).flatten(0, 1)
             offset = self.trainer.global_rank * n
-        response = labels[:, 1:] != IGNORE
+        response = labels[:, 1:] != IGNORE_INDEX
         rows = torch.arange(n, device=ids.device)
         hard_negative = torch.where(rows ^ 1 < n, rows ^ 1, -1)  # pair layout: rows 2k and 2k+1
         return coin_loss(

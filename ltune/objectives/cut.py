@@ -12,10 +12,10 @@ import torch
 from torchmetrics import MeanMetric
 
 from ltune.backbone import completion_logprobs
+from ltune.kernels import IGNORE_INDEX
 from ltune.losses.cut import cut_loss
 from ltune.objectives.base import Objective
 
-IGNORE = -100
 LOGGED = ("loss", "mle_loss", "misalign_loss", "ul_token_frac", "ratio_mean", "p_flagged")
 
 
@@ -54,7 +54,7 @@ class CUT(Objective):
         number of Align-P/Align-N rows (the Misalign copies of ``negative_rows`` follow them, in that order)."""
         ids, labels = batch["input_ids"], batch["labels"]
         lp = completion_logprobs(self.model, ids, batch["attention_mask"], labels).logprobs
-        return lp, labels[:, 1:] != IGNORE, ids.shape[0] - len(batch["negative_rows"])
+        return lp, labels[:, 1:] != IGNORE_INDEX, ids.shape[0] - len(batch["negative_rows"])
 
     def forward_loss(self, batch: dict):
         ids, negative_rows = batch["input_ids"], batch["negative_rows"]

@@ -9,11 +9,10 @@ import torch
 from torchmetrics import MeanMetric
 
 from ltune.backbone import completion_logprobs
-from ltune.kernels import odds_ratio_loss
+from ltune.kernels import IGNORE_INDEX, odds_ratio_loss
 from ltune.losses.orpo import orpo_loss
 from ltune.objectives.base import Objective
 
-IGNORE = -100
 VAL_METRICS = (
     "loss",
     "nll_loss",
@@ -64,15 +63,15 @@ class ORPO(Objective):
         targets = labels
         if self.nll_on_prompt:  # chosen rows: every real token is a target (NLL over prompt + response)
             targets = labels.clone()
-            targets[:n] = ids[:n].masked_fill(mask[:n] == 0, IGNORE)
+            targets[:n] = ids[:n].masked_fill(mask[:n] == 0, IGNORE_INDEX)
         lp = completion_logprobs(self.model, ids, mask, targets).logprobs
-        response = labels[:, 1:] != IGNORE
+        response = labels[:, 1:] != IGNORE_INDEX
         return orpo_loss(
             lp[:n],
             lp[n:],
             response[:n],
             response[n:],
-            targets[:n, 1:] != IGNORE,
+            targets[:n, 1:] != IGNORE_INDEX,
             beta=self.beta,
             odds_ratio=odds_ratio_loss,
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 from torchmetrics import MeanMetric, SumMetric
 
 from ltune.backbone import completion_logprobs
+from ltune.kernels import IGNORE_INDEX
 from ltune.losses.sft import sft_loss
 from ltune.objectives.base import Objective
 
@@ -30,7 +31,7 @@ class SFT(Objective):
         lp = completion_logprobs(
             self.model, batch["input_ids"], batch["attention_mask"], batch["labels"], with_argmax=True
         )
-        return sft_loss(lp.logprobs, batch["labels"][:, 1:] != -100, lp.argmax_hit)
+        return sft_loss(lp.logprobs, batch["labels"][:, 1:] != IGNORE_INDEX, lp.argmax_hit)
 
     def training_step(self, batch: dict, batch_idx: int):
         loss, metrics = self.forward_loss(batch)
