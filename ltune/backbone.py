@@ -224,6 +224,13 @@ def hidden_states(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -
     return decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
 
 
+def last_token_states(hidden: Tensor, attention_mask: Tensor) -> Tensor:
+    """``[B, H]`` hidden state at each row's last real token (right or left padding): sequence pooling for reward
+    models, CoIN's contrastive term and last-token embeddings."""
+    last = attention_mask.shape[1] - 1 - attention_mask.flip(1).argmax(1)
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last.to(hidden.device)]
+
+
 def completion_logprobs(
     model: nn.Module,
     input_ids: Tensor,

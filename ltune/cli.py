@@ -11,6 +11,7 @@ ltune export --config runs/quickstart/version_0/config.yaml --ckpt_path <ckpt> -
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import ltune.callbacks  # noqa: F401  (short class names in configs)
 import ltune.datamodules  # noqa: F401
 from ltune.datamodules.base import LTuneData
 from ltune.objectives.base import Objective
+from ltune.presets import PresetUnavailable
 
 
 class LTuneCLI(LightningCLI):
@@ -147,6 +149,15 @@ def scaling(argv: list[str]) -> list[dict]:
 
 
 def main(args: list[str] | None = None) -> None:
+    try:
+        _main(args)
+    except PresetUnavailable as e:  # the model cannot be had: one line with the fix, no traceback
+        if os.environ.get("LTUNE_DEBUG"):
+            raise
+        raise SystemExit(f"ltune: {e}") from None
+
+
+def _main(args: list[str] | None) -> None:
     argv = sys.argv[1:] if args is None else list(args)
     if argv[:1] == ["fetch"]:
         from jsonargparse import CLI

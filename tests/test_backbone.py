@@ -113,3 +113,13 @@ def test_a_model_loaded_by_path_trains_in_train_mode(tmp_path):
                 p.normal_(0, 0.5)
     a, b = model(input_ids=ids, attention_mask=mask).logits, model(input_ids=ids, attention_mask=mask).logits
     assert not torch.allclose(a, b)  # dropout active: two forwards differ
+
+
+def test_last_token_states_reads_the_last_real_token_on_either_padding_side():
+    from ltune.backbone import last_token_states
+
+    hidden = torch.arange(2 * 4 * 3, dtype=torch.float32).view(2, 4, 3)
+    right = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    left = torch.tensor([[0, 0, 1, 1], [0, 1, 1, 1]])
+    assert torch.equal(last_token_states(hidden, right), torch.stack([hidden[0, 1], hidden[1, 3]]))
+    assert torch.equal(last_token_states(hidden, left), torch.stack([hidden[0, 3], hidden[1, 3]]))

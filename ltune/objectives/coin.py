@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torchmetrics import MeanMetric
 
-from ltune.backbone import hidden_states, unwrap
+from ltune.backbone import hidden_states, last_token_states, unwrap
 from ltune.kernels import IGNORE_INDEX, linear_token_logprobs
 from ltune.losses.coin import coin_loss
 from ltune.objectives.base import Objective
@@ -63,7 +63,7 @@ class CoIN(Objective):
         lp = linear_token_logprobs(
             hidden[:, :-1], head.weight, labels[:, 1:], bias=getattr(head, "bias", None)
         ).logprobs
-        pooled = hidden[torch.arange(ids.shape[0], device=ids.device), mask.sum(1) - 1]
+        pooled = last_token_states(hidden, mask)
         h, h_pos = pooled[:n], pooled[n:]
         h_all = h_pos_all = None
         offset = 0

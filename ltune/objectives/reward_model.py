@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
-from ltune.backbone import hidden_states, unwrap
+from ltune.backbone import hidden_states, last_token_states, unwrap
 from ltune.losses.reward import soft_pairwise_loss
 from ltune.objectives.base import Objective
 
@@ -36,9 +36,7 @@ class RewardModel(Objective):
 
     def score(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """``[B]`` rewards of full sequences (prompt + response), read at each row's last real token (any padding)."""
-        h = hidden_states(self.model, input_ids, attention_mask)
-        last = attention_mask.shape[1] - 1 - attention_mask.flip(1).argmax(1)
-        pooled = h[torch.arange(h.shape[0], device=h.device), last]
+        pooled = last_token_states(hidden_states(self.model, input_ids, attention_mask), attention_mask)
         return self.value_head(pooled.to(self.value_head.weight.dtype)).squeeze(-1).float()
 
     def forward_loss(self, batch: dict):
