@@ -268,6 +268,12 @@ class LTuneData(L.LightningDataModule):
         self.data["train"] = self._encode_all("train", rows, self.encode)
 
 
+def with_input(instruction: str, row: dict) -> str:
+    """Alpaca layout: the row's optional ``input`` appended to an instruction after a blank line."""
+    extra = row.get("input") or ""
+    return f"{instruction}\n\n{extra}" if extra.strip() else instruction
+
+
 def backbone_system(lm: Any) -> str | None:
     """The ``system_prompt`` of a LightningModule's backbone (``None`` without one)."""
     return getattr(getattr(lm, "backbone", None), "system_prompt", None)

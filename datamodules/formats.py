@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ltune.datamodules.base import LTuneData
+from ltune.datamodules.base import LTuneData, with_input
 
 
 class InstructionData(LTuneData):
@@ -36,7 +36,7 @@ class InstructionData(LTuneData):
     def encode(self, row: dict) -> dict[str, Any]:
         if "messages" in row:
             return self.encode_pair(row["messages"][:-1], row["messages"][-1]["content"])
-        prompt = row["prompt"] + (f"\n\n{row['input']}" if row.get("input", "").strip() else "")
+        prompt = with_input(row["prompt"], row)
         return self.encode_pair(prompt, row["response"])
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ltune.datamodules.base import LTuneData, pad_right
+from ltune.datamodules.base import LTuneData, pad_right, with_input
 from ltune.datamodules.sources import DataError
 from ltune.kernels import IGNORE_INDEX
 
@@ -47,7 +47,7 @@ class JudgmentData(LTuneData):
         return None
 
     def encode(self, row: dict) -> dict[str, Any]:
-        instruction = row["instruction"] + (f"\n\n{row['input']}" if row.get("input", "").strip() else "")
+        instruction = with_input(row["instruction"], row)
         plain = self.encode_pair(instruction, row["response"])
         if row["label"] == "positive":
             return {"sequences": [plain], "category": row.get("category", "all")}

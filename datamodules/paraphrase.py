@@ -10,7 +10,7 @@ from typing import Any
 
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ltune.datamodules.base import LTuneData, ResumableLoader, ResumableSampler, pad_right
+from ltune.datamodules.base import LTuneData, ResumableLoader, ResumableSampler, pad_right, with_input
 from ltune.kernels import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
@@ -68,9 +68,8 @@ class ParaphraseData(LTuneData):
         self.hard_negative_key = hard_negative_key
 
     def encode(self, row: dict) -> dict[str, Any]:
-        extra = f"\n\n{row['input']}" if row.get("input", "").strip() else ""
-        orig = self.encode_pair(row["instruction"] + extra, row["output"])
-        para = self.encode_pair(row["paraphrase"] + extra, row["output"])
+        orig = self.encode_pair(with_input(row["instruction"], row), row["output"])
+        para = self.encode_pair(with_input(row["paraphrase"], row), row["output"])
         group = row.get(self.hard_negative_key) if self.hard_negative_key else None
         return {"sequences": (orig, para), "group": group, "category": row.get("category", "all")}
 

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ltune.datamodules.base import LTuneData, Overlong, backbone_system, pad_right
+from ltune.datamodules.base import LTuneData, Overlong, backbone_system, pad_right, with_input
 from ltune.datamodules.selection.cache import ScoreCache, config_key, fingerprint
 from ltune.datamodules.sources import DataError, as_source
 
@@ -58,7 +58,7 @@ def pair_text(row: dict) -> tuple[str | list[dict], str]:
         if isinstance(chosen, list):
             return chosen[:-1], chosen[-1]["content"]
         return row["prompt"], chosen
-    prompt = row["prompt"] + (f"\n\n{row['input']}" if row.get("input", "").strip() else "")
+    prompt = with_input(row["prompt"], row)
     return prompt, row["response"]
 
 
