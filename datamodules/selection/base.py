@@ -18,7 +18,7 @@ import dataclasses
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,6 +26,9 @@ import torch
 from ltune.datamodules.base import LTuneData, Overlong, backbone_system, pad_right, with_input
 from ltune.datamodules.selection.cache import ScoreCache, config_key, fingerprint
 from ltune.datamodules.sources import DataError, as_source
+
+if TYPE_CHECKING:
+    from ltune.backbone import Backbone
 
 log = logging.getLogger(__name__)
 SKIPPED = "skipped"  # optional boolean score array: rows excluded by the strategy's documented policy
@@ -111,8 +114,8 @@ class Selection(LTuneData):
     def scorer_config(self) -> dict[str, Any]:
         """Everything the scores depend on besides the rows (extend in subclasses; the budget is not included)."""
         p = self.pool
-        system = p.system or p.default_system or self.default_system
-        return {"strategy": type(self).__name__, "template": p.template, "system": system, "pool": type(p).__name__}
+        return {"strategy": type(self).__name__, "template": p.template, "system": self.system_message(),
+                "pool": type(p).__name__}  # fmt: skip
 
     def score(self, rows: list[dict], names: list[str]) -> dict[str, np.ndarray]:
         """Score ``rows`` (this rank's shard); ``names`` are their labels for error messages."""
@@ -247,12 +250,41 @@ class Selection(LTuneData):
         return out
 
     def renderer(self, tokenizer, max_length: int | None = None) -> LTuneData:
-        """The pool's prompt format (template, system message) with another tokenizer (e.g. a scorer's), skipping
-        over-long rows: ``encode_pair`` raises :class:`Overlong` for them."""
-        r = LTuneData(template=self.pool.template, system=self.pool.system, overlong="skip",
+        """The pool's prompt format (template, system message or the backbone's prompt style) with another tokenizer
+        (e.g. a scorer's), skipping over-long rows: ``encode_pair`` raises :class:`Overlong` for them."""
+        r = LTuneData(template=self.pool.template, system=self.system_message(), overlong="skip",
                       max_length=max_length or self.pool.max_length)  # fmt: skip
         r.tokenizer, r._truncated = tokenizer, 0
         return r
+
+    def system_message(self) -> str | None:
+        """The system message the pool's rows are rendered with: the pool's own, else the backbone's prompt style."""
+        return self.pool.system or self.pool.default_system or self.default_system
+
+    def scoring_backbone(self, scorer: Backbone | None, keep_lora: bool = False) -> Backbone:
+        """The model a strategy scores with: ``scorer``, else the trained objective's backbone at its initial weights;
+        without its LoRA settings unless ``keep_lora`` (a fresh adapter is an identity)."""
+        bb = scorer or self.backbone
+        if bb is None:
+            raise RuntimeError(
+                f"{type(self).__name__} needs a scorer backbone, or a trained objective to take one from"
+            )
+        return bb if keep_lora else dataclasses.replace(bb, lora=None)
+
+    @staticmethod
+    def render_each(rows: list[dict], names: list[str], encode: Callable[[dict], Any], what: str):
+        """``encode(row)`` for every row: an over-long row gives ``None`` and is flagged in the returned ``skipped``
+        mask (the length policy); any other failure is a :class:`ScoringError` naming the row."""
+        out, skipped = [], np.zeros(len(rows), dtype=bool)
+        for i, row in enumerate(rows):
+            try:
+                out.append(encode(row))
+            except Overlong:
+                out.append(None)
+                skipped[i] = True
+            except Exception as err:
+                raise ScoringError(f"{names[i]}: could not be rendered for {what}: {err}") from err
+        return out, skipped
 
     def device(self) -> torch.device:
         if self.trainer is not None:

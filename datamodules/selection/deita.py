@@ -120,10 +120,7 @@ class DEITA(Selection):
         self.prompts = {"complexity": complexity_prompt, "quality": quality_prompt}
 
     def _bb(self, bb: Backbone | None) -> Backbone:
-        bb = bb or self.backbone
-        if bb is None:
-            raise RuntimeError("DEITA needs scorer backbones, or a trained objective to take its backbone from")
-        return dataclasses.replace(bb, lora=None)
+        return self.scoring_backbone(bb)
 
     def scorer_config(self) -> dict[str, Any]:
         emb = "minilm" if self.embedder is None else dataclasses.asdict(self._bb(self.embedder))
@@ -170,13 +167,12 @@ class DEITA(Selection):
         bb = self._bb(self.embedder)
         model, tok, device = bb.load_frozen(self.device()), bb.tokenizer, self.device()
         fmt = self.renderer(tok)
-        enc = []
-        for i, r in enumerate(rows):
-            try:
-                ptext, ctext = fmt.render(*pair_text(r))
-            except Exception as err:
-                raise ScoringError(f"{names[i]}: could not be rendered for embedding: {err}") from err
-            enc.append((fmt.tokens(ptext) + fmt.tokens(ctext))[: fmt.max_length])  # DEITA keeps the start
+
+        def encode(row: dict) -> list[int]:
+            ptext, ctext = fmt.render(*pair_text(row))
+            return (fmt.tokens(ptext) + fmt.tokens(ctext))[: fmt.max_length]  # DEITA keeps the start
+
+        enc, _ = self.render_each(rows, names, encode, "embedding")
 
         @torch.inference_mode()
         def fn(batch):

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from ltune.backbone import Backbone, completion_logprobs
-from ltune.datamodules.base import LTuneData, Overlong, pad_right
-from ltune.datamodules.selection.base import SKIPPED, ScoringError, Selection, pair_text
+from ltune.datamodules.base import LTuneData, pad_right
+from ltune.datamodules.selection.base import SKIPPED, Selection, pair_text
 from ltune.kernels import IGNORE_INDEX
 
 
@@ -69,10 +69,7 @@ class IFD(Selection):
         self.scorer, self.ratio, self.direct_prefix, self.max_length_scored = scorer, ratio, direct_prefix, max_length
 
     def scorer_backbone(self) -> Backbone:
-        bb = self.scorer or self.backbone
-        if bb is None:
-            raise RuntimeError("IFD needs a `scorer` backbone, or a trained objective to take its backbone from")
-        return dataclasses.replace(bb, lora=None)  # score the base weights; LoRA would only add an identity
+        return self.scoring_backbone(self.scorer)
 
     def scorer_config(self) -> dict[str, Any]:
         bb = self.scorer_backbone()
@@ -120,17 +117,11 @@ class IFD(Selection):
         tok = tokenizer
         fmt = self.renderer(tok, self.max_length_scored)
         prefix = self.prefix_ids(tok)
-        cond, direct, skipped = [], [], np.zeros(len(rows), dtype=bool)
-        for i, row in enumerate(rows):
-            try:
-                enc = fmt.encode_pair(*pair_text(row))
-            except Overlong:
-                skipped[i] = True
-                continue
-            except Exception as err:
-                raise ScoringError(f"{names[i]}: could not be rendered for IFD: {err}") from err
+        encoded, skipped = self.render_each(rows, names, lambda row: fmt.encode_pair(*pair_text(row)), "IFD")
+        cond = [enc for enc in encoded if enc is not None]
+        direct = []
+        for enc in cond:
             answer = [t for t, lab in zip(enc["input_ids"], enc["labels"]) if lab != IGNORE_INDEX]
-            cond.append(enc)
             direct.append({"input_ids": prefix + answer, "labels": [IGNORE_INDEX] * len(prefix) + answer})
         if not isinstance(model, torch.nn.Module):
             model = model()

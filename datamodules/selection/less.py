@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ltune.backbone import Backbone, completion_logprobs
-from ltune.datamodules.base import LTuneData, Overlong, pad_right
+from ltune.datamodules.base import LTuneData, pad_right
 from ltune.datamodules.selection.base import SKIPPED, ScoringError, Selection, pair_text
 from ltune.datamodules.sources import Source, as_source
 from ltune.kernels import IGNORE_INDEX
@@ -157,8 +157,8 @@ class LESS(Selection):
         return files
 
     def scorer_backbone(self) -> Backbone:
-        bb = self.scorer or self.backbone
-        if bb is None or bb.lora is None:
+        bb = self.scoring_backbone(self.scorer, keep_lora=True)
+        if bb.lora is None:
             raise RuntimeError("LESS needs a backbone with LoRA settings (the warmup run's): set `scorer` or use LoRA")
         return dataclasses.replace(bb, lora=dataclasses.replace(bb.lora, dropout=0.0))
 
@@ -170,16 +170,8 @@ class LESS(Selection):
                 "seed": self.projection_seed, "adam": self.adam, "max_length": self.pool.max_length}  # fmt: skip
 
     def _encode(self, rows: list[dict], names: list[str], tok) -> tuple[list[dict | None], np.ndarray]:
-        fmt, out, skipped = self.renderer(tok), [], np.zeros(len(rows), dtype=bool)
-        for i, row in enumerate(rows):
-            try:
-                out.append(fmt.encode_pair(*pair_text(row)))
-            except Overlong:
-                out.append(None)
-                skipped[i] = True
-            except Exception as err:
-                raise ScoringError(f"{names[i]}: could not be rendered for LESS: {err}") from err
-        return out, skipped
+        fmt = self.renderer(tok)
+        return self.render_each(rows, names, lambda row: fmt.encode_pair(*pair_text(row)), "LESS")
 
     def features(self, model, enc: list[dict], names: list[str], ckpt: dict | None, desc: str) -> np.ndarray:
         """``[N, d]`` normalised projected gradient features (Adam-preconditioned when ``ckpt`` moments are given)."""

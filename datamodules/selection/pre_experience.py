@@ -71,10 +71,7 @@ class IFDPreExperience(Selection):
         self.band, self.kmeans_seed = (low_percentile, high_percentile), seed
 
     def scorer_backbone(self) -> Backbone:
-        bb = self.scorer or self.backbone
-        if bb is None:
-            raise RuntimeError("IFDPreExperience needs a `scorer` backbone, or a trained objective's backbone")
-        return dataclasses.replace(bb, lora=None)
+        return self.scoring_backbone(self.scorer)
 
     def scorer_config(self) -> dict[str, Any]:
         mx = self.pool.max_length
@@ -84,13 +81,9 @@ class IFDPreExperience(Selection):
         bb = self.scorer_backbone()
         tok, device = bb.tokenizer, self.device()
         fmt = self.renderer(tok)
-        ids = []
-        for i, row in enumerate(rows):
-            try:
-                ids.append(fmt.encode_prompt(pair_text(row)[0]))
-            except Exception as err:
-                raise ScoringError(f"{names[i]}: could not be rendered: {err}") from err
-            if len(ids[-1]) < 2:
+        ids, _ = self.render_each(rows, names, lambda row: fmt.encode_prompt(pair_text(row)[0]), "pre-experience")
+        for i, x in enumerate(ids):
+            if len(x) < 2:
                 raise ScoringError(f"{names[i]}: the rendered instruction has fewer than 2 tokens; no perplexity")
         model = bb.load_frozen(device)
 
