@@ -123,7 +123,7 @@ def scaling(argv: list[str]) -> list[dict]:
     subsets), held-out exact match per category after each, and ``scaling.csv`` / ``scaling.png`` in ``--output``.
     """
     from ltune.datamodules.selection import Subset
-    from ltune.datamodules.selection.subset import write_scaling_report
+    from ltune.datamodules.selection.report import write_scaling_report
 
     budgets = (_pop(argv, "--budgets") or "0.1,0.2,0.5,1.0").split(",")  # "0.1": fraction; "500": rows
     out = _pop(argv, "--output") or "runs/scaling"

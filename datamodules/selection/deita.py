@@ -92,10 +92,7 @@ class DEITA(Selection):
         complexity_prompt: Template with ``{instruction}``; the trailing space matters (scorer training data).
         quality_prompt: Template with ``{instruction}`` and ``{output}``.
         filter_chunk: Candidates per matrix product in the Repr Filter.
-        cache_dir: Folder of the score cache.
-        report_dir: Folder of the selection report.
-        score_batch_size: Rows per scoring forward.
-        progress: Show a progress bar while scoring.
+        **kwargs: :class:`Selection`'s ``cache_dir``, ``report_dir``, ``score_batch_size``, ``progress``.
     """
 
     def __init__(
@@ -109,12 +106,9 @@ class DEITA(Selection):
         complexity_prompt: str = COMPLEXITY_PROMPT,
         quality_prompt: str = QUALITY_PROMPT,
         filter_chunk: int = 1024,
-        cache_dir: str = "runs/selection_cache",
-        report_dir: str | None = None,
-        score_batch_size: int = 16,
-        progress: bool = True,
+        **kwargs,
     ) -> None:
-        super().__init__(pool, budget, cache_dir, report_dir, score_batch_size, progress)
+        super().__init__(pool, budget, **kwargs)
         self.complexity_scorer, self.quality_scorer, self.embedder = complexity_scorer, quality_scorer, embedder
         self.tau, self.filter_chunk = tau, filter_chunk
         self.prompts = {"complexity": complexity_prompt, "quality": quality_prompt}

@@ -44,10 +44,7 @@ class IFD(Selection):
             uses the tokenizer's BOS token (EOS when it has none), so every answer token is scored in both contexts.
         max_length: Longest prompt + answer in scorer tokens (``None``: the pool's ``max_length``); longer rows are
             skipped and counted, as in Cherry.
-        cache_dir: Folder of the score cache.
-        report_dir: Folder of the selection report.
-        score_batch_size: Rows per scoring forward.
-        progress: Show a progress bar while scoring.
+        **kwargs: :class:`Selection`'s ``cache_dir``, ``report_dir``, ``score_batch_size``, ``progress``.
     """
 
     def __init__(
@@ -58,12 +55,9 @@ class IFD(Selection):
         ratio: Literal["loss", "ppl"] = "loss",
         direct_prefix: str | None = None,
         max_length: int | None = None,
-        cache_dir: str = "runs/selection_cache",
-        report_dir: str | None = None,
-        score_batch_size: int = 16,
-        progress: bool = True,
+        **kwargs,
     ) -> None:
-        super().__init__(pool, budget, cache_dir, report_dir, score_batch_size, progress)
+        super().__init__(pool, budget, **kwargs)
         if ratio not in ("loss", "ppl"):
             raise ValueError(f"ratio must be 'loss' or 'ppl', got {ratio!r}")
         self.scorer, self.ratio, self.direct_prefix, self.max_length_scored = scorer, ratio, direct_prefix, max_length

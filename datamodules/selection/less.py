@@ -121,10 +121,7 @@ class LESS(Selection):
         beta1: Adam β1 of the preconditioning (0.9).
         beta2: Adam β2 (0.999).
         eps: Adam ε, inside the square root as in LESS (1e-8).
-        cache_dir: Folder of the score cache.
-        report_dir: Folder of the selection report.
-        score_batch_size: Rows per forward/backward.
-        progress: Show a progress bar while scoring.
+        **kwargs: :class:`Selection`'s ``cache_dir``, ``report_dir``, ``score_batch_size``, ``progress``.
     """
 
     def __init__(
@@ -140,12 +137,9 @@ class LESS(Selection):
         beta1: float = 0.9,
         beta2: float = 0.999,
         eps: float = 1e-8,
-        cache_dir: str = "runs/selection_cache",
-        report_dir: str | None = None,
-        score_batch_size: int = 16,
-        progress: bool = True,
+        **kwargs,
     ) -> None:
-        super().__init__(pool, budget, cache_dir, report_dir, score_batch_size, progress)
+        super().__init__(pool, budget, **kwargs)
         self.target, self.checkpoints, self.scorer, self.subtask_field = target, checkpoints, scorer, subtask_field
         self.projection_dim, self.projection_seed = projection_dim, projection_seed
         self.adam = (beta1, beta2, eps)

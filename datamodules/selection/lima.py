@@ -39,10 +39,8 @@ class LIMA(Selection):
             answers).
         embedder: ``None``: MiniLM of the instruction (offline package); a backbone: its last-token hidden state.
         seed: Seed of the first k-center.
-        cache_dir: Folder of the score cache.
-        report_dir: Folder of the selection report.
+        **kwargs: :class:`Selection`'s ``cache_dir``, ``report_dir``, ``progress``.
         score_batch_size: Rows per embedding batch.
-        progress: Show a progress bar while scoring.
     """
 
     def __init__(
@@ -54,12 +52,10 @@ class LIMA(Selection):
         reject_patterns: list[str] | None = None,
         embedder: Backbone | None = None,
         seed: int = 0,
-        cache_dir: str = "runs/selection_cache",
-        report_dir: str | None = None,
         score_batch_size: int = 64,
-        progress: bool = True,
+        **kwargs,
     ) -> None:
-        super().__init__(pool, budget, cache_dir, report_dir, score_batch_size, progress)
+        super().__init__(pool, budget, score_batch_size=score_batch_size, **kwargs)
         self.min_chars, self.max_chars = min_chars, max_chars
         self.reject_patterns = list(REJECT if reject_patterns is None else reject_patterns)
         self.embedder, self.kcenter_seed = embedder, seed

@@ -98,10 +98,7 @@ class MoDS(Selection):
         embedder: ``None``: MiniLM (offline package) of the instruction; a backbone: its last-token hidden state
             (MoDS used BERT's [CLS] of the instruction).
         seed: Seed of the first k-center.
-        cache_dir: Folder of the score cache.
-        report_dir: Folder of the selection report.
-        score_batch_size: Rows per scoring call.
-        progress: Show a progress bar while scoring.
+        **kwargs: :class:`Selection`'s ``cache_dir``, ``report_dir``, ``score_batch_size``, ``progress``.
     """
 
     def __init__(
@@ -114,12 +111,9 @@ class MoDS(Selection):
         augment_size: int | None = None,
         embedder: Backbone | None = None,
         seed: int = 0,
-        cache_dir: str = "runs/selection_cache",
-        report_dir: str | None = None,
-        score_batch_size: int = 16,
-        progress: bool = True,
+        **kwargs,
     ) -> None:
-        super().__init__(pool, budget, cache_dir, report_dir, score_batch_size, progress)
+        super().__init__(pool, budget, **kwargs)
         self.reward, self.alpha, self.beta, self.augment_size = reward, alpha, beta, augment_size
         self.embedder, self.kcenter_seed = embedder, seed
 

@@ -43,10 +43,7 @@ class IFDPreExperience(Selection):
         low_percentile: Lower edge of the perplexity band within a cluster (25).
         high_percentile: Upper edge of the perplexity band (75).
         seed: ``random_state`` of the k-means (scikit-learn, one k-means++ start; Cherry: ``random_state=0``).
-        cache_dir: Folder of the score cache.
-        report_dir: Folder of the selection report.
-        score_batch_size: Rows per scoring forward.
-        progress: Show a progress bar while scoring.
+        **kwargs: :class:`Selection`'s ``cache_dir``, ``report_dir``, ``score_batch_size``, ``progress``.
     """
 
     budget_is_cap = True
@@ -61,12 +58,9 @@ class IFDPreExperience(Selection):
         low_percentile: float = 25.0,
         high_percentile: float = 75.0,
         seed: int = 0,
-        cache_dir: str = "runs/selection_cache",
-        report_dir: str | None = None,
-        score_batch_size: int = 16,
-        progress: bool = True,
+        **kwargs,
     ) -> None:
-        super().__init__(pool, budget, cache_dir, report_dir, score_batch_size, progress)
+        super().__init__(pool, budget, **kwargs)
         self.scorer, self.clusters, self.per_cluster = scorer, clusters, per_cluster
         self.band, self.kmeans_seed = (low_percentile, high_percentile), seed
 

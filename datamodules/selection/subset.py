@@ -5,7 +5,6 @@ Language Models", BELLE: 0.2M ⊂ 0.6M ⊂ 1M ⊂ 2M drawn with one seed).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,30 +23,27 @@ class Subset(Selection):
         pool: The candidate pool DataModule (any format).
         budget: Rows to keep: an int is a count, a float in (0, 1] a fraction of the pool.
         seed: Seed of the permutation.
-        report_dir: Folder of the selection report (see :class:`Selection`).
-        progress: Unused (nothing to score); kept for a uniform signature.
+        **kwargs: :class:`Selection`'s ``cache_dir``, ``report_dir``, ``score_batch_size``, ``progress``.
     """
 
     cached = False  # a permutation is free to recompute
+    sharded = False  # the permutation needs the whole pool: every rank draws it (identically) instead of a shard
 
     def __init__(
         self,
         pool: LTuneData,
         budget: int | float = 0.1,
         seed: int = 0,
-        report_dir: str | None = None,
-        progress: bool = True,
+        **kwargs,
     ) -> None:
-        super().__init__(pool, budget, report_dir=report_dir, progress=progress)
+        kwargs.setdefault("progress", False)  # nothing to score
+        super().__init__(pool, budget, **kwargs)
         self.subset_seed = seed
 
     def scorer_config(self) -> dict[str, Any]:
         return {**super().scorer_config(), "seed": self.subset_seed}
 
     def score(self, rows: list[dict], names: list[str]) -> dict[str, np.ndarray]:
-        raise AssertionError("Subset draws from its permutation; see _score_sharded")
-
-    def _score_sharded(self, rows: list[dict]) -> dict[str, np.ndarray]:
         perm = np.random.default_rng(self.subset_seed).permutation(len(rows))
         rank = np.empty(len(rows), dtype=np.int64)
         rank[perm] = np.arange(len(rows))
@@ -58,32 +54,3 @@ class Subset(Selection):
 
     def cut(self, scores: dict[str, np.ndarray], selected: np.ndarray) -> tuple[str, float | None]:
         return "draw_order", float(len(selected)) - 0.5
-
-
-def write_scaling_report(records: list[dict], out_dir: str | Path, metric: str = "exact_match") -> tuple[Path, Path]:
-    """Write ``scaling.csv`` (budget, rows, category, metric) and ``scaling.png`` (metric vs rows, one line per
-    category, log-scaled x axis) for the instruction-data scaling study."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import pandas as pd
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    df = pd.DataFrame(records).sort_values(["category", "rows"])
-    csv = out / "scaling.csv"
-    df.to_csv(csv, index=False)
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for cat, part in df.groupby("category"):
-        ax.plot(part["rows"], part[metric], marker="o", label=cat, linewidth=2.5 if cat == "all" else 1.2)
-    ax.set_xscale("log")
-    ax.set_xlabel("training rows (nested random subsets)")
-    ax.set_ylabel(metric)
-    ax.set_title("instruction-data scaling")
-    ax.legend(fontsize=8, ncol=2)
-    fig.tight_layout()
-    png = out / "scaling.png"
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
-    return csv, png
