@@ -81,18 +81,24 @@ def reference_log1mexp(x: Tensor) -> Tensor:
     return torch.where(x > -0.6931471805599453, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
 
 
-def reference_odds_ratio_loss(mean_logp_chosen: Tensor, mean_logp_rejected: Tensor) -> tuple[Tensor, Tensor]:
-    """ORPO odds-ratio term (Hong et al. 2024, arXiv 2403.07691), per pair, no clamping.
+def reference_odds_ratio_loss(
+    mean_logp_chosen: Tensor, mean_logp_rejected: Tensor, clamp: float | None = None
+) -> tuple[Tensor, Tensor]:
+    """ORPO odds-ratio term (Hong et al. 2024, arXiv 2403.07691), per pair, by plain autograd.
 
     ``log_odds = (lp_c - lp_r) - (log(1 - e^lp_c) - log(1 - e^lp_r))``; ``loss = -logsigmoid(log_odds)``.
 
     Args:
         mean_logp_chosen: ``[B]`` length-averaged log-prob of each chosen completion (``< 0``).
         mean_logp_rejected: ``[B]`` the same for each rejected completion.
+        clamp: If given, inputs are clamped to ``<= -clamp`` first, as the kernels do (a mean log-prob of 0 would
+            make ``log(1 - e^0)`` infinite); ``None`` computes the formula as written.
 
     Returns:
         ``(loss_per_pair, log_odds)``, both ``[B]`` in the input dtype.
     """
+    if clamp is not None:
+        mean_logp_chosen, mean_logp_rejected = (x.clamp(max=-clamp) for x in (mean_logp_chosen, mean_logp_rejected))
     log_odds = (mean_logp_chosen - mean_logp_rejected) - (
         reference_log1mexp(mean_logp_chosen) - reference_log1mexp(mean_logp_rejected)
     )

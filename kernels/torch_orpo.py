@@ -23,13 +23,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .reference import reference_log1mexp as log1mexp
+
 LOGP_EPS = 1e-6
-_LN2 = 0.6931471805599453
-
-
-def log1mexp(x: Tensor) -> Tensor:
-    """Stable ``log(1 - exp(x))`` for ``x < 0``."""
-    return torch.where(x > -_LN2, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
 
 
 class OddsRatioTorch(torch.autograd.Function):

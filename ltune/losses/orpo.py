@@ -8,12 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import torch
 from torch import Tensor
-from torch.nn import functional as F
 
 OddsRatioFn = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
-_LN2 = 0.6931471805599453
 
 
 def mean_logprob(logprobs: Tensor, mask: Tensor) -> Tensor:
@@ -30,21 +27,6 @@ def mean_logprob(logprobs: Tensor, mask: Tensor) -> Tensor:
     return (logprobs * m).sum(-1) / m.sum(-1).clamp_min(1)
 
 
-def odds_ratio_torch(mean_logp_chosen: Tensor, mean_logp_rejected: Tensor) -> tuple[Tensor, Tensor]:
-    """Plain-autograd odds-ratio term ``(-logsigmoid(log OR) [B], log OR [B])`` in float32.
-
-    The default of :func:`orpo_loss`; objectives pass :func:`ltune.kernels.odds_ratio_loss` instead (same values,
-    fused backward). Inputs are clamped to ``<= -1e-6`` so a mean log-prob of 0 stays finite, as the kernel does.
-    """
-    c, r = (x.float().clamp(max=-1e-6) for x in (mean_logp_chosen, mean_logp_rejected))
-
-    def log1mexp(x: Tensor) -> Tensor:  # stable log(1 - e^x), x < 0
-        return torch.where(x > -_LN2, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
-
-    log_odds = (c - r) - (log1mexp(c) - log1mexp(r))
-    return -F.logsigmoid(log_odds), log_odds
-
-
 def orpo_loss(
     chosen_logprobs: Tensor,
     rejected_logprobs: Tensor,
@@ -53,7 +35,7 @@ def orpo_loss(
     nll_mask: Tensor | None = None,
     *,
     beta: float = 0.1,
-    odds_ratio: OddsRatioFn = odds_ratio_torch,
+    odds_ratio: OddsRatioFn,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """ORPO loss of a batch of B preference pairs.
 
@@ -77,7 +59,10 @@ def orpo_loss(
         nll_mask: ``[B, T]`` tokens of the SFT term; defaults to ``chosen_mask`` (response only). The paper's code
             and TRL use prompt + response.
         beta: Weight lambda of the odds-ratio term.
-        odds_ratio: ``(l_w [B], l_l [B]) -> (L_OR [B], log OR [B])``, e.g. :func:`ltune.kernels.odds_ratio_loss`.
+        odds_ratio: ``(l_w [B], l_l [B]) -> (L_OR [B], log OR [B])`` in float32: :func:`ltune.kernels.odds_ratio_loss`
+            (fused backward; what :class:`ltune.ORPO` passes) or its plain-autograd definition
+            :func:`ltune.kernels.reference.reference_odds_ratio_loss` (one home of the formula; a loss may not import
+            kernels, so the caller passes it).
 
     Returns:
         The scalar loss and detached metrics named as TRL's ORPO trainer logs them: ``rewards/chosen``
@@ -109,4 +94,4 @@ def orpo_loss(
     return loss, metrics
 
 
-__all__ = ["mean_logprob", "odds_ratio_torch", "orpo_loss"]
+__all__ = ["mean_logprob", "orpo_loss"]
