@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 
-__all__ = ["extract_answer", "is_equivalent", "majority_vote", "normalize_answer", "verifier_reward"]
+__all__ = ["answer_groups", "extract_answer", "is_equivalent", "majority_vote", "normalize_answer", "verifier_reward"]
 
 _MAX_MATH_CHARS = 64
 _ANSWER_IS = re.compile(r"the\s+(?:final\s+)?answer\s+is\s*:?\s*", re.IGNORECASE)
@@ -197,3 +197,19 @@ def verifier_reward(completions: Sequence[str], references: Sequence[str]) -> li
     if len(completions) != len(references):
         raise ValueError(f"{len(completions)} completions but {len(references)} references")
     return [float(is_equivalent(extract_answer(c), r)) for c, r in zip(completions, references)]
+
+
+def answer_groups(texts: Sequence[str], n: int, truths: Sequence[str | None]):
+    """The extracted answers of each prompt's ``n`` consecutive completions, with that prompt's reference answer.
+
+    Args:
+        texts: ``len(truths) * n`` completions, prompt-major (TTRL's votes, RLSC's samples).
+        n: Completions per prompt.
+        truths: One reference answer per prompt, ``None`` where the rows carry none (label-free).
+
+    Yields:
+        ``(answers, truth)`` per prompt: ``n`` extracted answers (``None`` where a completion has none).
+    """
+    answers = [extract_answer(t) for t in texts]
+    for k, truth in enumerate(truths):
+        yield answers[k * n : (k + 1) * n], truth

@@ -88,3 +88,11 @@ def test_verifier_reward():
     assert verifier_reward(completions, ["81"] * 4) == [1.0, 1.0, 0.0, 0.0]
     with pytest.raises(ValueError):
         verifier_reward(["a"], ["a", "b"])
+
+
+def test_answer_groups_pair_each_prompts_answers_with_its_reference():
+    from ltune.rewards import answer_groups
+
+    texts = ["The answer is 4.", "5", "no number here", "The answer is cba."]
+    groups = list(answer_groups(texts, 2, ["4", None]))
+    assert groups == [(["4", "5"], "4"), ([None, "cba"], None)]

@@ -12,7 +12,7 @@ from ltune.backbone import completion_logprobs
 from ltune.generation import HFSampler, Sampler, decode, sample_groups, training_inputs
 from ltune.losses.rlsc import rlsc_loss
 from ltune.objectives.base import Objective
-from ltune.rewards import extract_answer, is_equivalent, majority_vote
+from ltune.rewards import answer_groups, is_equivalent, majority_vote
 
 
 class RLSC(Objective):
@@ -90,10 +90,8 @@ class RLSC(Objective):
 
     def agreement(self, texts: list[str], batch: dict) -> dict[str, float]:
         """Share of samples agreeing with their prompt's majority answer (and, given answers, the correct share)."""
-        n, answers = self.num_samples, [extract_answer(t) for t in texts]
-        agree, correct = [], []
-        for k, truth in enumerate(batch.get("answer") or [None] * len(batch["prompt_ids"])):
-            group = answers[k * n : (k + 1) * n]
+        n, agree, correct = self.num_samples, [], []
+        for group, truth in answer_groups(texts, n, batch.get("answer") or [None] * len(batch["prompt_ids"])):
             label, _ = majority_vote(group)
             agree.append(sum(is_equivalent(a, label) for a in group) / n)
             if truth is not None:

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ltune.metrics import pass_at_k
 from ltune.objectives.grpo import GRPO
-from ltune.rewards import extract_answer, is_equivalent, majority_vote
+from ltune.rewards import answer_groups, is_equivalent, majority_vote
 
 
 def majority_rewards(answers: list[str | None]) -> tuple[list[float], str | None, float]:
@@ -55,11 +55,9 @@ class TTRL(GRPO):
 
     def rewards(self, texts: list[str], batch: dict, samples=None) -> tuple[Tensor, dict[str, float]]:
         n, g = self.num_votes, self.num_generations
-        answers = [extract_answer(t) for t in texts]
         rewards: list[float] = []
         stats: dict[str, list[float]] = {}
-        for k, truth in enumerate(batch.get("answer") or [None] * len(batch["prompt_ids"])):
-            group = answers[k * n : (k + 1) * n]
+        for group, truth in answer_groups(texts, n, batch.get("answer") or [None] * len(batch["prompt_ids"])):
             pseudo, label, ratio = majority_rewards(group)
             rewards += pseudo
             stats.setdefault("majority_ratio", []).append(ratio)
