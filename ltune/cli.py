@@ -20,6 +20,7 @@ from lightning.pytorch.cli import LightningCLI
 import ltune.callbacks  # noqa: F401  (short class names in configs)
 import ltune.datamodules  # noqa: F401
 from ltune.datamodules.base import LTuneData
+from ltune.io import atomic_write_text
 from ltune.objectives.base import Objective
 from ltune.presets import PresetUnavailable
 
@@ -48,8 +49,7 @@ class LTuneCLI(LightningCLI):
                 print(f"  {key:32s} {self._before.get(key, float('nan')):8.4f} -> {after[key]:8.4f}")
 
     def _validate(self) -> dict[str, float]:
-        out = self.trainer.validate(self.model, datamodule=self.datamodule, verbose=False)
-        return {k: float(v) for d in out for k, v in d.items()}
+        return _validate(self)
 
 
 def fetch(name: str, wheel: str | None = None) -> str:
@@ -82,6 +82,37 @@ def export(ckpt_path: str, output_dir: str, merge_lora: bool = True) -> None:
     print(f"exported {ckpt_path} -> {output_dir}")
 
 
+class SelectCLI(LTuneCLI):
+    """``ltune select``: a fit config's arguments plus ``--output``."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        super().add_arguments_to_parser(parser)
+        help = "jsonl of the kept source rows (default: <log dir>/selection/selected.jsonl)"
+        parser.add_argument("--output", type=str | None, default=None, help=help)
+
+
+def budget_list(value: str) -> list[int | float]:
+    """``"0.1,0.2,500"`` -> ``[0.1, 0.2, 500]``: a float is a fraction of the pool, an int a number of rows."""
+    return [
+        float(v) if "." in v or "e" in v.lower() else int(v) for v in str(value).strip("[]").split(",") if v.strip()
+    ]
+
+
+class ScalingCLI(LTuneCLI):
+    """``ltune scaling``: a fit config's arguments plus ``--budgets`` and ``--output``."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        super().add_arguments_to_parser(parser)
+        help = "comma-separated budgets: 0.1 is a fraction of the pool, 500 a number of rows"
+        parser.add_argument("--budgets", type=budget_list, default=[0.1, 0.2, 0.5, 1.0], help=help)
+        parser.add_argument("--output", type=str, default="runs/scaling", help="folder of scaling.csv/.png")
+
+
+def _cli(cls: type[LTuneCLI], args: list[str], **kwargs) -> LTuneCLI:
+    """An ltune CLI over any objective and any DataModule (subclass mode), as every verb builds it."""
+    return cls(Objective, LTuneData, subclass_mode_model=True, subclass_mode_data=True, args=args, **kwargs)
+
+
 def select(argv: list[str]) -> str:
     """Run the selection of a fit config (``--data`` a ``Selection``) alone and write the kept source rows as jsonl.
 
@@ -90,32 +121,19 @@ def select(argv: list[str]) -> str:
     from ltune.datamodules.selection import Selection
     from ltune.datamodules.sources import as_source
 
-    output = _pop(argv, "--output")
-    cli = LTuneCLI(Objective, LTuneData, subclass_mode_model=True, subclass_mode_data=True, args=argv, run=False)
+    cli = _cli(SelectCLI, argv, run=False)
     data = cli.datamodule
     if not isinstance(data, Selection):
         raise SystemExit(f"ltune select: --data must be a selection strategy, got {type(data).__name__}")
     data.trainer, data.tokenizer, data.backbone = cli.trainer, cli.model.tokenizer, cli.model.backbone
     data.default_system = cli.model.backbone.system_prompt
     data.select()
+    output = cli.config["output"]
     out = Path(output) if output else data.output_dir() / "selected.jsonl"
-    out.parent.mkdir(parents=True, exist_ok=True)
     rows = as_source(data.pool.sources["train"]).load()
-    with open(out, "w", encoding="utf-8") as f:
-        for i in data.selected:
-            f.write(json.dumps(rows[i], ensure_ascii=False, default=str) + "\n")
+    atomic_write_text(out, "".join(json.dumps(rows[i], ensure_ascii=False, default=str) + "\n" for i in data.selected))
     print(f"selected {len(data.selected)} of {len(rows)} rows -> {out}")
     return str(out)
-
-
-def _pop(argv: list[str], flag: str) -> str | None:
-    """Remove ``--flag VALUE`` / ``--flag=VALUE`` from ``argv`` and return the value."""
-    for arg in [a for a in argv if a == flag or a.startswith(f"{flag}=")]:
-        i = argv.index(arg)
-        value = arg.split("=", 1)[1] if "=" in arg else argv[i + 1]
-        del argv[i : i + (1 if "=" in arg else 2)]
-        return value
-    return None
 
 
 def scaling(argv: list[str]) -> list[dict]:
@@ -125,20 +143,18 @@ def scaling(argv: list[str]) -> list[dict]:
     from ltune.datamodules.selection import Subset
     from ltune.datamodules.selection.report import write_scaling_report
 
-    budgets = (_pop(argv, "--budgets") or "0.1,0.2,0.5,1.0").split(",")  # "0.1": fraction; "500": rows
-    out = _pop(argv, "--output") or "runs/scaling"
+    first = _cli(ScalingCLI, argv, run=False)  # reads --budgets and --output (and checks the config) once
+    budgets, out = first.config["budgets"], first.config["output"]
     records = []
     for budget in budgets:
-        args = ["fit", *argv, f"--data.init_args.budget={budget}"]
-        cli = LTuneCLI(Objective, LTuneData, subclass_mode_model=True, subclass_mode_data=True, args=args,
-                       save_config_kwargs={"overwrite": True})  # fmt: skip
+        cli = _cli(
+            ScalingCLI, ["fit", *argv, f"--data.init_args.budget={budget}"], save_config_kwargs={"overwrite": True}
+        )
         if not isinstance(cli.datamodule, Subset):
             raise SystemExit(
                 f"ltune scaling: --data must be ltune.datamodules.Subset, got {type(cli.datamodule).__name__}"
             )
-        metrics = {k: float(v) for d in cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)
-                   for k, v in d.items()}  # fmt: skip
-        for key, value in metrics.items():
+        for key, value in _validate(cli).items():
             if key.startswith("val/exact_match"):
                 category = key.removeprefix("val/exact_match").lstrip("/") or "all"
                 rows = len(cli.datamodule.selected)
@@ -146,6 +162,12 @@ def scaling(argv: list[str]) -> list[dict]:
     csv, png = write_scaling_report(records, out)
     print(f"scaling study over budgets {budgets}: {csv}, {png}")
     return records
+
+
+def _validate(cli: LightningCLI) -> dict[str, float]:
+    """The validation metrics of a CLI's model and data, as floats."""
+    return {k: float(v) for d in cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)
+            for k, v in d.items()}  # fmt: skip
 
 
 def main(args: list[str] | None = None) -> None:
@@ -175,14 +197,7 @@ def _main(args: list[str] | None) -> None:
     if argv[:1] == ["scaling"]:
         scaling(argv[1:])
         return
-    LTuneCLI(
-        Objective,
-        LTuneData,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        args=args,
-        save_config_kwargs={"overwrite": True},
-    )
+    _cli(LTuneCLI, args, save_config_kwargs={"overwrite": True})
 
 
 if __name__ == "__main__":

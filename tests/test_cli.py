@@ -184,3 +184,10 @@ def test_ddp_two_cpu_processes_reduce_metrics_across_ranks(tmp_path):
     assert float(ddp["val/tokens"]) == float(single["val/tokens"]) > 0  # every val token counted exactly once
     for key in ("val/loss", "val/token_accuracy", "val/exact_match"):
         assert float(ddp[key]) == pytest.approx(float(single[key]), rel=1e-4), key
+
+
+def test_budget_list_reads_fractions_and_row_counts():
+    from ltune.cli import budget_list
+
+    assert budget_list("0.1,0.2,500,1.0") == [0.1, 0.2, 500, 1.0]
+    assert [type(b) for b in budget_list("0.5,500")] == [float, int]  # a float is a fraction, an int a count
