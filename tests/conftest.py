@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -44,3 +46,19 @@ def write_jsonl(path, rows) -> str:
         for r in rows:
             f.write(json.dumps(r) + "\n")
     return str(path)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+MICRO = [  # shrink the tiny preset so a CLI run takes seconds
+    "--model.init_args.backbone.tiny.hidden_size=32",
+    "--model.init_args.backbone.tiny.num_layers=2",
+    "--model.init_args.backbone.tiny.num_heads=2",
+    "--model.init_args.backbone.tiny.num_kv_heads=1",
+    "--model.init_args.backbone.tiny.intermediate_size=64",
+]
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """The rows of a run's ``metrics.csv`` (CSVLogger)."""
+    with open(run_dir / "metrics.csv") as f:
+        return list(csv.DictReader(f))

@@ -1,6 +1,5 @@
 """The real CLI: every config parses, the quickstart runs (shortened), export reloads, resume, DDP on CPU."""
 
-import csv
 import os
 import subprocess
 import sys
@@ -12,8 +11,7 @@ import yaml
 from transformers import AutoModelForCausalLM
 
 from ltune.cli import main
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import MICRO, ROOT, read_metrics
 
 
 def _is_fragment(path: Path) -> bool:
@@ -24,13 +22,6 @@ def _is_fragment(path: Path) -> bool:
 ALL = sorted((ROOT / "configs").rglob("*.yaml"))
 CONFIGS = [p for p in ALL if not _is_fragment(p)]
 FRAGMENTS = [p for p in ALL if _is_fragment(p)]
-MICRO = [  # shrink the tiny preset and the data so a CLI run takes seconds
-    "--model.init_args.backbone.tiny.hidden_size=32",
-    "--model.init_args.backbone.tiny.num_layers=2",
-    "--model.init_args.backbone.tiny.num_heads=2",
-    "--model.init_args.backbone.tiny.num_kv_heads=1",
-    "--model.init_args.backbone.tiny.intermediate_size=64",
-]
 
 
 def _run(args, capsys=None):
@@ -64,11 +55,6 @@ def test_help_lists_verbs(capsys):
     assert "max_new_tokens" in capsys.readouterr().out
 
 
-def _metrics(run_dir: Path) -> list[dict]:
-    with open(run_dir / "metrics.csv") as f:
-        return list(csv.DictReader(f))
-
-
 def test_quickstart_runs_through_the_cli_and_exports(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     main(
@@ -88,7 +74,7 @@ def test_quickstart_runs_through_the_cli_and_exports(tmp_path, monkeypatch, caps
     out = capsys.readouterr().out
     assert "validation before -> after fit" in out and "val/exact_match" in out
     run = tmp_path / "runs/quickstart/version_0"
-    rows = _metrics(run)
+    rows = read_metrics(run)
     assert any(r.get("train/loss") for r in rows) and sum(1 for r in rows if r.get("val/exact_match")) >= 3
     assert (run / "config.yaml").is_file()
     hf = AutoModelForCausalLM.from_pretrained(run / "hf")
@@ -121,7 +107,7 @@ data:
 
 
 def _losses(run_dir: Path) -> dict[int, float]:
-    return {int(r["step"]): float(r["train/loss"]) for r in _metrics(run_dir) if r.get("train/loss")}
+    return {int(r["step"]): float(r["train/loss"]) for r in read_metrics(run_dir) if r.get("train/loss")}
 
 
 def test_resume_mid_epoch_continues_the_same_loss_trajectory(tmp_path, monkeypatch):
@@ -170,7 +156,7 @@ def test_ddp_two_cpu_processes_reduce_metrics_across_ranks(tmp_path):
         timeout=600,
     )
     ddp_run = tmp_path / "runs/sft/version_0"
-    ddp = [r for r in _metrics(ddp_run) if r.get("val/tokens")][-1]
+    ddp = [r for r in read_metrics(ddp_run) if r.get("val/tokens")][-1]
     (ckpt,) = (ddp_run / "checkpoints").glob("*.ckpt")
     subprocess.run(
         [sys.executable, "-m", "ltune.cli", "validate", *common, f"--ckpt_path={ckpt}"],
@@ -180,7 +166,7 @@ def test_ddp_two_cpu_processes_reduce_metrics_across_ranks(tmp_path):
         capture_output=True,
         timeout=600,
     )
-    single = [r for r in _metrics(tmp_path / "runs/sft/version_1") if r.get("val/tokens")][-1]
+    single = [r for r in read_metrics(tmp_path / "runs/sft/version_1") if r.get("val/tokens")][-1]
     assert float(ddp["val/tokens"]) == float(single["val/tokens"]) > 0  # every val token counted exactly once
     for key in ("val/loss", "val/token_accuracy", "val/exact_match"):
         assert float(ddp[key]) == pytest.approx(float(single[key]), rel=1e-4), key

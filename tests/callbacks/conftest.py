@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 SOLVER = """
@@ -49,3 +50,22 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def rest_em_config(tmp_path: Path, solver_dir: Path, rounds: int = 2, name: str = "rest_em") -> Path:
+    """configs/loops/rest_em.yaml shrunk to seconds: 64 comparison problems, 4 samples each, the micro solver."""
+    cfg = yaml.safe_load((ROOT / "configs/loops/rest_em.yaml").read_text())
+    loop = cfg["trainer"]["callbacks"][0]["init_args"]
+    loop["problems"]["init_args"].update(n=64, categories=["compare"], difficulties=[1])
+    loop.update(rounds=rounds, num_samples=4, max_solutions=2, max_new_tokens=40, epochs_per_round=1, chunk_size=8)
+    cfg["trainer"]["logger"] = [{"class_path": "lightning.pytorch.loggers.CSVLogger",
+                                 "init_args": {"save_dir": str(tmp_path / "runs"), "name": name}}]  # fmt: skip
+    cfg["trainer"]["enable_progress_bar"] = False
+    cfg["model"]["init_args"]["backbone"]["name_or_path"] = str(solver_dir)
+    cfg["model"]["init_args"]["max_new_tokens"] = 40
+    cfg["data"]["init_args"].update(batch_size=8, eval_batch_size=16, max_length=96)
+    cfg["data"]["init_args"]["eval_prompts"]["init_args"].update(n=16, categories=["compare"], difficulties=[1])
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path

@@ -13,8 +13,7 @@ import pytest
 import yaml
 
 from ltune.callbacks.rounds import read_jsonl
-from tests.callbacks.conftest import cpu_env
-from tests.callbacks.test_rest_em import rest_em_config
+from tests.callbacks.conftest import cpu_env, rest_em_config
 
 
 def _run(tmp_path: Path, solver_dir: Path, *extra: str) -> tuple[Path, str]:

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.callbacks.conftest import ROOT, cpu_env
-from tests.callbacks.test_rest_em import rest_em_config
+from tests.callbacks.conftest import ROOT, cpu_env, rest_em_config
 
 
 def _fit(config: Path, *extra: str) -> list[str]:

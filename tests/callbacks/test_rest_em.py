@@ -9,7 +9,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import yaml
 
 from ltune.callbacks import rest_em
 from ltune.callbacks.rest_em import ReSTEM
@@ -18,6 +17,7 @@ from ltune.datamodules import InstructionData
 from ltune.datamodules.base import pad_left
 from ltune.generation import HFSampler, Samples
 from ltune.rewards import extract_answer, is_equivalent
+from tests.callbacks.conftest import rest_em_config
 from tests.conftest import micro_backbone
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -96,25 +96,6 @@ def test_rest_em_samples_with_its_top_k(monkeypatch):
                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)  # fmt: skip
     ((top_k, samples),) = drawn
     assert top_k == 1 and torch.equal(samples.completion_ids, greedy.completion_ids.repeat_interleave(3, 0))
-
-
-def rest_em_config(tmp_path: Path, solver_dir: Path, rounds: int = 2, name: str = "rest_em") -> Path:
-    """configs/loops/rest_em.yaml shrunk to seconds: 64 comparison problems, 4 samples each, the micro solver."""
-    cfg = yaml.safe_load((ROOT / "configs/loops/rest_em.yaml").read_text())
-    loop = cfg["trainer"]["callbacks"][0]["init_args"]
-    loop["problems"]["init_args"].update(n=64, categories=["compare"], difficulties=[1])
-    loop.update(rounds=rounds, num_samples=4, max_solutions=2, max_new_tokens=40, epochs_per_round=1, chunk_size=8)
-    cfg["trainer"]["logger"] = [{"class_path": "lightning.pytorch.loggers.CSVLogger",
-                                 "init_args": {"save_dir": str(tmp_path / "runs"), "name": name}}]  # fmt: skip
-    cfg["trainer"]["enable_progress_bar"] = False
-    cfg["model"]["init_args"]["backbone"]["name_or_path"] = str(solver_dir)
-    cfg["model"]["init_args"]["max_new_tokens"] = 40
-    cfg["data"]["init_args"].update(batch_size=8, eval_batch_size=16, max_length=96)
-    cfg["data"]["init_args"]["eval_prompts"]["init_args"].update(n=16, categories=["compare"], difficulties=[1])
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
 
 
 def test_rest_em_config_runs_through_the_cli(tmp_path, solver_dir, one_thread):

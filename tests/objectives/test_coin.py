@@ -9,8 +9,7 @@ from ltune.backbone import hidden_states
 from ltune.cli import main
 from ltune.datamodules import EmbeddedTasks, ParaphraseData
 from ltune.objectives import CoIN
-from tests.conftest import micro_backbone
-from tests.objectives.test_orpo import MICRO
+from tests.conftest import MICRO, micro_backbone
 
 ROOT = Path(__file__).resolve().parents[2]
 

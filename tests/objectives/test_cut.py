@@ -9,8 +9,7 @@ import torch
 from ltune.cli import main
 from ltune.datamodules import EmbeddedTasks, JudgmentData
 from ltune.objectives import CUT
-from tests.conftest import micro_backbone
-from tests.objectives.test_orpo import MICRO
+from tests.conftest import MICRO, micro_backbone
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -13,16 +13,9 @@ from torch.nn import functional as F
 from ltune.cli import main
 from ltune.datamodules import EmbeddedTasks, PreferenceData
 from ltune.objectives import ORPO
-from tests.conftest import micro_backbone
+from tests.conftest import MICRO, micro_backbone
 
 ROOT = Path(__file__).resolve().parents[2]
-MICRO = [
-    "--model.init_args.backbone.tiny.hidden_size=32",
-    "--model.init_args.backbone.tiny.num_layers=2",
-    "--model.init_args.backbone.tiny.num_heads=2",
-    "--model.init_args.backbone.tiny.num_kv_heads=1",
-    "--model.init_args.backbone.tiny.intermediate_size=64",
-]
 
 
 def _batch(model, n=4, **kw):

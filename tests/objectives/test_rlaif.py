@@ -13,8 +13,7 @@ from ltune.cli import main
 from ltune.datamodules import EmbeddedTasks, PairwiseData
 from ltune.judges import LMJudge, PairJudge
 from ltune.objectives import RLAIF, RewardModel
-from tests.conftest import micro_backbone, write_jsonl
-from tests.test_cli import MICRO, ROOT, _metrics
+from tests.conftest import MICRO, ROOT, micro_backbone, read_metrics, write_jsonl
 
 PAIRS = {"format": "preference", "n": 8, "categories": ["add"]}
 COLUMNS = {"response_a": "chosen", "response_b": "rejected"}
@@ -71,13 +70,13 @@ def test_rlaif_label_then_reward_model_then_rl_in_order(tmp_path, monkeypatch):
           "--trainer.enable_progress_bar=false", "--data.init_args.judge=null", "--data.init_args.val=null",
           "--data.init_args.columns={}", f"--data.init_args.train={tmp_path / 'l.jsonl'}",
           "--data.init_args.batch_size=4", "--validate_around_fit=false"])  # fmt: skip
-    logged = {k for r in _metrics(Path("runs/rlaif_rm/version_0")) for k, v in r.items() if v}
+    logged = {k for r in read_metrics(Path("runs/rlaif_rm/version_0")) for k, v in r.items() if v}
     assert {"train/loss", "train/accuracy", "train/margin"} <= logged
     (ckpt,) = Path("runs/rlaif_rm/version_0/checkpoints").glob("*.ckpt")
     # stage 3: RL rewarded by that reward model
     main(["fit", "--config", str(ROOT / "configs/objectives/rlaif.yaml"), *MICRO, *SMALL_RL,
           f"--model.init_args.reward_model={ckpt}"])  # fmt: skip
-    rows = _metrics(Path("runs/rlaif/version_0"))
+    rows = read_metrics(Path("runs/rlaif/version_0"))
     rewards = [float(r["train/reward"]) for r in rows if r.get("train/reward")]
     assert rewards and all(math.isfinite(x) for x in rewards)
     assert any(r.get("train/kl") for r in rows) and any(r.get("val/exact_match") for r in rows)
@@ -86,7 +85,7 @@ def test_rlaif_label_then_reward_model_then_rl_in_order(tmp_path, monkeypatch):
 def test_direct_rlaif_config_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     main(["fit", "--config", str(ROOT / "configs/objectives/rlaif_direct.yaml"), *MICRO, *MICRO_JUDGE, *SMALL_RL])
-    rows = _metrics(Path("runs/rlaif_direct/version_0"))
+    rows = read_metrics(Path("runs/rlaif_direct/version_0"))
     rewards = [float(r["train/reward"]) for r in rows if r.get("train/reward")]
     assert rewards and all(-1 <= x <= 1 for x in rewards)
 

@@ -10,8 +10,7 @@ from ltune.cli import main
 from ltune.datamodules import EmbeddedTasks, PromptData
 from ltune.generation import training_inputs
 from ltune.objectives import RLSC
-from tests.conftest import micro_backbone
-from tests.test_cli import MICRO, ROOT, _metrics
+from tests.conftest import MICRO, ROOT, micro_backbone, read_metrics
 
 
 class _Recorder(RLSC):
@@ -84,5 +83,5 @@ def test_rlsc_config_runs_through_the_cli(tmp_path, monkeypatch, capsys):
         ]
     )
     assert "validation before -> after fit" in capsys.readouterr().out
-    logged = {k for r in _metrics(Path("runs/rlsc/version_0")) for k, v in r.items() if v}
+    logged = {k for r in read_metrics(Path("runs/rlsc/version_0")) for k, v in r.items() if v}
     assert {"train/loss", "train/weight", "train/majority_agreement", "val/exact_match"} <= logged

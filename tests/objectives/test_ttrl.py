@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from ltune.cli import main
-from tests.test_cli import MICRO, ROOT, _metrics
+from tests.conftest import MICRO, ROOT, read_metrics
 
 SMALL = [
     "--trainer.max_steps=2",
@@ -32,7 +32,7 @@ def test_ttrl_config_runs_through_the_cli(tmp_path, monkeypatch, capsys):
         ]
     )
     assert "validation before -> after fit" in capsys.readouterr().out
-    rows = _metrics(Path("runs/ttrl/version_0"))
+    rows = read_metrics(Path("runs/ttrl/version_0"))
     logged = {k for r in rows for k, v in r.items() if v}
     for key in (
         "loss",

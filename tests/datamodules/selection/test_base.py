@@ -204,8 +204,8 @@ def test_scaling_study_fits_per_budget_and_plots_per_category(tmp_path, monkeypa
     import pandas as pd
 
     from ltune.cli import main
-    from tests.datamodules.selection.test_cli import SHRINK
-    from tests.test_cli import ROOT
+    from tests.conftest import ROOT
+    from tests.datamodules.selection.conftest import SHRINK
 
     monkeypatch.chdir(tmp_path)
     main(["scaling", "--config", str(ROOT / "configs/selection/scaling.yaml"), *SHRINK, "--budgets", "0.25,1.0",

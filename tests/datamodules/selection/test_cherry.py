@@ -16,10 +16,8 @@ from ltune import SFT
 from ltune.callbacks.cherry_rounds import CherryPreExperience
 from ltune.cli import main
 from ltune.datamodules import EmbeddedTasks, IFDPreExperience, InstructionData
-from tests.conftest import micro_backbone, write_jsonl
-from tests.datamodules.selection.test_cli import SHRINK
-from tests.datamodules.selection.test_ifd import ROWS, reference_nll
-from tests.test_cli import ROOT
+from tests.conftest import ROOT, micro_backbone, write_jsonl
+from tests.datamodules.selection.conftest import ROWS, SHRINK, reference_nll
 
 
 def pre_experience(tmp_path, rows) -> IFDPreExperience:

@@ -10,19 +10,9 @@ import pandas as pd
 import pytest
 
 from ltune.cli import main
-from tests.test_cli import MICRO, ROOT
+from tests.conftest import ROOT
+from tests.datamodules.selection.conftest import SHRINK
 
-SHRINK = [
-    *MICRO,
-    "--trainer.max_steps=2",
-    "--trainer.val_check_interval=2",
-    "--trainer.log_every_n_steps=1",
-    "--trainer.enable_progress_bar=false",
-    "--validate_around_fit=false",
-    "--data.init_args.pool.init_args.train.init_args.n=60",
-    "--data.init_args.pool.init_args.eval_prompts.init_args.n=4",
-    "--data.init_args.progress=false",
-]
 EXTRA = {
     "deita": ["--data.init_args.budget=6"],
     "orpo_deita": ["--data.init_args.budget=6", "--data.init_args.pool.init_args.val.init_args.n=4"],

@@ -7,29 +7,11 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from ltune.datamodules import IFD, InstructionData, PreferenceData
 from ltune.datamodules.selection.base import SKIPPED
 from tests.conftest import micro_backbone, write_jsonl
-
-ROWS = [
-    {"prompt": "What is 2+3?", "response": "2+3=5. The answer is 5."},
-    {"prompt": "Reverse abc.", "response": "reverse(abc)=cba. The answer is cba."},
-    {"prompt": "What is 12*3?", "response": "12*3=36. The answer is 36."},
-    {"prompt": "Sort the letters of dcba.", "response": "sort(dcba)=abcd. The answer is abcd."},
-    {"prompt": "Which is larger, 4 or 9?", "response": "zz"},
-]
-
-
-def reference_nll(model, tok, context: str | list[int], answer: str) -> float:
-    """Mean NLL (float64, one row, full logits) of the answer's byte tokens + EOS after ``context``."""
-    ctx = tok(context, add_special_tokens=False)["input_ids"] if isinstance(context, str) else context
-    ans = tok(answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-    ids = torch.tensor([ctx + ans])
-    with torch.no_grad():
-        logp = model(ids).logits.double().log_softmax(-1)[0]
-    return -sum(logp[len(ctx) + t - 1, a].item() for t, a in enumerate(ans)) / len(ans)
+from tests.datamodules.selection.conftest import ROWS, reference_nll
 
 
 def ifd(tmp_path, rows=ROWS, pool_cls=InstructionData, **kwargs) -> IFD:

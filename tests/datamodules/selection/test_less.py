@@ -13,9 +13,8 @@ from ltune.cli import main
 from ltune.datamodules import LESS, InstructionData
 from ltune.datamodules.base import pad_right
 from ltune.datamodules.selection.less import RademacherProjector, influence, per_example_grads
-from tests.conftest import micro_backbone, write_jsonl
-from tests.datamodules.selection.test_cli import SHRINK
-from tests.test_cli import ROOT
+from tests.conftest import ROOT, micro_backbone, write_jsonl
+from tests.datamodules.selection.conftest import SHRINK
 
 ROWS = [{"prompt": f"What is {i}+{i + 3}?", "response": f"{i}+{i + 3}={2 * i + 3}. The answer is {2 * i + 3}.",
          "category": "add" if i % 2 else "sub"} for i in range(7)]  # fmt: skip

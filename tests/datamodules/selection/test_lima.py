@@ -12,9 +12,8 @@ from ltune.callbacks.residual_dropout import ResidualDropout, residual_dropout_r
 from ltune.cli import main
 from ltune.datamodules import LIMA, InstructionData
 from ltune.datamodules.selection.geometry import k_center_greedy
-from tests.conftest import micro_backbone, write_jsonl
-from tests.datamodules.selection.test_cli import SHRINK
-from tests.test_cli import ROOT
+from tests.conftest import ROOT, micro_backbone, write_jsonl
+from tests.datamodules.selection.conftest import SHRINK
 
 
 def test_residual_dropout_rises_linearly_over_the_layers():

@@ -15,9 +15,8 @@ from ltune.cli import main
 from ltune.datamodules import EmbeddedTasks, InstructionData, MoDS
 from ltune.datamodules.selection.geometry import k_center_greedy
 from ltune.judges import VerifierJudge
-from tests.conftest import micro_backbone, write_jsonl
-from tests.datamodules.selection.test_cli import SHRINK
-from tests.test_cli import ROOT
+from tests.conftest import ROOT, micro_backbone, write_jsonl
+from tests.datamodules.selection.conftest import SHRINK
 
 
 class LengthReward:

@@ -13,9 +13,8 @@ from ltune.cli import main
 from ltune.datamodules import IFDPreExperience, InstructionData
 from ltune.datamodules.selection.geometry import kmeans
 from ltune.datamodules.selection.pre_experience import band_per_cluster
-from tests.conftest import micro_backbone, write_jsonl
-from tests.datamodules.selection.test_cli import SHRINK
-from tests.test_cli import ROOT
+from tests.conftest import ROOT, micro_backbone, write_jsonl
+from tests.datamodules.selection.conftest import SHRINK
 
 
 def test_kmeans_recovers_separated_blobs_and_is_a_lloyd_fixed_point():
