@@ -1,30 +1,17 @@
-"""The data that teaches the tiny Lion teacher to write instructions (benchmarks/lion_effect.py)."""
+"""The rows that teach the tiny Lion teacher to write instructions (used by benchmarks/lion_effect.py)."""
 
-import importlib.util
-import json
 import re
-from pathlib import Path
 
+from ltune.datamodules.tasks import lion_teacher_rows
 from ltune.problems import solve
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("lion_effect", ROOT / "benchmarks/lion_effect.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _terms(question: str) -> int:
     return len(re.findall(r"\d+", question))  # difficulty 1: 3 terms, difficulty 2: 4
 
 
-def test_teacher_data_mixes_answers_with_hard_and_easy_instruction_writing(tmp_path):
-    lion_effect = _module()
-    lion_effect.teacher_data(str(tmp_path / "t.jsonl"), n=40, seed=1)
-    rows = [json.loads(line) for line in (tmp_path / "t.jsonl").read_text().splitlines()]
+def test_teacher_rows_mix_answers_with_hard_and_easy_instruction_writing():
+    rows = lion_teacher_rows(n=40, seed=1)
     hard = [r for r in rows if r["prompt"].startswith("Write a similar problem: ")]
     easy = [r for r in rows if r["prompt"].startswith("Write a rarer problem: ")]
     answers = [r for r in rows if r not in hard and r not in easy]
