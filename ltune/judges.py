@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Callable, Sequence
 
@@ -253,7 +254,9 @@ class APIJudge(PairJudge):
     Args:
         model: Model name on the server.
         base_url: Server address, e.g. ``http://127.0.0.1:8000/v1``.
-        api_key: API key (``OPENAI_API_KEY`` is read when None; local servers accept any).
+        api_key_env: Name of the environment variable that holds the API key. The key itself is never an argument,
+            so it never lands in a run's ``config.yaml``, hyperparameters, W&B config or logs. Unset or empty: a
+            placeholder key (local servers accept any).
         top_logprobs: Alternatives requested per token (OpenAI allows up to 20; vLLM's ``max_logprobs``).
         preamble: Task description put first.
         few_shot: Worked examples (see :class:`PairJudge`).
@@ -265,7 +268,7 @@ class APIJudge(PairJudge):
         self,
         model: str,
         base_url: str | None = None,
-        api_key: str | None = None,
+        api_key_env: str = "OPENAI_API_KEY",
         top_logprobs: int = 20,
         preamble: str = PREAMBLE,
         few_shot: list[dict] | None = None,
@@ -275,8 +278,8 @@ class APIJudge(PairJudge):
         super().__init__(preamble, few_shot, ending)
         from openai import OpenAI
 
-        self.model, self.top_logprobs = model, top_logprobs
-        self.client = OpenAI(base_url=base_url, api_key=api_key or "EMPTY", timeout=timeout)
+        self.model, self.top_logprobs, self.api_key_env = model, top_logprobs, api_key_env
+        self.client = OpenAI(base_url=base_url, api_key=os.environ.get(api_key_env) or "EMPTY", timeout=timeout)
 
     def option_probs(self, contexts: list[str]) -> Tensor:
         out = self.client.completions.create(

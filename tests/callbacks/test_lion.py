@@ -209,14 +209,19 @@ def test_lion_sum_config_runs_offline_through_the_cli_with_the_verifier_referee(
         assert (row["label"] == "hard") == (row["s_teacher"] - row["s_student"] == 9.0)
 
 
-def test_lion_with_an_api_teacher_against_a_real_local_server(tmp_path, one_thread):
+def test_lion_with_an_api_teacher_against_a_real_local_server(tmp_path, one_thread, monkeypatch):
+    """Also: the API key comes from the environment and lands in no file the run writes."""
+    key = "sk-ltune-test-9f3c2e7a51"
+    monkeypatch.setenv("LTUNE_TEST_API_KEY", key)
     server = subprocess.Popen([sys.executable, "-m", "tests.openai_server"], cwd=ROOT, env=cpu_env(),
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
     try:
         port = int(server.stdout.readline())
         url = f"http://127.0.0.1:{port}/v1"
-        judge = APIJudge(model="micro", base_url=url)
-        teacher = {"class_path": "ltune.judges.APIJudge", "init_args": {"model": "micro", "base_url": url}}
+        judge = APIJudge(model="micro", base_url=url, api_key_env="LTUNE_TEST_API_KEY")
+        assert judge.client.api_key == key
+        teacher = {"class_path": "ltune.judges.APIJudge",
+                   "init_args": {"model": "micro", "base_url": url, "api_key_env": "LTUNE_TEST_API_KEY"}}  # fmt: skip
         main(["fit", "--config", str(lion_config(tmp_path, teacher, name="lion_api"))])
         run = tmp_path / "runs/lion_api/version_0"
         answers = read_jsonl(run / "rounds/round_0/train.jsonl")
@@ -226,6 +231,10 @@ def test_lion_with_an_api_teacher_against_a_real_local_server(tmp_path, one_thre
         server.kill()
         server.wait()
     _check_run(run)
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.name == "config.yaml" for p in written) and any(p.suffix == ".ckpt" for p in written)
+    assert [p for p in written if key.encode() in p.read_bytes()] == []
+    assert "LTUNE_TEST_API_KEY" in (run / "config.yaml").read_text()  # the variable's name is what is recorded
 
 
 def test_api_rating_reads_a_leading_integer_from_1_to_10():

@@ -85,3 +85,15 @@ def test_export_then_reload_gives_identical_logits(tmp_path, smollm2_dir):
     assert not torch.allclose(trained, base, atol=1e-4)  # the adapter learned something, so the check has teeth
     torch.testing.assert_close(again, trained, atol=1e-4, rtol=1e-4)
     assert (out / "tokenizer.json").is_file() and (out / "chat_template.jinja").is_file()
+
+
+def test_the_quickstart_config_runs_shortened_and_exports(tmp_path, monkeypatch, capsys, smollm2_dir):
+    """README's first command, shortened: validation before and after, LoRA steps, the merged export."""
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "--config", str(ROOT / "configs/quickstart_smollm2.yaml"), "--trainer.max_steps=2",
+          "--data.init_args.eval_prompts.init_args.n=4", "--trainer.enable_progress_bar=false",
+          "--data.init_args.train.init_args.n=16"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert "validation before -> after fit" in out and "val/exact_match" in out
+    hf = tmp_path / "runs/quickstart_smollm2/version_0/hf"
+    assert (hf / "model.safetensors").is_file() and (hf / "chat_template.jinja").is_file()
