@@ -15,6 +15,7 @@ import os
 import sys
 from pathlib import Path
 
+from jsonargparse import CLI
 from lightning.pytorch.cli import LightningCLI
 
 import ltune.callbacks  # noqa: F401  (short class names in configs)
@@ -179,24 +180,29 @@ def main(args: list[str] | None = None) -> None:
         raise SystemExit(f"ltune: {e}") from None
 
 
+VERBS = {
+    "fit": "train an objective on a DataModule (LightningCLI; --config <method>.yaml)",
+    "validate": "validation metrics of a model and data (held-out exact match, format metrics)",
+    "test": "test metrics (LightningCLI)",
+    "predict": "predictions (LightningCLI)",
+    "select": "run a selection strategy alone and write the kept rows as jsonl (--output)",
+    "scaling": "the data-scaling study: one fit per budget, per-category curves (--budgets, --output)",
+    "export": "write a Hugging Face folder from a checkpoint (--ckpt_path, --output_dir)",
+    "fetch": "download and convert an embedded pretrained model once (e.g. smollm2-135m-instruct)",
+}
+
+
 def _main(args: list[str] | None) -> None:
     argv = sys.argv[1:] if args is None else list(args)
-    if argv[:1] == ["fetch"]:
-        from jsonargparse import CLI
-
-        CLI(fetch, args=argv[1:])
+    verbs = {"fetch": lambda a: CLI(fetch, args=a), "export": lambda a: CLI(export, args=a, as_positional=False),
+             "select": select, "scaling": scaling}  # fmt: skip
+    if argv[:1] and argv[0] in verbs:
+        verbs[argv[0]](argv[1:])
         return
-    if argv[:1] == ["export"]:
-        from jsonargparse import CLI
-
-        CLI(export, args=argv[1:], as_positional=False)
-        return
-    if argv[:1] == ["select"]:
-        select(argv[1:])
-        return
-    if argv[:1] == ["scaling"]:
-        scaling(argv[1:])
-        return
+    if argv[:1] in (["-h"], ["--help"]):
+        print("ltune: fine-tuning methods of recent papers as composable Lightning pieces.\n\nverbs:")
+        print("\n".join(f"  {verb:9s} {text}" for verb, text in VERBS.items()))
+        print("\n`ltune <verb> --help` lists a verb's arguments. LightningCLI's own help follows.\n")
     _cli(LTuneCLI, args, save_config_kwargs={"overwrite": True})
 
 

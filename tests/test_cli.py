@@ -50,7 +50,8 @@ def test_every_config_starts_with_its_command():
 def test_help_lists_verbs(capsys):
     _run(["--help"])
     out = capsys.readouterr().out
-    assert all(verb in out for verb in ("fit", "validate", "test", "predict"))
+    verbs = ("fit", "validate", "test", "predict", "select", "scaling", "export", "fetch")
+    assert all(f"\n  {verb} " in out for verb in verbs), out[:1500]
     _run(["fit", "--model", "ltune.SFT", "--model.help", "ltune.SFT"])
     assert "max_new_tokens" in capsys.readouterr().out
 
