@@ -23,7 +23,7 @@ import random
 
 import lightning as L
 import torch
-from rouge_score import rouge_scorer
+from rouge_score.tokenizers import DefaultTokenizer
 
 from ltune.callbacks.rounds import Rounds, read_jsonl
 from ltune.datamodules import Source, as_source
@@ -136,7 +136,7 @@ class Lion(Rounds):
         self.answer_tokens, self.instruction_tokens = answer_tokens, instruction_tokens
         self.teacher_temperature, self.student_temperature = teacher_temperature, student_temperature
         self.instruction_temperature = instruction_temperature
-        self.rouge = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+        self.rouge_tokenizer = DefaultTokenizer(use_stemmer=False)  # rouge_score's public tokenizer, as RougeScorer
 
     # ---- E-step items and chunks ----------------------------------------------------------------------------------
     def e_step_items(self, trainer: L.Trainer, pl_module: L.LightningModule, round: int) -> list[dict]:
@@ -185,7 +185,7 @@ class Lion(Rounds):
         accepted: list[str] = []
         if not seeds:
             return accepted
-        pool_tokens = [self.rouge._tokenizer.tokenize(p) for p in pool]
+        pool_tokens = [self.rouge_tokenizer.tokenize(p) for p in pool]
         for _ in range(3):  # at most three passes over the shortfall
             need = target - len(accepted)
             if need <= 0:
@@ -201,7 +201,7 @@ class Lion(Rounds):
                 text = text.strip().split("\n")[0].strip()
                 if not text or not keep_instruction(text):
                     continue
-                tokens = self.rouge._tokenizer.tokenize(text)
+                tokens = self.rouge_tokenizer.tokenize(text)
                 if any(_rouge_l(tokens, other) >= self.rouge_threshold for other in pool_tokens):
                     self._stats["rouge_rejected"] += 1
                     continue
@@ -240,7 +240,16 @@ class Lion(Rounds):
 
 
 def _rouge_l(a: list[str], b: list[str]) -> float:
-    """ROUGE-L F1 of two token lists (``rouge_score``'s LCS scoring on pre-tokenised text)."""
-    from rouge_score.rouge_scorer import _score_lcs
-
-    return _score_lcs(b, a).fmeasure
+    """ROUGE-L F1 of two token lists: the longest common subsequence over each length, as ``rouge_score`` scores it
+    (computed here on pre-tokenised text, so the pool is tokenised once)."""
+    prev = [0] * (len(b) + 1)
+    for x in a:
+        cur = [0]
+        for j, y in enumerate(b):
+            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
+        prev = cur
+    lcs = prev[-1]
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(a), lcs / len(b)
+    return 2 * precision * recall / (precision + recall)

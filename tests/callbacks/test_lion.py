@@ -274,3 +274,19 @@ def test_instructions_and_answers_use_their_own_temperatures(tmp_path):
     lion.paths[0] = str(tmp_path / "round_0/train.jsonl")
     lion.train_rows(None, None, 1, [{"prompt": "Which is larger, 3 or 9?", "label": "hard"}])
     assert set(teacher.temperatures) == {("instruction", 0.3), ("answer", 0.7)}
+
+
+@pytest.mark.parametrize(
+    "a, b",
+    [("Which is larger, 12 or 40?", "Which is larger, 40 or 12?"), ("What is 3+4?", "Sort the letters of dcba."),
+     ("add 2 and 2", "add 2 and 2"), ("", "anything"), ("a b c d e", "a x c y e z")],
+)  # fmt: skip
+def test_rouge_l_equals_rouge_scores_public_scorer(a, b):
+    from rouge_score.rouge_scorer import RougeScorer
+    from rouge_score.tokenizers import DefaultTokenizer
+
+    from ltune.callbacks.lion import _rouge_l
+
+    tok = DefaultTokenizer(use_stemmer=False)
+    want = RougeScorer(["rougeL"], use_stemmer=False).score(b, a)["rougeL"].fmeasure
+    assert _rouge_l(tok.tokenize(a), tok.tokenize(b)) == pytest.approx(want, abs=1e-12)
