@@ -67,7 +67,14 @@ class Files(Source):
 def _read_json_rows(paths: list[str]) -> list[dict]:
     rows = []
     for path in paths:
-        text = Path(path).read_text(encoding="utf-8")
+        raw = Path(path).read_bytes()
+        try:
+            text = raw.decode("utf-8-sig")  # a byte-order mark is accepted, as every mainstream reader does
+        except UnicodeDecodeError as err:
+            line = raw[: err.start].count(b"\n") + 1
+            raise DataError(
+                f"{path}: row {line}: not UTF-8 (byte 0x{raw[err.start]:02x}); save the file as UTF-8"
+            ) from None
         if path.endswith(".json"):
             try:
                 data = json.loads(text)

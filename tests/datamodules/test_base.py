@@ -154,3 +154,16 @@ def test_the_backbones_system_prompt_is_the_default_and_the_datas_wins():
         for ex in (dm.data["train"][0], dm.data["eval"][0]):
             ids = ex["input_ids"] if "input_ids" in ex else ex["prompt_ids"]
             assert model.tokenizer.decode(ids).startswith(f"{expected}\nQ: ")
+
+
+@pytest.mark.parametrize("ext", ["jsonl", "json"])
+def test_a_utf8_byte_order_mark_is_accepted_and_other_encodings_name_the_row(tmp_path, tokenizer, ext):
+    text = "\n".join(json.dumps(r) for r in ROWS) if ext == "jsonl" else json.dumps(ROWS)
+    bom = tmp_path / f"bom.{ext}"
+    bom.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    dm = _setup(InstructionData(train=str(bom), columns={"prompt": "instruction", "response": "output"}), tokenizer)
+    assert len(dm.data["train"]) == 2
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes(b'{"instruction": "a", "output": "b"}\n{"instruction": "caf\xe9", "output": "b"}\n')
+    with pytest.raises(DataError, match=r"latin\.jsonl: row 2: not UTF-8"):
+        _setup(InstructionData(train=str(latin), columns={"prompt": "instruction", "response": "output"}), tokenizer)
