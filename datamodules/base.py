@@ -211,6 +211,8 @@ class LTuneData(L.LightningDataModule):
                 self._truncated,
                 skipped,
             )
+        if not rows:
+            raise DataError(f"{split}: no rows to encode (an empty source, or a selection or round that kept none)")
         if not out:
             raise DataError(f"{split}: every row was skipped by the length policy (max_length={self.max_length})")
         return out

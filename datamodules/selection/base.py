@@ -167,6 +167,13 @@ class Selection(LTuneData):
                         len(selected), k)  # fmt: skip
         if rank()[0] == 0:
             self.report(scores, selected, n)
+        if not len(selected):
+            name, threshold = self.cut(scores, selected)
+            values = scores[name][np.isfinite(scores[name])]
+            spread = f"scores from {values.min():.4g} to {values.max():.4g}" if len(values) else "no finite score"
+            raise DataError(f"{self.source_name}: {type(self).__name__} kept none of {n} rows: none passed the cut on "
+                            f"'{name}' ({threshold}; {spread}); loosen the threshold or use a scorer that separates "
+                            f"the rows (report: {self.output_dir()})")  # fmt: skip
         self.rows = rows
         kept = [rows[i] for i in self.selected]
         pool.set_train_rows(kept)

@@ -82,6 +82,19 @@ def test_quality_threshold_then_k_center_over_the_high_quality_rows(tmp_path):
     assert sorted(sel.necessity_candidates()) == sorted(set(hq.tolist()) - set(sel.selected))
 
 
+def test_a_selection_that_keeps_nothing_says_which_cut_and_the_score_range(tmp_path):
+    """Every reward is below alpha: one line naming the source, the cut, the scores' range and the report folder
+    (it used to surface later as 'every row was skipped by the length policy')."""
+    import pytest
+
+    from ltune.datamodules import DataError
+
+    sel = make(tmp_path, budget=3, alpha=5.0)
+    with pytest.raises(DataError, match=r"p\.jsonl: MoDS kept none of 8 rows: none passed the cut on 'reward' "
+                                        r"\(5\.0; scores from -0\.5 to 1\.6\)"):  # fmt: skip
+        sel.select()
+
+
 def test_necessary_rows_are_those_below_beta_added_to_the_seed_set(tmp_path):
     sel = make(tmp_path, budget=2, beta=0.5)
     sel.select()
