@@ -178,3 +178,12 @@ def test_budget_list_reads_fractions_and_row_counts():
 
     assert budget_list("0.1,0.2,500,1.0") == [0.1, 0.2, 500, 1.0]
     assert [type(b) for b in budget_list("0.5,500")] == [float, int]  # a float is a fraction, an int a count
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_the_real_model_fragment_composes_with_every_config(config, capsys):
+    """`--config <method> --config configs/models/smollm2.yaml` moves the policy (and the judges left at null)."""
+    _run(["fit", "--config", str(config), "--config", str(ROOT / "configs/models/smollm2.yaml"), "--print_config"])
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["model"]["init_args"]["backbone"]["name_or_path"] == "smollm2-135m-instruct"
+    assert cfg["model"]["init_args"]["backbone"]["lora"]["r"] == 16
