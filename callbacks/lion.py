@@ -27,7 +27,6 @@ from rouge_score.tokenizers import DefaultTokenizer
 
 from ltune.callbacks.rounds import Rounds, read_jsonl
 from ltune.datamodules import Source, as_source
-from ltune.generation import HFSampler, decode
 from ltune.io import atomic_write_jsonl
 from ltune.judges import PairJudge
 
@@ -230,13 +229,9 @@ class Lion(Rounds):
 
     @torch.no_grad()
     def _student(self, trainer: L.Trainer, pl_module: L.LightningModule, prompts: list[str]) -> list[str]:
-        tok, data = pl_module.tokenizer, trainer.datamodule
-        ids, mask = data.prompt_batch(prompts)
-        samples = HFSampler()(
-            pl_module.model, ids.to(pl_module.device), mask.to(pl_module.device), max_new_tokens=self.answer_tokens,
-            temperature=self.student_temperature, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-        )  # fmt: skip
-        return [t.strip() for t in decode(tok, samples)]
+        ids, mask = trainer.datamodule.prompt_batch(prompts)
+        texts = pl_module.generate_text(ids, mask, self.answer_tokens, self.student_temperature)
+        return [t.strip() for t in texts]
 
 
 def _rouge_l(a: list[str], b: list[str]) -> float:

@@ -46,7 +46,7 @@ class MoDSNecessity(Rounds):
         for s in range(0, len(items), self.batch_size):
             index = [it["index"] for it in items[s : s + self.batch_size]]
             ids, mask = dm.answer_prompts(index)
-            texts = pl_module.generate_text(ids.to(pl_module.device), mask.to(pl_module.device))
+            texts = pl_module.generate_text(ids, mask)
             rewards = dm.answer_rewards(index, texts)
             out += [{"index": i, "generated": t, "reward": float(r)} for i, t, r in zip(index, texts, rewards)]
         return out

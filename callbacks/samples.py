@@ -9,7 +9,6 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from ltune.generation import HFSampler, decode
 from ltune.rewards import extract_answer, is_equivalent
 
 COLUMNS = ["step", "prompt", "completion", "answer", "correct"]
@@ -65,16 +64,13 @@ class SampleTable(L.Callback):
         examples = trainer.datamodule.data.get("eval", [])[: self.num_prompts]
         if not examples:
             return []
-        tok = pl_module.tokenizer
         batch = trainer.datamodule.collate(examples)
-        samples = HFSampler()(
-            pl_module.model, batch["prompt_ids"].to(pl_module.device), batch["prompt_mask"].to(pl_module.device),
-            max_new_tokens=self.max_new_tokens, temperature=self.temperature, eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id,
-        )  # fmt: skip
-        prompts = tok.batch_decode(batch["prompt_ids"], skip_special_tokens=True)
+        texts = pl_module.generate_text(
+            batch["prompt_ids"], batch["prompt_mask"], self.max_new_tokens, self.temperature
+        )
+        prompts = pl_module.tokenizer.batch_decode(batch["prompt_ids"], skip_special_tokens=True)
         out = []
-        for prompt, text, answer in zip(prompts, decode(tok, samples), batch["answer"]):
+        for prompt, text, answer in zip(prompts, texts, batch["answer"]):
             correct = None if answer is None else is_equivalent(extract_answer(text), answer)
             out.append({"prompt": prompt, "completion": text, "answer": answer, "correct": correct})
         return out

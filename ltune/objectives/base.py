@@ -74,15 +74,18 @@ class Objective(L.LightningModule):
             )
 
     # ---- evaluation by generation --------------------------------------------------------------------------------
-    def generate_text(self, prompt_ids: Tensor, prompt_mask: Tensor) -> list[str]:
-        """Greedy completions of left-padded prompts."""
+    def generate_text(
+        self, prompt_ids: Tensor, prompt_mask: Tensor, max_new_tokens: int | None = None, temperature: float = 0.0
+    ) -> list[str]:
+        """One completion of each left-padded prompt (moved to this module's device): greedy by default, within
+        ``max_new_tokens`` (default: the evaluation budget). Evaluation and the rounds' callbacks generate here."""
         tok = self.tokenizer
         samples = HFSampler()(
             self.model,
-            prompt_ids,
-            prompt_mask,
-            max_new_tokens=self.max_new_tokens,
-            temperature=0.0,
+            prompt_ids.to(self.device),
+            prompt_mask.to(self.device),
+            max_new_tokens=max_new_tokens or self.max_new_tokens,
+            temperature=temperature,
             eos_token_id=tok.eos_token_id,
             pad_token_id=tok.pad_token_id,
         )
