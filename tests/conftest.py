@@ -62,3 +62,12 @@ def read_metrics(run_dir: Path) -> list[dict]:
     """The rows of a run's ``metrics.csv`` (CSVLogger)."""
     with open(run_dir / "metrics.csv") as f:
         return list(csv.DictReader(f))
+
+
+def quiet_trainer(**kwargs):
+    """A CPU ``Trainer`` without loggers, checkpoints, progress bars, summary or sanity validation (unit tests)."""
+    import lightning as L
+
+    defaults = dict(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                    enable_model_summary=False, num_sanity_val_steps=0)  # fmt: skip
+    return L.Trainer(**{**defaults, **kwargs})

@@ -1,6 +1,5 @@
 """GRPO / TTRL objectives on a micro Llama: rollout plumbing, the update's direction, label-free TTRL rewards."""
 
-import lightning as L
 import pytest
 import torch
 
@@ -9,20 +8,7 @@ from ltune.datamodules import EmbeddedTasks, PromptData
 from ltune.generation import HFSampler, sample_groups, training_inputs
 from ltune.objectives import GRPO, TTRL
 from ltune.objectives.ttrl import majority_rewards
-from tests.conftest import micro_backbone
-
-
-def _trainer(**kw):
-    return L.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        **kw,
-    )
+from tests.conftest import micro_backbone, quiet_trainer
 
 
 def _data(n=8, batch_size=2, tokenizer=None):
@@ -108,7 +94,7 @@ def test_one_step_raises_the_likelihood_of_advantaged_completions():
         max_completion_length=12,
         loss_type="bnpo",
     )
-    _trainer(max_steps=1).fit(model, _data(batch_size=2))
+    quiet_trainer(limit_val_batches=0, max_steps=1).fit(model, _data(batch_size=2))
     samples, adv = model.record
     assert adv.abs().sum() > 0
     initial = micro_backbone().load_model()  # the same init seed rebuilds the starting weights

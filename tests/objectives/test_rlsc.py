@@ -2,7 +2,6 @@
 
 from pathlib import Path
 
-import lightning as L
 import torch
 
 from ltune.backbone import completion_logprobs
@@ -10,7 +9,7 @@ from ltune.cli import main
 from ltune.datamodules import EmbeddedTasks, PromptData
 from ltune.generation import training_inputs
 from ltune.objectives import RLSC
-from tests.conftest import MICRO, ROOT, micro_backbone, read_metrics
+from tests.conftest import MICRO, ROOT, micro_backbone, quiet_trainer, read_metrics
 
 
 class _Recorder(RLSC):
@@ -35,15 +34,7 @@ def test_one_step_raises_the_tempered_likelihood_of_the_samples():
         return out
 
     model.sampler = sampler
-    trainer = L.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        max_steps=1,
-    )
+    trainer = quiet_trainer(limit_val_batches=0, max_steps=1)
     dm = PromptData(train=EmbeddedTasks(format="prompts", n=4, categories=["add"]), batch_size=2)
     trainer.fit(model, dm)
     (samples,) = samples_seen

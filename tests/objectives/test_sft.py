@@ -1,25 +1,12 @@
 """SFT objective on a micro Llama: the loss falls, trainable weights change, a NaN loss stops the run."""
 
-import lightning as L
 import pytest
 import torch
 
 from ltune.backbone import LoRA
 from ltune.datamodules import EmbeddedTasks, InstructionData
 from ltune.objectives import SFT, NonFiniteLossError
-from tests.conftest import micro_backbone
-
-
-def _trainer(**kw):
-    return L.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        **kw,
-    )
+from tests.conftest import micro_backbone, quiet_trainer
 
 
 def _data(**kw):
@@ -30,11 +17,11 @@ def _data(**kw):
 def test_loss_falls_and_trainable_weights_change(lora):
     model = SFT(backbone=micro_backbone(lora=lora), optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2))
     dm = _data(val=EmbeddedTasks(n=32, split="val", categories=["add"]))
-    trainer = _trainer(max_steps=1, limit_train_batches=1, limit_val_batches=2)
+    trainer = quiet_trainer(max_steps=1, limit_train_batches=1, limit_val_batches=2)
     trainer.validate(model, datamodule=dm, verbose=False)
     before_loss = trainer.callback_metrics["val/loss"].item()
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    trainer = _trainer(max_steps=30, limit_val_batches=2, val_check_interval=30, check_val_every_n_epoch=None)
+    trainer = quiet_trainer(max_steps=30, limit_val_batches=2, val_check_interval=30, check_val_every_n_epoch=None)
     trainer.fit(model, dm)
     after_loss = trainer.callback_metrics["val/loss"].item()
     # LoRA on a randomly initialised micro model learns slowly: ask for a clear fall, not the full model's 20%
@@ -53,7 +40,7 @@ class _NaNAfter(SFT):
 
 def test_non_finite_loss_stops_the_run_before_stepping():
     model = _NaNAfter(backbone=micro_backbone())
-    trainer = _trainer(max_steps=10)
+    trainer = quiet_trainer(max_steps=10)
     with pytest.raises(NonFiniteLossError, match="non-finite loss .* at global step 2"):
         trainer.fit(model, _data())
     assert trainer.global_step == 2
