@@ -46,13 +46,14 @@ def test_one_rest_em_round_from_the_instruct_model(tmp_path, monkeypatch, smollm
     monkeypatch.chdir(tmp_path)
     cfg = yaml.safe_load((ROOT / "configs/loops/rest_em.yaml").read_text())
     loop = cfg["trainer"]["callbacks"][0]["init_args"]
-    loop["problems"]["init_args"].update(n=6, categories=["compare"])  # the instruct model's easiest category
-    loop.update(rounds=1, num_samples=3, max_solutions=2, max_new_tokens=24, epochs_per_round=1, chunk_size=6)
+    loop["problems"]["init_args"].update(n=8, categories=["compare"])  # the instruct model's easiest category
+    # 8 x 4 samples of 32 tokens: fewer (6 x 3 of 24 tokens) solved none, and a round without rows stops the loop
+    loop.update(rounds=1, num_samples=4, max_solutions=2, max_new_tokens=32, epochs_per_round=1, chunk_size=8)
     cfg["trainer"]["callbacks"] = cfg["trainer"]["callbacks"][:1]
     cfg["trainer"]["logger"] = [{"class_path": "lightning.pytorch.loggers.CSVLogger",
                                  "init_args": {"save_dir": "runs", "name": "rest_em"}}]  # fmt: skip
     cfg["trainer"]["enable_progress_bar"] = False
-    cfg["model"]["init_args"]["max_new_tokens"] = 24
+    cfg["model"]["init_args"]["max_new_tokens"] = 32
     cfg["data"]["init_args"].update(batch_size=4, eval_batch_size=4, max_length=96)
     cfg["data"]["init_args"]["eval_prompts"]["init_args"].update(n=4, categories=["compare"])
     (tmp_path / "rest_em.yaml").write_text(yaml.safe_dump(cfg))
