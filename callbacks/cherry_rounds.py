@@ -19,8 +19,7 @@ import lightning as L
 import numpy as np
 
 from ltune.callbacks.rounds import Rounds
-from ltune.datamodules.selection.base import SKIPPED, ScoringError, Selection, pair_text, resolve_budget
-from ltune.datamodules.selection.ifd import IFD
+from ltune.datamodules import ScoringError, Selection, pair_text, resolve_budget
 
 _LOSSES = ("ifd", "loss_cond", "loss_direct")
 
@@ -64,7 +63,7 @@ class CherryPreExperience(Rounds):
         self.budget, self.ratio, self.direct_prefix, self.max_length = budget, ratio, direct_prefix, max_length
         self.score_batch_size = score_batch_size
         self.selected: list[int] | None = None
-        self._ifd: IFD | None = None
+        self._ifd: Selection | None = None
         self._figures: dict[str, float] = {}
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -73,12 +72,12 @@ class CherryPreExperience(Rounds):
                             "use ltune.datamodules.IFDPreExperience (or another Selection) as `data`")  # fmt: skip
         super().setup(trainer, pl_module, stage)
 
-    def ifd(self, trainer: L.Trainer) -> IFD:
+    def ifd(self, trainer: L.Trainer) -> Selection:
         """The IFD selector over the DataModule's pool (its prompt format, scoring and ``choose``)."""
         if self._ifd is None:
-            self._ifd = IFD(trainer.datamodule.pool, budget=self.budget, ratio=self.ratio,
-                            direct_prefix=self.direct_prefix, max_length=self.max_length,
-                            score_batch_size=self.score_batch_size, progress=False)  # fmt: skip
+            self._ifd = trainer.datamodule.ifd_over_pool(budget=self.budget, ratio=self.ratio,
+                                                         direct_prefix=self.direct_prefix, max_length=self.max_length,
+                                                         score_batch_size=self.score_batch_size)  # fmt: skip
         return self._ifd
 
     def e_step_items(self, trainer: L.Trainer, pl_module: L.LightningModule, round: int) -> list[dict]:
@@ -95,7 +94,7 @@ class CherryPreExperience(Rounds):
             model.train(training)
         out = []
         for j, i in enumerate(idx):
-            if s[SKIPPED][j]:
+            if s[Selection.SKIPPED][j]:
                 out.append({"index": i, "skipped": True, **dict.fromkeys(_LOSSES)})
                 continue
             if not np.isfinite(s["ifd"][j]):
@@ -107,9 +106,9 @@ class CherryPreExperience(Rounds):
         dm = trainer.datamodule
         n = len(dm.rows)
         scores = {k: np.full(n, np.nan) for k in _LOSSES}
-        scores[SKIPPED] = np.zeros(n, dtype=bool)
+        scores[Selection.SKIPPED] = np.zeros(n, dtype=bool)
         for p in produced:
-            scores[SKIPPED][p["index"]] = p["skipped"]
+            scores[Selection.SKIPPED][p["index"]] = p["skipped"]
             for k in _LOSSES:
                 scores[k][p["index"]] = np.nan if p[k] is None else p[k]
         ifd = self.ifd(trainer)
@@ -118,7 +117,7 @@ class CherryPreExperience(Rounds):
         if trainer.is_global_zero:
             ifd.report_dir = str(self.dir / f"round_{round}" / "selection")
             ifd.report(scores, selected, n)
-        ok = ~scores[SKIPPED]
+        ok = ~scores[Selection.SKIPPED]
         chars = np.array([len(pair_text(r)[1]) for r in dm.rows], dtype=float)  # IFD's length bias, as the spec asks
         self._figures = {
             "scored": float(ok.sum()),

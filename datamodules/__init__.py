@@ -7,7 +7,19 @@ from ltune.datamodules.judgment import JudgmentData
 from ltune.datamodules.pairwise import PairwiseData
 from ltune.datamodules.paraphrase import ParaphraseData
 from ltune.datamodules.preference import PreferenceData
-from ltune.datamodules.selection import DEITA, IFD, LESS, LIMA, IFDPreExperience, MoDS, Selection, Subset
+from ltune.datamodules.selection import (
+    DEITA,
+    IFD,
+    LESS,
+    LIMA,
+    IFDPreExperience,
+    MoDS,
+    ScoringError,
+    Selection,
+    Subset,
+    pair_text,
+    resolve_budget,
+)
 from ltune.datamodules.sources import DataError, Files, Hub, Source, as_source
 from ltune.datamodules.tasks import EmbeddedTasks
 
@@ -30,8 +42,11 @@ __all__ = [
     "ParaphraseData",
     "PreferenceData",
     "PromptData",
+    "ScoringError",
     "Selection",
     "Source",
     "Subset",
     "as_source",
+    "pair_text",
+    "resolve_budget",
 ]

@@ -21,9 +21,6 @@ ALLOWED = {
     "io": set(),
 }
 # Callbacks reach DataModules through their public methods and ``ltune.datamodules``'s exports, never a submodule.
-# One known exception, to be removed: Cherry's rounds build an IFD selector over the pool (issue 19).
-CALLBACK_INTERNALS_ALLOWED = {("callbacks/cherry_rounds.py", "ltune.datamodules.selection.base"),
-                              ("callbacks/cherry_rounds.py", "ltune.datamodules.selection.ifd")}  # fmt: skip
 
 
 def layer_of_module(name: str) -> str | None:
@@ -84,8 +81,7 @@ def test_every_import_follows_the_layering():
             if dst not in ALLOWED[src]:
                 wrong.append(f"{rel}: {src} -> {dst} ({name})")
             elif src == "callbacks" and dst == "datamodules" and name != "ltune.datamodules":
-                if (rel, name) not in CALLBACK_INTERNALS_ALLOWED:
-                    wrong.append(f"{rel}: a callback imports DataModule internals ({name}); use a public method")
+                wrong.append(f"{rel}: a callback imports DataModule internals ({name}); use a public method")
     assert not wrong, "\n".join(wrong)
 
 

@@ -1,6 +1,6 @@
 """Data-selection strategies: each wraps a pool DataModule, scores its rows and keeps a budget."""
 
-from ltune.datamodules.selection.base import ScoringError, Selection, resolve_budget
+from ltune.datamodules.selection.base import ScoringError, Selection, pair_text, resolve_budget
 from ltune.datamodules.selection.cache import ScoreCache
 from ltune.datamodules.selection.deita import DEITA
 from ltune.datamodules.selection.ifd import IFD
@@ -12,5 +12,5 @@ from ltune.datamodules.selection.subset import Subset
 
 __all__ = [
     "DEITA", "HFRewardModel", "IFD", "IFDPreExperience", "LESS", "LIMA", "MoDS", "ScoreCache", "ScoringError",
-    "Selection", "Subset", "resolve_budget",
+    "Selection", "Subset", "pair_text", "resolve_budget",
 ]  # fmt: skip

@@ -88,6 +88,7 @@ class Selection(LTuneData):
         progress: Show a progress bar while scoring (rank 0 only).
     """
 
+    SKIPPED = SKIPPED  # name of the boolean score array of rows skipped by a strategy's documented policy
     cached = True  # strategies whose scores are free to recompute set this to False
     sharded = True  # False: every rank scores all rows (a strategy whose scores depend on the whole pool)
     budget_is_cap = False  # True: the strategy decides the size; the budget only caps it (no shortfall warning)
@@ -198,6 +199,17 @@ class Selection(LTuneData):
         r, world = rank()
         idx = list(range(r, len(rows), world))
         return gather_shards(self.score([rows[i] for i in idx], [self.row_name(i) for i in idx]), len(rows))
+
+    def ifd_over_pool(self, **settings: Any) -> Selection:
+        """An :class:`~ltune.datamodules.IFD` selector over this DataModule's pool (same rows, prompt format and
+        length policy), for rounds that score the pool with the model they trained (Cherry's pre-experienced stage).
+
+        Args:
+            **settings: IFD's arguments (``budget``, ``ratio``, ``direct_prefix``, ``max_length``, ...).
+        """
+        from ltune.datamodules.selection.ifd import IFD
+
+        return IFD(self.pool, **{"progress": False, **settings})
 
     def row_name(self, i: int) -> str:
         return f"{getattr(self, 'source_name', 'pool')}: row {i + 1}"
