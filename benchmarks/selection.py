@@ -21,7 +21,7 @@ import torch
 
 from ltune.backbone import Backbone, LoRA, Tiny, completion_logprobs
 from ltune.datamodules import EmbeddedTasks, InstructionData
-from ltune.datamodules.base import pad_right
+from ltune.datamodules.batching import pad_right
 from ltune.datamodules.selection.geometry import k_center_greedy, repr_filter
 from ltune.datamodules.selection.less import per_example_grads
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ltune.datamodules.base import LTuneData, pad_right, with_input
+from ltune.datamodules.base import LTuneData, with_input
+from ltune.datamodules.batching import pad_right
 from ltune.datamodules.sources import DataError
 from ltune.kernels import IGNORE_INDEX
 

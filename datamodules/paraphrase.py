@@ -10,7 +10,8 @@ from typing import Any
 
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ltune.datamodules.base import LTuneData, ResumableLoader, ResumableSampler, pad_right, with_input
+from ltune.datamodules.base import LTuneData, with_input
+from ltune.datamodules.batching import ResumableLoader, ResumableSampler, pad_right
 from ltune.kernels import IGNORE_INDEX
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ltune.datamodules.base import LTuneData, Overlong, pad_right
+from ltune.datamodules.base import LTuneData, Overlong
+from ltune.datamodules.batching import pad_right
 from ltune.kernels import IGNORE_INDEX
 
 

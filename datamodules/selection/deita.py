@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from ltune.backbone import Backbone, hidden_states, last_token_states, unwrap
-from ltune.datamodules.base import LTuneData, pad_right
+from ltune.datamodules.base import LTuneData
+from ltune.datamodules.batching import pad_right
 from ltune.datamodules.selection.base import ScoringError, Selection, pair_text
 from ltune.datamodules.selection.geometry import repr_filter
 

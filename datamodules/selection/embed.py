@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ltune.backbone import Backbone, hidden_states, last_token_states
-from ltune.datamodules.base import pad_right
+from ltune.datamodules.batching import pad_right
 
 Batched = Callable[..., dict[str, np.ndarray]]
 

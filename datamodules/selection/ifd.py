@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from ltune.backbone import Backbone, completion_logprobs
-from ltune.datamodules.base import LTuneData, pad_right
+from ltune.datamodules.base import LTuneData
+from ltune.datamodules.batching import pad_right
 from ltune.datamodules.selection.base import SKIPPED, Selection, pair_text
 from ltune.kernels import IGNORE_INDEX
 

@@ -27,7 +27,8 @@ import torch
 from torch import Tensor, nn
 
 from ltune.backbone import Backbone, completion_logprobs
-from ltune.datamodules.base import LTuneData, pad_right
+from ltune.datamodules.base import LTuneData
+from ltune.datamodules.batching import pad_right
 from ltune.datamodules.selection.base import SKIPPED, ScoringError, Selection, pair_text
 from ltune.datamodules.sources import Source, as_source
 from ltune.kernels import IGNORE_INDEX

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from ltune.backbone import Backbone, completion_logprobs, hidden_states
-from ltune.datamodules.base import LTuneData, pad_right
+from ltune.datamodules.base import LTuneData
+from ltune.datamodules.batching import pad_right
 from ltune.datamodules.selection.base import ScoringError, Selection, pair_text
 from ltune.datamodules.selection.geometry import kmeans
 from ltune.kernels import IGNORE_INDEX

@@ -14,7 +14,7 @@ from ltune.callbacks import rest_em
 from ltune.callbacks.rest_em import ReSTEM
 from ltune.cli import main
 from ltune.datamodules import InstructionData
-from ltune.datamodules.base import pad_left
+from ltune.datamodules.batching import pad_left
 from ltune.generation import HFSampler, Samples
 from ltune.rewards import extract_answer, is_equivalent
 from tests.callbacks.conftest import rest_em_config

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from ltune.datamodules import CritiqueData, DataError, EmbeddedTasks, InstructionData, PromptData
-from ltune.datamodules.base import ResumableSampler, Shard
+from ltune.datamodules.batching import ResumableSampler, Shard
 from tests.conftest import write_jsonl
 
 ROWS = [{"instruction": "What is 2+2?", "output": "2+2=4. The answer is 4."}, {"instruction": "Hi", "output": "Hello"}]

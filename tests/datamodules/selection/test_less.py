@@ -11,7 +11,7 @@ import torch
 from ltune.backbone import LoRA, completion_logprobs
 from ltune.cli import main
 from ltune.datamodules import LESS, InstructionData
-from ltune.datamodules.base import pad_right
+from ltune.datamodules.batching import pad_right
 from ltune.datamodules.selection.less import RademacherProjector, influence, per_example_grads
 from tests.conftest import ROOT, micro_backbone, write_jsonl
 from tests.datamodules.selection.conftest import SHRINK
