@@ -43,11 +43,10 @@ def layer_of_file(path: Path) -> str:
     top = rel.split("/")[0]
     if top in ("kernels", "datamodules", "callbacks"):
         return top
-    if rel.startswith(("ltune/objectives/", "ltune/losses/")):
-        return rel.split("/")[1]
     if rel == "ltune/__init__.py":
         return "ltune"
-    return layer_of_module("ltune." + path.stem)
+    parts = rel.removesuffix(".py").split("/")  # ltune/<module>.py or ltune/<package>/...
+    return layer_of_module(f"ltune.{parts[1]}")
 
 
 def imports(path: Path) -> list[str]:

@@ -238,7 +238,7 @@ def test_lion_with_an_api_teacher_against_a_real_local_server(tmp_path, one_thre
 
 
 def test_api_rating_reads_a_leading_integer_from_1_to_10():
-    from ltune.judges import _RATING
+    from ltune.judges.api import _RATING
 
     reads = [_RATING.match(t) for t in ("7", " 10/10", "3. fine", "0", "11", "x9")]
     assert [m.group(1) if m else None for m in reads] == ["7", "10", "3", None, None, None]
