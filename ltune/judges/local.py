@@ -91,19 +91,8 @@ class LMJudge(PairJudge):
         return torch.cat(parts)
 
     def _rationales(self, contexts: list[str]) -> list[str]:
-        model = self._model()
-        tok = self.backbone.tokenizer
-        enc = [tok(c, add_special_tokens=False)["input_ids"] for c in contexts]
-        tok.padding_side = "left"
-        try:
-            batch = tok.pad({"input_ids": enc}, padding=True, return_tensors="pt")
-        finally:
-            tok.padding_side = "right"
-        samples = HFSampler()(
-            model, batch["input_ids"], batch["attention_mask"], max_new_tokens=self.rationale_tokens,
-            temperature=0.0, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-        )  # fmt: skip
-        return decode(tok, samples)
+        """Greedy rationales (chain-of-thought labeling), generated like any completion."""
+        return self.complete(contexts, self.rationale_tokens, temperature=0.0)[0]
 
     def option_probs(self, contexts: list[str]) -> Tensor:
         if self.chain_of_thought:
