@@ -19,7 +19,7 @@ import lightning as L
 import numpy as np
 
 from ltune.callbacks.rounds import Rounds
-from ltune.datamodules import ScoringError, Selection, pair_text, resolve_budget
+from ltune.datamodules import SKIPPED, ScoringError, Selection, pair_text, resolve_budget
 
 _LOSSES = ("ifd", "loss_cond", "loss_direct")
 
@@ -94,7 +94,7 @@ class CherryPreExperience(Rounds):
             model.train(training)
         out = []
         for j, i in enumerate(idx):
-            if s[Selection.SKIPPED][j]:
+            if s[SKIPPED][j]:
                 out.append({"index": i, "skipped": True, **dict.fromkeys(_LOSSES)})
                 continue
             if not np.isfinite(s["ifd"][j]):
@@ -106,9 +106,9 @@ class CherryPreExperience(Rounds):
         dm = trainer.datamodule
         n = len(dm.rows)
         scores = {k: np.full(n, np.nan) for k in _LOSSES}
-        scores[Selection.SKIPPED] = np.zeros(n, dtype=bool)
+        scores[SKIPPED] = np.zeros(n, dtype=bool)
         for p in produced:
-            scores[Selection.SKIPPED][p["index"]] = p["skipped"]
+            scores[SKIPPED][p["index"]] = p["skipped"]
             for k in _LOSSES:
                 scores[k][p["index"]] = np.nan if p[k] is None else p[k]
         ifd = self.ifd(trainer)
@@ -117,7 +117,7 @@ class CherryPreExperience(Rounds):
         if trainer.is_global_zero:
             ifd.report_dir = str(self.dir / f"round_{round}" / "selection")
             ifd.report(scores, selected, n)
-        ok = ~scores[Selection.SKIPPED]
+        ok = ~scores[SKIPPED]
         chars = np.array([len(pair_text(r)[1]) for r in dm.rows], dtype=float)  # IFD's length bias, as the spec asks
         self._figures = {
             "scored": float(ok.sum()),

@@ -12,6 +12,7 @@ from ltune.datamodules.selection import (
     IFD,
     LESS,
     LIMA,
+    SKIPPED,
     IFDPreExperience,
     MoDS,
     ScoringError,
@@ -24,6 +25,7 @@ from ltune.datamodules.sources import DataError, Files, Hub, Source, as_source
 from ltune.datamodules.tasks import EmbeddedTasks
 
 __all__ = [
+    "SKIPPED",
     "CritiqueData",
     "DEITA",
     "DataError",

@@ -124,10 +124,23 @@ class LTuneData(L.LightningDataModule):
     def messages(self, prompt: str | list[dict]) -> list[dict]:
         """Chat messages of a prompt: a string becomes one user turn (after the optional system message)."""
         msgs = list(prompt) if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
-        system = self.system or self.default_system
+        system = self.system_message()
         if system and not any(m["role"] == "system" for m in msgs):
             msgs.insert(0, {"role": "system", "content": system})
         return msgs
+
+    def adopt(self, lm: Any) -> None:
+        """Take the tokenizer and the backbone's prompt style (``system_prompt``) from the LightningModule that trains
+        on this data: the one link from the model side to the data side (a DataModule used alone gets ``tokenizer``
+        and, optionally, ``default_system`` set by hand)."""
+        if lm is None or not hasattr(lm, "tokenizer"):
+            raise RuntimeError("set `datamodule.tokenizer`, or fit with an ltune objective that provides one")
+        self.tokenizer = lm.tokenizer
+        self.default_system = getattr(getattr(lm, "backbone", None), "system_prompt", None)
+
+    def system_message(self) -> str | None:
+        """The system message prompts are rendered with: this data's ``system``, else the backbone's prompt style."""
+        return self.system or self.default_system
 
     def render(self, prompt: str | list[dict], completion: str | None = None) -> tuple[str, str | None]:
         """Prompt text (ending where the model starts to answer) and completion text (ending with the stop token)."""
@@ -175,10 +188,7 @@ class LTuneData(L.LightningDataModule):
     # ---- setup --------------------------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
         if self.tokenizer is None:
-            if self.trainer is None or not hasattr(self.trainer.lightning_module, "tokenizer"):
-                raise RuntimeError("set `datamodule.tokenizer`, or fit with an ltune objective that provides one")
-            self.tokenizer = self.trainer.lightning_module.tokenizer
-            self.default_system = backbone_system(self.trainer.lightning_module)
+            self.adopt(self.trainer.lightning_module if self.trainer is not None else None)
         for split in ("train", "val"):
             if self.sources[split] is not None and split not in self.data:
                 rows = self.load_rows(self.sources[split], self.fields, self.optional, self.check)
@@ -275,8 +285,3 @@ def with_input(instruction: str, row: dict) -> str:
     """Alpaca layout: the row's optional ``input`` appended to an instruction after a blank line."""
     extra = row.get("input") or ""
     return f"{instruction}\n\n{extra}" if extra.strip() else instruction
-
-
-def backbone_system(lm: Any) -> str | None:
-    """The ``system_prompt`` of a LightningModule's backbone (``None`` without one)."""
-    return getattr(getattr(lm, "backbone", None), "system_prompt", None)

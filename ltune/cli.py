@@ -126,8 +126,8 @@ def select(argv: list[str]) -> str:
     data = cli.datamodule
     if not isinstance(data, Selection):
         raise SystemExit(f"ltune select: --data must be a selection strategy, got {type(data).__name__}")
-    data.trainer, data.tokenizer, data.backbone = cli.trainer, cli.model.tokenizer, cli.model.backbone
-    data.default_system = cli.model.backbone.system_prompt
+    data.trainer = cli.trainer
+    data.adopt(cli.model)
     data.select()
     output = cli.config["output"]
     out = Path(output) if output else data.output_dir() / "selected.jsonl"

@@ -23,17 +23,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ltune.datamodules.base import LTuneData, Overlong, backbone_system, with_input
+from ltune.datamodules.base import LTuneData, Overlong, with_input
 from ltune.datamodules.selection.cache import ScoreCache, config_key, fingerprint
 from ltune.datamodules.selection.report import write_selection_report
-from ltune.datamodules.selection.scoring import ScoringError, batched, gather_shards, rank
+from ltune.datamodules.selection.scoring import SKIPPED, ScoringError, batched, gather_shards, rank
 from ltune.datamodules.sources import DataError, as_source
 
 if TYPE_CHECKING:
     from ltune.backbone import Backbone
 
 log = logging.getLogger(__name__)
-SKIPPED = "skipped"  # optional boolean score array: rows excluded by the strategy's documented policy
 
 
 def resolve_budget(budget: int | float, n: int) -> int:
@@ -88,7 +87,6 @@ class Selection(LTuneData):
         progress: Show a progress bar while scoring (rank 0 only).
     """
 
-    SKIPPED = SKIPPED  # name of the boolean score array of rows skipped by a strategy's documented policy
     cached = True  # strategies whose scores are free to recompute set this to False
     sharded = True  # False: every rank scores all rows (a strategy whose scores depend on the whole pool)
     budget_is_cap = False  # True: the strategy decides the size; the budget only caps it (no shortfall warning)
@@ -134,11 +132,8 @@ class Selection(LTuneData):
     def setup(self, stage: str | None = None) -> None:
         lm = self.trainer.lightning_module if self.trainer is not None else None
         if self.tokenizer is None:
-            if lm is None or not hasattr(lm, "tokenizer"):
-                raise RuntimeError("set `datamodule.tokenizer`, or fit with an ltune objective that provides one")
-            self.tokenizer = lm.tokenizer
-            self.default_system = backbone_system(lm)
-        if self.backbone is None and lm is not None:
+            self.adopt(lm)
+        elif self.backbone is None and lm is not None:
             self.backbone = getattr(lm, "backbone", None)
         self.pool.trainer = self.trainer
         if self.selected is None and self.pool.sources["train"] is not None:
@@ -241,9 +236,14 @@ class Selection(LTuneData):
         r.tokenizer, r._truncated = tokenizer, 0
         return r
 
+    def adopt(self, lm: Any) -> None:
+        """As :meth:`LTuneData.adopt`, and keep the objective's backbone (strategies may score with it)."""
+        super().adopt(lm)
+        self.backbone = getattr(lm, "backbone", None)
+
     def system_message(self) -> str | None:
         """The system message the pool's rows are rendered with: the pool's own, else the backbone's prompt style."""
-        return self.pool.system or self.pool.default_system or self.default_system
+        return self.pool.system_message() or self.default_system
 
     def scoring_backbone(self, scorer: Backbone | None, keep_lora: bool = False) -> Backbone:
         """The model a strategy scores with: ``scorer``, else the trained objective's backbone at its initial weights;
@@ -254,21 +254,6 @@ class Selection(LTuneData):
                 f"{type(self).__name__} needs a scorer backbone, or a trained objective to take one from"
             )
         return bb if keep_lora else dataclasses.replace(bb, lora=None)
-
-    @staticmethod
-    def render_each(rows: list[dict], names: list[str], encode: Callable[[dict], Any], what: str):
-        """``encode(row)`` for every row: an over-long row gives ``None`` and is flagged in the returned ``skipped``
-        mask (the length policy); any other failure is a :class:`ScoringError` naming the row."""
-        out, skipped = [], np.zeros(len(rows), dtype=bool)
-        for i, row in enumerate(rows):
-            try:
-                out.append(encode(row))
-            except Overlong:
-                out.append(None)
-                skipped[i] = True
-            except Exception as err:
-                raise ScoringError(f"{names[i]}: could not be rendered for {what}: {err}") from err
-        return out, skipped
 
     def device(self) -> torch.device:
         if self.trainer is not None:

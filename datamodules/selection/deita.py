@@ -28,8 +28,9 @@ import torch
 from ltune.backbone import Backbone, hidden_states, last_token_states, unwrap
 from ltune.datamodules.base import LTuneData
 from ltune.datamodules.batching import pad_right
-from ltune.datamodules.selection.base import ScoringError, Selection, pair_text
+from ltune.datamodules.selection.base import Selection, pair_text
 from ltune.datamodules.selection.geometry import repr_filter
+from ltune.datamodules.selection.scoring import ScoringError, render_each
 
 COMPLEXITY_PROMPT = (
     "You are a helpful assistant. Please identify the complexity score of the following user query. \n"
@@ -167,7 +168,7 @@ class DEITA(Selection):
             ptext, ctext = fmt.render(*pair_text(row))
             return (fmt.tokens(ptext) + fmt.tokens(ctext))[: fmt.max_length]  # DEITA keeps the start
 
-        enc, _ = self.render_each(rows, names, encode, "embedding")
+        enc, _ = render_each(rows, names, encode, "embedding")
 
         @torch.inference_mode()
         def fn(batch):

@@ -26,7 +26,8 @@ import torch
 from ltune.backbone import Backbone, completion_logprobs
 from ltune.datamodules.base import LTuneData
 from ltune.datamodules.batching import pad_right
-from ltune.datamodules.selection.base import SKIPPED, Selection, pair_text
+from ltune.datamodules.selection.base import Selection, pair_text
+from ltune.datamodules.selection.scoring import SKIPPED, render_each
 from ltune.kernels import IGNORE_INDEX
 
 
@@ -112,7 +113,7 @@ class IFD(Selection):
         tok = tokenizer
         fmt = self.renderer(tok, self.max_length_scored)
         prefix = self.prefix_ids(tok)
-        encoded, skipped = self.render_each(rows, names, lambda row: fmt.encode_pair(*pair_text(row)), "IFD")
+        encoded, skipped = render_each(rows, names, lambda row: fmt.encode_pair(*pair_text(row)), "IFD")
         cond = [enc for enc in encoded if enc is not None]
         direct = []
         for enc in cond:

@@ -29,7 +29,8 @@ from torch import Tensor, nn
 from ltune.backbone import Backbone, completion_logprobs
 from ltune.datamodules.base import LTuneData
 from ltune.datamodules.batching import pad_right
-from ltune.datamodules.selection.base import SKIPPED, ScoringError, Selection, pair_text
+from ltune.datamodules.selection.base import Selection, pair_text
+from ltune.datamodules.selection.scoring import SKIPPED, ScoringError, render_each
 from ltune.datamodules.sources import Source, as_source
 from ltune.kernels import IGNORE_INDEX
 
@@ -166,7 +167,7 @@ class LESS(Selection):
 
     def _encode(self, rows: list[dict], names: list[str], tok) -> tuple[list[dict | None], np.ndarray]:
         fmt = self.renderer(tok)
-        return self.render_each(rows, names, lambda row: fmt.encode_pair(*pair_text(row)), "LESS")
+        return render_each(rows, names, lambda row: fmt.encode_pair(*pair_text(row)), "LESS")
 
     def features(self, model, enc: list[dict], names: list[str], ckpt: dict | None, desc: str) -> np.ndarray:
         """``[N, d]`` normalised projected gradient features (Adam-preconditioned when ``ckpt`` moments are given)."""

@@ -27,8 +27,9 @@ import torch
 from ltune.backbone import Backbone, completion_logprobs, hidden_states
 from ltune.datamodules.base import LTuneData
 from ltune.datamodules.batching import pad_right
-from ltune.datamodules.selection.base import ScoringError, Selection, pair_text
+from ltune.datamodules.selection.base import Selection, pair_text
 from ltune.datamodules.selection.geometry import kmeans
+from ltune.datamodules.selection.scoring import ScoringError, render_each
 from ltune.kernels import IGNORE_INDEX
 
 
@@ -76,7 +77,7 @@ class IFDPreExperience(Selection):
         bb = self.scorer_backbone()
         tok, device = bb.tokenizer, self.device()
         fmt = self.renderer(tok)
-        ids, _ = self.render_each(rows, names, lambda row: fmt.encode_prompt(pair_text(row)[0]), "pre-experience")
+        ids, _ = render_each(rows, names, lambda row: fmt.encode_prompt(pair_text(row)[0]), "pre-experience")
         for i, x in enumerate(ids):
             if len(x) < 2:
                 raise ScoringError(f"{names[i]}: the rendered instruction has fewer than 2 tokens; no perplexity")

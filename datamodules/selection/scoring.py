@@ -4,9 +4,12 @@ the row, and reassembly of rank-sharded scores."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
+
+SKIPPED = "skipped"  # optional boolean score array: rows excluded by the strategy's documented policy
 
 
 class ScoringError(RuntimeError):
@@ -67,3 +70,20 @@ def gather_shards(part: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
             arr[r::world] = p[name]
         out[name] = arr
     return out
+
+
+def render_each(rows: list[dict], names: list[str], encode: Callable[[dict], Any], what: str):
+    """``encode(row)`` for every row: an over-long row (``Overlong``) gives ``None`` and is flagged in the returned
+    ``skipped`` mask (the length policy); any other failure is a :class:`ScoringError` naming the row."""
+    from ltune.datamodules.base import Overlong
+
+    out, skipped = [], np.zeros(len(rows), dtype=bool)
+    for i, row in enumerate(rows):
+        try:
+            out.append(encode(row))
+        except Overlong:
+            out.append(None)
+            skipped[i] = True
+        except Exception as err:
+            raise ScoringError(f"{names[i]}: could not be rendered for {what}: {err}") from err
+    return out, skipped

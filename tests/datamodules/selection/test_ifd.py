@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ltune.datamodules import IFD, InstructionData, PreferenceData
-from ltune.datamodules.selection.base import SKIPPED
+from ltune.datamodules.selection.scoring import SKIPPED
 from tests.conftest import micro_backbone, write_jsonl
 from tests.datamodules.selection.conftest import ROWS, reference_nll
 
