@@ -2,9 +2,10 @@
 a budget, and then serves the pool's batches with only the kept rows.
 
 Flow (``setup`` under a Trainer, or :meth:`Selection.select` alone, as ``ltune select`` does):
-load and validate the pool's train rows -> scores from the cache, or computed in length-sorted batches sharded over
-the DDP ranks (progress bar on rank 0) and cached atomically -> ``choose`` the budget -> CSV report + histogram PNG
-(logged to W&B when a W&B logger is attached) -> ``pool.set_train_rows(kept rows)``.
+load and validate the pool's train rows -> scores from the cache, or computed in chunks of ``score_chunk`` rows (each
+cached as it finishes: a killed run resumes there), in length-sorted batches sharded over the DDP ranks (progress bar
+on rank 0), then cached whole -> ``choose`` the budget -> CSV report + histogram PNG (logged to W&B when a W&B logger
+is attached) -> ``pool.set_train_rows(kept rows)``.
 
 Budget semantics are explicit everywhere: an ``int`` is a number of rows, a ``float`` in (0, 1] is a fraction of the
 *original* pool size (before any filter of the strategy). A scorer that fails on a row raises :class:`ScoringError`
@@ -26,7 +27,7 @@ import torch
 from ltune.datamodules.base import LTuneData, Overlong, with_input
 from ltune.datamodules.selection.cache import ScoreCache, config_key, fingerprint
 from ltune.datamodules.selection.report import write_selection_report
-from ltune.datamodules.selection.scoring import SKIPPED, ScoringError, batched, gather_shards, rank
+from ltune.datamodules.selection.scoring import SKIPPED, ScoringError, batched, gather_shards, rank, score_in_chunks
 from ltune.datamodules.sources import DataError, as_source
 
 if TYPE_CHECKING:
@@ -84,6 +85,9 @@ class Selection(LTuneData):
         report_dir: Folder of ``selection.csv`` / ``selection.png``; default ``<trainer log dir>/selection`` or
             ``runs/select/<strategy>`` without a trainer.
         score_batch_size: Rows per scoring forward.
+        score_chunk: Rows per resumable scoring chunk: each finished chunk is cached at once, and a run killed while
+            scoring rescores only the chunks it had not finished (strategies that score the whole pool at once, and
+            uncached ones, score in one chunk).
         progress: Show a progress bar while scoring (rank 0 only).
     """
 
@@ -98,12 +102,14 @@ class Selection(LTuneData):
         cache_dir: str = "runs/selection_cache",
         report_dir: str | None = None,
         score_batch_size: int = 16,
+        score_chunk: int = 4096,
         progress: bool = True,
     ) -> None:
         super().__init__()
         self.pool, self.budget = pool, budget
         self.cache = ScoreCache(cache_dir)
         self.report_dir, self.score_batch_size, self.progress = report_dir, score_batch_size, progress
+        self.score_chunk = score_chunk
         self.backbone = None  # the trained objective's backbone (taken in setup; strategies may score with it)
         self.selected: list[int] | None = None
         self.scores: dict[str, np.ndarray] | None = None
@@ -148,13 +154,12 @@ class Selection(LTuneData):
         source = as_source(pool.sources["train"])
         rows = pool.load_rows(source, pool.fields, pool.optional, pool.check)
         self.source_name, n = source.name, len(rows)
-        key = config_key(fingerprint(rows), self.scorer_config()) if self.cached else None
-        scores = self._agreed_cache(key)
-        if scores is None:
-            scores = self._score_sharded(rows)
-            self._check_finite(scores)
-            if key is not None and rank()[0] == 0:
-                self.cache.save(key, scores, {"source": source.name, "rows": n, "scorer": self.scorer_config()})
+        config = self.scorer_config()
+        key = config_key(fingerprint(rows), config) if self.cached else None
+        size = self.score_chunk if self.sharded else max(n, 1)  # unsharded scores depend on the whole pool
+        meta = {"source": source.name, "rows": n, "scorer": config}
+        scores = score_in_chunks(n, lambda idx: self._score_sharded(rows, idx), size, self.cache, key,
+                                 self._check_finite, meta)  # fmt: skip
         k = resolve_budget(self.budget, n)
         selected = np.asarray(self.choose(scores, k), dtype=np.int64)
         self.scores, self.selected = scores, selected.tolist()
@@ -175,25 +180,11 @@ class Selection(LTuneData):
         pool.set_train_rows(kept)
         return kept
 
-    def _agreed_cache(self, key: str | None) -> dict[str, np.ndarray] | None:
-        scores = self.cache.load(key) if key is not None else None
-        _, world = rank()
-        if world > 1:  # every rank must take the same path, or the collectives of scoring would hang
-            hits = [None] * world
-            torch.distributed.all_gather_object(hits, scores is not None)
-            if not all(hits):
-                scores = None
-        if scores is not None:
-            log.info("selection scores read from the cache %s", self.cache.path(key))
-        return scores
-
-    def _score_sharded(self, rows: list[dict]) -> dict[str, np.ndarray]:
-        """Score rows ``rank::world`` on each rank and reassemble all rows on every rank."""
-        if not self.sharded:
-            return self.score(rows, [self.row_name(i) for i in range(len(rows))])
-        r, world = rank()
-        idx = list(range(r, len(rows), world))
-        return gather_shards(self.score([rows[i] for i in idx], [self.row_name(i) for i in idx]), len(rows))
+    def _score_sharded(self, rows: list[dict], idx: list[int]) -> dict[str, np.ndarray]:
+        """Score rows ``idx`` (a chunk): ``idx[rank::world]`` on each rank, reassembled on every rank."""
+        mine = idx[rank()[0] :: rank()[1]] if self.sharded else idx
+        part = self.score([rows[i] for i in mine], [self.row_name(i) for i in mine])
+        return gather_shards(part, len(idx)) if self.sharded else part
 
     def ifd_over_pool(self, **settings: Any) -> Selection:
         """An :class:`~ltune.datamodules.IFD` selector over this DataModule's pool (same rows, prompt format and
@@ -209,7 +200,7 @@ class Selection(LTuneData):
     def row_name(self, i: int) -> str:
         return f"{getattr(self, 'source_name', 'pool')}: row {i + 1}"
 
-    def _check_finite(self, scores: dict[str, np.ndarray]) -> None:
+    def _check_finite(self, scores: dict[str, np.ndarray], start: int = 0) -> None:
         skipped = scores.get(SKIPPED)
         for name, arr in scores.items():
             if name == SKIPPED or not np.issubdtype(arr.dtype, np.floating):
@@ -219,7 +210,7 @@ class Selection(LTuneData):
                 bad &= ~skipped
             if bad.any():
                 i = int(np.flatnonzero(bad)[0])
-                raise ScoringError(f"{self.row_name(i)}: score '{name}' is {arr[i]} (not finite); nothing defaulted")
+                raise ScoringError(f"{self.row_name(start + i)}: score '{name}' is {arr[i]}, not finite (no default)")
 
     # ---- helpers for scorers ------------------------------------------------------------------------------------
     def batched(

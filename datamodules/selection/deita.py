@@ -94,7 +94,8 @@ class DEITA(Selection):
         complexity_prompt: Template with ``{instruction}``; the trailing space matters (scorer training data).
         quality_prompt: Template with ``{instruction}`` and ``{output}``.
         filter_chunk: Candidates per matrix product in the Repr Filter.
-        **kwargs: :class:`Selection`'s ``cache_dir``, ``report_dir``, ``score_batch_size``, ``progress``.
+        **kwargs: :class:`Selection`'s ``cache_dir``, ``report_dir``, ``score_batch_size``, ``score_chunk``,
+            ``progress``.
     """
 
     def __init__(

@@ -46,7 +46,8 @@ class IFD(Selection):
             uses the tokenizer's BOS token (EOS when it has none), so every answer token is scored in both contexts.
         max_length: Longest prompt + answer in scorer tokens (``None``: the pool's ``max_length``); longer rows are
             skipped and counted, as in Cherry.
-        **kwargs: :class:`Selection`'s ``cache_dir``, ``report_dir``, ``score_batch_size``, ``progress``.
+        **kwargs: :class:`Selection`'s ``cache_dir``, ``report_dir``, ``score_batch_size``, ``score_chunk``,
+            ``progress``.
     """
 
     def __init__(

@@ -123,7 +123,8 @@ class LESS(Selection):
         beta1: Adam β1 of the preconditioning (0.9).
         beta2: Adam β2 (0.999).
         eps: Adam ε, inside the square root as in LESS (1e-8).
-        **kwargs: :class:`Selection`'s ``cache_dir``, ``report_dir``, ``score_batch_size``, ``progress``.
+        **kwargs: :class:`Selection`'s ``cache_dir``, ``report_dir``, ``score_batch_size``, ``score_chunk``,
+            ``progress``.
     """
 
     def __init__(

@@ -39,7 +39,7 @@ class LIMA(Selection):
             answers).
         embedder: ``None``: MiniLM of the instruction (offline package); a backbone: its last-token hidden state.
         seed: Seed of the first k-center.
-        **kwargs: :class:`Selection`'s ``cache_dir``, ``report_dir``, ``progress``.
+        **kwargs: :class:`Selection`'s ``cache_dir``, ``report_dir``, ``score_chunk``, ``progress``.
         score_batch_size: Rows per embedding batch.
     """
 

@@ -98,7 +98,8 @@ class MoDS(Selection):
         embedder: ``None``: MiniLM (offline package) of the instruction; a backbone: its last-token hidden state
             (MoDS used BERT's [CLS] of the instruction).
         seed: Seed of the first k-center.
-        **kwargs: :class:`Selection`'s ``cache_dir``, ``report_dir``, ``score_batch_size``, ``progress``.
+        **kwargs: :class:`Selection`'s ``cache_dir``, ``report_dir``, ``score_batch_size``, ``score_chunk``,
+            ``progress``.
     """
 
     def __init__(

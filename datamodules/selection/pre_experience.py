@@ -45,7 +45,8 @@ class IFDPreExperience(Selection):
         low_percentile: Lower edge of the perplexity band within a cluster (25).
         high_percentile: Upper edge of the perplexity band (75).
         seed: ``random_state`` of the k-means (scikit-learn, one k-means++ start; Cherry: ``random_state=0``).
-        **kwargs: :class:`Selection`'s ``cache_dir``, ``report_dir``, ``score_batch_size``, ``progress``.
+        **kwargs: :class:`Selection`'s ``cache_dir``, ``report_dir``, ``score_batch_size``, ``score_chunk``,
+            ``progress``.
     """
 
     budget_is_cap = True

@@ -1,13 +1,18 @@
-"""Scoring machinery shared by the selection strategies: DDP rank lookup, length-sorted batches whose failures name
-the row, and reassembly of rank-sharded scores."""
+"""Scoring machinery shared by the selection strategies: DDP rank lookup, resumable scoring in chunks, length-sorted
+batches whose failures name the row, and reassembly of rank-sharded scores."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
+
+from ltune.datamodules.selection.cache import ScoreCache
+
+log = logging.getLogger(__name__)
 
 SKIPPED = "skipped"  # optional boolean score array: rows excluded by the strategy's documented policy
 
@@ -21,6 +26,60 @@ def rank() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
+
+
+def agreed(arrays: dict[str, np.ndarray] | None) -> dict[str, np.ndarray] | None:
+    """``arrays`` (read from the cache) when every rank has them, else ``None`` on every rank: all ranks must take
+    the same path, or the collectives of scoring would hang."""
+    _, world = rank()
+    if world > 1:
+        hits = [None] * world
+        torch.distributed.all_gather_object(hits, arrays is not None)
+        if not all(hits):
+            return None
+    return arrays
+
+
+def score_in_chunks(n: int, score: Callable[[list[int]], dict[str, np.ndarray]], size: int, cache: ScoreCache,
+                    key: str | None, check: Callable[[dict[str, np.ndarray], int], None],
+                    meta: dict[str, Any]) -> dict[str, np.ndarray]:  # fmt: skip
+    """Scores of rows ``0..n-1``: the cache entry ``key`` when every rank reads it, else computed ``size`` rows at a
+    time (chunk bounds do not depend on the rank layout) and then cached whole, with ``meta`` beside them.
+
+    Each finished chunk is checked (``check(arrays, start)``) and written atomically by rank 0 as
+    ``cache.chunk_path(key, start, stop)``; a run killed mid-way and started again loads the chunks already written
+    and scores only the missing ones, so no row is scored twice and the result equals an uninterrupted run's. Logs
+    ``"selection scoring: N rows scored, M from cache"``. With ``key=None`` nothing is read or written (one chunk).
+
+    Args:
+        n: Rows in the pool.
+        score: Arrays (one entry per row, on every rank) of the given row indices.
+        size: Rows per chunk (give ``n`` when the scores of a row depend on the whole pool).
+        cache: The score cache.
+        key: Cache key of the pool's scores, or ``None``.
+        check: Raises on a bad chunk (e.g. a non-finite score) before it is written.
+        meta: JSON written beside the finished entry.
+    """
+    if key is not None and (scores := agreed(cache.load(key))) is not None:
+        log.info("selection scores read from the cache %s", cache.path(key))
+        return scores
+    parts, reused = [], 0
+    for start in range(0, max(n, 1), size if key is not None else max(n, 1)):
+        stop = min(start + size, n)
+        part = agreed(cache.load_chunk(key, start, stop)) if key is not None else None
+        if part is not None:
+            reused += stop - start
+        else:
+            part = score(list(range(start, stop)))
+            check(part, start)
+            if key is not None and rank()[0] == 0:
+                cache.save_chunk(key, start, stop, part)
+        parts.append(part)
+    log.info("selection scoring: %d rows scored, %d from cache", n - reused, reused)
+    scores = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+    if key is not None and rank()[0] == 0:
+        cache.save(key, scores, meta)  # the whole entry replaces the chunks
+    return scores
 
 
 def batched(n: int, lengths: list[int], fn: Callable[[list[int]], dict[str, np.ndarray]], names: list[str], desc: str,
