@@ -6,7 +6,9 @@ ltune fit --config configs/objectives/ttrl.yaml
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
@@ -34,6 +36,9 @@ class GRPO(Objective):
     ``ltune.generation.Sampler`` (e.g. a vLLM engine).
 
     With ``beta > 0`` the reference is the policy with its LoRA adapter disabled, or a frozen copy without LoRA.
+
+    Training steps draw their random numbers (sampling, dropout) from the objective's own RNG stream (:meth:`own_rng`),
+    saved in checkpoints for every rank: a run resumed from a checkpoint samples as the uninterrupted run did.
 
     Args:
         num_generations: Completions per prompt used in the update (G >= 2; TRL default 8).
@@ -75,6 +80,7 @@ class GRPO(Objective):
         self.beta, self.epsilon, self.epsilon_high = beta, epsilon, epsilon_high
         self.sampler: Sampler = HFSampler()
         self._frozen_reference: list[torch.nn.Module] = []  # kept out of the module tree: not trained or saved
+        self._rng_state: dict[str, Tensor] | None = None  # the training steps' RNG stream (see own_rng)
 
     @property
     def num_rollouts(self) -> int:
@@ -129,27 +135,28 @@ class GRPO(Objective):
                 return self.policy_logprobs(inputs, width)[0]
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        samples = self.rollout(batch)
-        rewards, extra = self.rewards(decode(self.tokenizer, samples), batch, samples)
-        rewards = rewards.to(self.device)
-        n, g = self.num_rollouts, self.num_generations
-        if n > g:  # vote-then-sample: keep the first G of every group of N
-            keep = (torch.arange(len(rewards), device=self.device).view(-1, n)[:, :g]).reshape(-1)
-            samples, rewards = select(samples, keep), rewards[keep]
-        advantages, metrics = group_advantages(rewards, g, self.scale_rewards)
-        loss, loss_metrics = self.update_loss(samples, advantages)
-        self.check_finite(loss, batch_idx)
-        lengths = samples.completion_mask.sum(1).float()
-        metrics.update(loss_metrics)
-        metrics["completions/mean_length"] = lengths.mean()
-        metrics["completions/min_length"] = lengths.min()
-        metrics["completions/max_length"] = lengths.max()
-        metrics["completions/clipped_ratio"] = 1 - terminated(samples, self.tokenizer.eos_token_id).float().mean()
-        metrics.update({k: torch.tensor(float(v)) for k, v in extra.items()})
-        bs = len(batch["prompt_ids"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
-        self.log_dict({f"train/{k}": v for k, v in metrics.items()}, batch_size=bs)
-        return loss
+        with self.own_rng():
+            samples = self.rollout(batch)
+            rewards, extra = self.rewards(decode(self.tokenizer, samples), batch, samples)
+            rewards = rewards.to(self.device)
+            n, g = self.num_rollouts, self.num_generations
+            if n > g:  # vote-then-sample: keep the first G of every group of N
+                keep = (torch.arange(len(rewards), device=self.device).view(-1, n)[:, :g]).reshape(-1)
+                samples, rewards = select(samples, keep), rewards[keep]
+            advantages, metrics = group_advantages(rewards, g, self.scale_rewards)
+            loss, loss_metrics = self.update_loss(samples, advantages)
+            self.check_finite(loss, batch_idx)
+            lengths = samples.completion_mask.sum(1).float()
+            metrics.update(loss_metrics)
+            metrics["completions/mean_length"] = lengths.mean()
+            metrics["completions/min_length"] = lengths.min()
+            metrics["completions/max_length"] = lengths.max()
+            metrics["completions/clipped_ratio"] = 1 - terminated(samples, self.tokenizer.eos_token_id).float().mean()
+            metrics.update({k: torch.tensor(float(v)) for k, v in extra.items()})
+            bs = len(batch["prompt_ids"])
+            self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+            self.log_dict({f"train/{k}": v for k, v in metrics.items()}, batch_size=bs)
+            return loss
 
     def update_loss(self, samples, advantages: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         inputs, width = training_inputs(samples), samples.prompt_ids.shape[1]
@@ -178,3 +185,31 @@ class GRPO(Objective):
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         self.eval_step(batch)
+
+    # ---- the RNG stream, kept across a resume ----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def own_rng(self) -> Iterator[None]:
+        """Run a block on this objective's RNG stream (torch CPU and this device's CUDA generator): it forks from the
+        global state at the first step and is then untouched by anything else that draws random numbers (data loader
+        iterators, validation, callbacks), and Lightning checkpoints (which keep no RNG state) carry it."""
+        cuda = self.device.type == "cuda"
+        with torch.random.fork_rng(devices=[self.device] if cuda else []):
+            if self._rng_state is not None:
+                torch.set_rng_state(self._rng_state["cpu"])
+                if cuda and "cuda" in self._rng_state:
+                    torch.cuda.set_rng_state(self._rng_state["cuda"], self.device)
+            yield
+            self._rng_state = {"cpu": torch.get_rng_state()}
+            if cuda:
+                self._rng_state["cuda"] = torch.cuda.get_rng_state(self.device)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        states = [self._rng_state]  # one stream per rank (every rank builds the checkpoint; rank 0 writes it)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            states = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(states, self._rng_state)
+        checkpoint["rng_streams"] = states
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        states = checkpoint.get("rng_streams") or [None]  # None: an older checkpoint, the stream forks afresh
+        self._rng_state = states[self.global_rank % len(states)]
