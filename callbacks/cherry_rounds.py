@@ -39,7 +39,7 @@ class CherryPreExperience(Rounds):
         epochs_per_round: Epochs of each M-step (Cherry's pre-experience: 1).
         score_batch_size: Rows per IFD scoring forward.
         chunk_size: E-step rows per chunk (the unit of resume and of sharding over ranks).
-        seed: Seed of the E-step chunks (IFD scoring draws no random numbers).
+        seed: Seed of the E-step chunks (IFD scoring draws no random numbers); None: the run's seed.
         output_dir: Folder of the produced data; relative paths go under the run's log folder.
     """
 
@@ -52,7 +52,7 @@ class CherryPreExperience(Rounds):
         epochs_per_round: int = 1,
         score_batch_size: int = 16,
         chunk_size: int = 256,
-        seed: int = 0,
+        seed: int | None = None,
         output_dir: str = "rounds",
     ) -> None:
         if ratio not in ("loss", "ppl"):

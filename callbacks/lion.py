@@ -99,7 +99,7 @@ class Lion(Rounds):
         epochs_per_round: Epochs of each M-step.
         reset_to_base: Retrain the student from the base weights each round (the paper's choice is recalled).
         chunk_size: Instructions per E-step chunk (unit of resume).
-        seed: Seed of sampling and of the seed instructions drawn.
+        seed: Seed of sampling and of the seed instructions drawn; None: the run's seed (``seed_everything``).
         output_dir: Folder of the pools (relative: under the run's log folder).
     """
 
@@ -124,7 +124,7 @@ class Lion(Rounds):
         epochs_per_round: int = 1,
         reset_to_base: bool = True,
         chunk_size: int = 64,
-        seed: int = 0,
+        seed: int | None = None,
         output_dir: str = "rounds",
     ) -> None:
         super().__init__(rounds, epochs_per_round, reset_to_base, True, chunk_size, seed, output_dir)

@@ -22,7 +22,7 @@ class MoDSNecessity(Rounds):
         epochs_per_round: Epochs of each M-step (MoDS: 3).
         batch_size: Instructions per generation batch.
         chunk_size: E-step items per chunk (the unit of resume and of sharding over ranks).
-        seed: Seed of the E-step chunks.
+        seed: Seed of the E-step chunks; None: the run's seed (``seed_everything``).
         output_dir: Folder of the produced data; relative paths go under the run's log folder.
     """
 
@@ -31,7 +31,7 @@ class MoDSNecessity(Rounds):
         epochs_per_round: int = 3,
         batch_size: int = 32,
         chunk_size: int = 256,
-        seed: int = 0,
+        seed: int | None = None,
         output_dir: str = "rounds",
     ) -> None:
         super().__init__(rounds=2, epochs_per_round=epochs_per_round, reset_to_base=True, start_with_e_step=False,

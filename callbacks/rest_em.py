@@ -52,7 +52,7 @@ class ReSTEM(Rounds):
         epochs_per_round: Epochs of SFT per M-step.
         reset_to_base: Retrain from the base weights every round (ReST-EM's choice; False continues training).
         chunk_size: Problems per E-step chunk (unit of resume and sharding).
-        seed: Seed of sampling and of the choice among correct solutions.
+        seed: Seed of sampling and of the choice among correct solutions; None: the run's seed (``seed_everything``).
         output_dir: Folder of the produced data (relative: under the run's log folder).
         keep_best: End with the weights of the round with the best held-out ``monitor`` (written to
             ``round_<r>/model.pt`` when a round improves; ties keep the earlier round). Needs validation after each
@@ -77,7 +77,7 @@ class ReSTEM(Rounds):
         epochs_per_round: int = 1,
         reset_to_base: bool = True,
         chunk_size: int = 64,
-        seed: int = 0,
+        seed: int | None = None,
         output_dir: str = "rounds",
         keep_best: bool = True,
         monitor: str = "val/exact_match",

@@ -53,6 +53,7 @@ import torch
 from lightning.pytorch.utilities.seed import isolate_rng
 
 from ltune.io import atomic_write_jsonl, atomic_write_text
+from ltune.seeding import run_seed
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ class Rounds(L.Callback):
         start_with_e_step: Produce round 0's rows with the initial model at fit start instead of training round 0
             on the DataModule's own train set.
         chunk_size: E-step items per chunk (the unit of resume and of sharding over ranks).
-        seed: Seed of the E-step chunks.
+        seed: Seed of the E-step chunks (None: the run's seed, ``seed_everything``).
         output_dir: Folder of the produced data; relative paths go under the run's log folder.
     """
 
@@ -89,7 +90,7 @@ class Rounds(L.Callback):
         reset_to_base: bool = False,
         start_with_e_step: bool = False,
         chunk_size: int = 64,
-        seed: int = 0,
+        seed: int | None = None,
         output_dir: str = "rounds",
     ) -> None:
         if rounds < 1 or epochs_per_round < 1 or chunk_size < 1:
@@ -97,7 +98,7 @@ class Rounds(L.Callback):
                              f"{epochs_per_round}, {chunk_size}")  # fmt: skip
         self.rounds, self.epochs_per_round = rounds, epochs_per_round
         self.reset_to_base, self.start_with_e_step = reset_to_base, start_with_e_step
-        self.chunk_size, self.seed, self.output_dir = chunk_size, seed, output_dir
+        self.chunk_size, self.seed, self.output_dir = chunk_size, run_seed(seed), output_dir
         self.round, self.phase = 0, "m"  # phase "e": the M-step of `round` is done, its E-step is under way
         self.dir: Path | None = None
         self.paths: dict[int, str] = {}  # round -> its train.jsonl

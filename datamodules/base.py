@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 from ltune.datamodules.batching import ResumableLoader, ResumableSampler, Shard, pad_left, pad_right
 from ltune.datamodules.sources import DataError, Source, as_source
 from ltune.kernels import IGNORE_INDEX
+from ltune.seeding import run_seed
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ class LTuneData(L.LightningDataModule):
         batch_size: Rows per batch per device.
         eval_batch_size: Rows per validation batch (defaults to ``batch_size``).
         num_workers: DataLoader worker processes.
-        seed: Seed of the shuffling order (epoch ``e`` uses ``seed + e``).
+        seed: Seed of the shuffling order (epoch ``e`` uses ``seed + e``); None: the run's seed (``seed_everything``).
     """
 
     fields: ClassVar[dict[str, type | tuple[type, ...]]] = {}
@@ -64,7 +65,7 @@ class LTuneData(L.LightningDataModule):
         batch_size: int = 8,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
-        seed: int = 0,
+        seed: int | None = None,
     ) -> None:
         super().__init__()
         self.sources = {"train": train, "val": val, "eval": eval_prompts}
@@ -72,7 +73,7 @@ class LTuneData(L.LightningDataModule):
         self.template, self.system = template, system
         self.max_length, self.overlong = max_length, overlong
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
-        self.num_workers, self.seed = num_workers, seed
+        self.num_workers, self.seed = num_workers, run_seed(seed)
         self.tokenizer = None  # set by the user, or taken from the LightningModule in setup()
         self.default_system: str | None = None  # the backbone's prompt style, taken with the tokenizer
         self.data: dict[str, list[dict]] = {}

@@ -26,6 +26,7 @@ from ltune.problems import (
     generate_problems,
     split_of,
 )
+from ltune.seeding import run_seed
 
 if TYPE_CHECKING:
     import datasets
@@ -54,7 +55,8 @@ class EmbeddedTasks(Source):
     Args:
         format: Which row format to produce.
         n: Number of rows.
-        seed: Random seed; rows are a deterministic function of all arguments.
+        seed: Random seed; rows are a deterministic function of all arguments. None: the run's seed
+            (``seed_everything``) for the ``train`` split, 0 for ``val`` and ``test`` (held-out sets stay fixed).
         split: ``"train"``, ``"val"`` or ``"test"``; problems of different splits never overlap.
         categories: Task families (default: add, sub, mul, compare, reverse, sort; ``"sum"``, a multi-step
             running sum in a per-problem order, only when named).
@@ -71,7 +73,7 @@ class EmbeddedTasks(Source):
         self,
         format: Format = "instruction",
         n: int = 1000,
-        seed: int = 0,
+        seed: int | None = None,
         split: Literal["train", "val", "test"] = "train",
         categories: Sequence[str] | None = None,
         difficulties: Sequence[int] = (1, 2),
@@ -91,7 +93,7 @@ class EmbeddedTasks(Source):
                 raise ValueError(f"{field} must be in [0, 1], got {value}")
         self.format = format
         self.n = n
-        self.seed = seed
+        self.seed = run_seed(seed) if split == "train" else (0 if seed is None else seed)
         self.split = split
         self.categories = None if categories is None else list(categories)
         self.difficulties = list(difficulties)

@@ -19,7 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from ltune.kernels import LogProbs, linear_token_logprobs
-from ltune.presets import PRESETS, resolve
+from ltune.presets import loading, locate
+from ltune.seeding import run_seed
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,8 @@ class Tiny:
         num_kv_heads: Key/value heads (grouped-query attention).
         intermediate_size: MLP width.
         max_positions: Longest sequence (in bytes) the model accepts.
-        init_seed: Seed of the random initialisation, so two runs start from the same weights.
+        init_seed: Seed of the random initialisation, so two runs start from the same weights (None: the run's
+            seed, ``seed_everything``).
     """
 
     hidden_size: int = 128
@@ -70,7 +72,7 @@ class Tiny:
     num_kv_heads: int = 2
     intermediate_size: int = 384
     max_positions: int = 512
-    init_seed: int = 0
+    init_seed: int | None = None
 
 
 @dataclass
@@ -117,9 +119,7 @@ class Backbone:
     @property
     def path(self) -> str:
         """What ``from_pretrained`` reads: a preset's cached folder (fetched on first use), else ``name_or_path``."""
-        if self.name_or_path in PRESETS:
-            return str(resolve(self.name_or_path))
-        return self.name_or_path
+        return locate(self.name_or_path)
 
     @property
     def tokenizer(self):
@@ -137,9 +137,10 @@ class Backbone:
         else:
             from transformers import AutoTokenizer
 
-            tok = AutoTokenizer.from_pretrained(
-                self.path, revision=self.revision, trust_remote_code=self.trust_remote_code
-            )
+            with loading(self.path):
+                tok = AutoTokenizer.from_pretrained(
+                    self.path, revision=self.revision, trust_remote_code=self.trust_remote_code
+                )
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
         tok.padding_side = "right"
@@ -172,7 +173,7 @@ class Backbone:
                 attn_implementation=self.attn_implementation,
             )
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(t.init_seed)
+                torch.manual_seed(run_seed(t.init_seed))  # None: the run's seed when the model is built
                 model = LlamaForCausalLM(config)
             if dtype is not None:
                 model = model.to(dtype)
@@ -182,9 +183,10 @@ class Backbone:
             kwargs = {"dtype": dtype} if dtype is not None else {"dtype": "auto"}
             if self.attn_implementation:
                 kwargs["attn_implementation"] = self.attn_implementation
-            model = AutoModelForCausalLM.from_pretrained(
-                self.path, revision=self.revision, trust_remote_code=self.trust_remote_code, **kwargs
-            )
+            with loading(self.path):
+                model = AutoModelForCausalLM.from_pretrained(
+                    self.path, revision=self.revision, trust_remote_code=self.trust_remote_code, **kwargs
+                )
             model.train()  # from_pretrained returns eval mode; Lightning keeps it, so dropout would stay off in fit
         model.generation_config.pad_token_id = self.tokenizer.pad_token_id
         if self.gradient_checkpointing:
@@ -208,6 +210,22 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def fully_shard_model(model: nn.Module, mesh) -> nn.Module:
+    """Shard ``model`` in place with FSDP2 (``torch.distributed.fsdp.fully_shard``) over the 1-D ``mesh``: one unit
+    per decoder layer (LoRA weights included), and the ``transformers`` model as the root unit (embeddings, final
+    norm, the tied head). ``generate`` then keeps the ranks in step (``synced_gpus``), and :func:`hidden_states`
+    goes through the root's forward, where FSDP2 gathers the root's weights. Returns ``model``.
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    base = unwrap(model)
+    for layer in base.get_decoder().layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(base, mesh=mesh)
+    base._is_fsdp_managed_module = True  # transformers' flag: generate(synced_gpus=True) across ranks
+    return model
+
+
 def reference_model(model: nn.Module):
     """Context manager that runs ``model`` as its reference: LoRA adapter disabled (a no-op without LoRA).
 
@@ -220,6 +238,9 @@ def reference_model(model: nn.Module):
 
 def hidden_states(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
     """Final (normed) hidden states ``[B, T, H]`` of the decoder, without computing the logits."""
+    if getattr(unwrap(model), "_is_fsdp_managed_module", False):  # FSDP2 gathers the root's weights in its forward
+        kwargs = dict(output_hidden_states=True, logits_to_keep=1, use_cache=False)  # the head on one position only
+        return model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).hidden_states[-1]
     decoder = unwrap(model).get_decoder()
     return decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
 

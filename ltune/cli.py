@@ -13,21 +13,30 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
-from jsonargparse import CLI
+from jsonargparse import CLI, ArgumentError
 from lightning.pytorch.cli import LightningCLI
 
 import ltune.callbacks  # noqa: F401  (short class names in configs)
 import ltune.datamodules  # noqa: F401
-from ltune.datamodules.base import LTuneData
+from ltune.datamodules import DataError, LTuneData, ScoringError
 from ltune.io import atomic_write_text
-from ltune.objectives.base import Objective
-from ltune.presets import PresetUnavailable
+from ltune.objectives.base import NonFiniteLossError, Objective
+from ltune.presets import ModelUnavailable
 
 
 class LTuneCLI(LightningCLI):
     """LightningCLI with subclass mode for ``--model`` (an objective) and ``--data`` (a DataModule)."""
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except (ValueError, TypeError) as e:  # a constructor refused a configured value
+            if isinstance(e, USER_ERRORS):
+                raise
+            raise ConfigError(str(e)) from e
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument(
@@ -111,7 +120,9 @@ class ScalingCLI(LTuneCLI):
 
 def _cli(cls: type[LTuneCLI], args: list[str], **kwargs) -> LTuneCLI:
     """An ltune CLI over any objective and any DataModule (subclass mode), as every verb builds it."""
-    return cls(Objective, LTuneData, subclass_mode_model=True, subclass_mode_data=True, args=args, **kwargs)
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")  # verbs pass argv on
+    return cls(Objective, LTuneData, subclass_mode_model=True, subclass_mode_data=True, args=args,
+               seed_everything_default=0, parser_kwargs={"exit_on_error": False}, **kwargs)  # fmt: skip
 
 
 def select(argv: list[str]) -> str:
@@ -171,13 +182,53 @@ def _validate(cli: LightningCLI) -> dict[str, float]:
             for k, v in d.items()}  # fmt: skip
 
 
+class ConfigError(ValueError):
+    """A component refused the value a config gave it (raised while LightningCLI builds the classes)."""
+
+
+# Errors of the user's input, not of ltune: one line naming file/row/field and the fix, no traceback
+USER_ERRORS = (ArgumentError, ConfigError, DataError, FileNotFoundError, ModelUnavailable, NonFiniteLossError,
+               ScoringError)  # fmt: skip
+
+
+def one_line(e: BaseException) -> str:
+    """A user error as one line; jsonargparse's nested report becomes ``key (class) > key (class): reason``."""
+    if isinstance(e, FileNotFoundError) and e.filename:
+        return f"no such file: {e.filename}"
+    raw = [line for line in str(e).splitlines() if line.strip()]
+    if not isinstance(e, (ArgumentError, ConfigError)):
+        return " ".join(line.strip() for line in raw)
+    if isinstance(e, ConfigError):  # jsonargparse keeps the constructor's own message only for a direct type
+        return f"config: {raw[0].strip() if raw else type(e.__cause__).__name__} (LTUNE_DEBUG=1 shows where)"
+    if len(raw) < 2:
+        return "config: " + " ".join(line.strip() for line in raw)
+    path, reason = raw[0].strip().rstrip(":").removeprefix("Parser key "), raw[1].strip()
+    depth = lambda line: len(line) - len(line.lstrip())  # noqa: E731
+    start = next((i for i, line in enumerate(raw) if line.strip().startswith("- Problem with given class_path")), None)
+    if start is not None:  # follow the first subtype's nested block down to its innermost reason
+        block = [raw[start]] + [line for line in raw[start + 1 :] if depth(line) > depth(raw[start])]
+        for line in block[:-1]:
+            text = line.strip()
+            if "class_path '" in text:
+                path += f" ({text.split(chr(39))[1]})"
+            elif text.startswith("Parser key "):
+                path += " > " + text.removeprefix("Parser key ").rstrip(":")
+        reason = block[-1].strip()
+    return f"config: {path}: {reason}"
+
+
 def main(args: list[str] | None = None) -> None:
+    """``ltune <verb> ...``. Errors of the input (data, config, missing files or models) print one line and exit 1;
+    ``LTUNE_DEBUG=1`` shows the traceback instead."""
+    argv = sys.argv[1:] if args is None else list(args)
+    verb = argv[0] if argv[:1] and argv[0] in VERBS else ""
     try:
-        _main(args)
-    except PresetUnavailable as e:  # the model cannot be had: one line with the fix, no traceback
+        _main(argv)
+    except USER_ERRORS as e:
         if os.environ.get("LTUNE_DEBUG"):
             raise
-        raise SystemExit(f"ltune: {e}") from None
+        help = f" (`ltune {verb or 'fit'} --help` lists the arguments)" if isinstance(e, ArgumentError) else ""
+        raise SystemExit(f"ltune{' ' + verb if verb else ''}: {one_line(e)}{help}") from None
 
 
 VERBS = {
@@ -192,9 +243,9 @@ VERBS = {
 }
 
 
-def _main(args: list[str] | None) -> None:
-    argv = sys.argv[1:] if args is None else list(args)
-    verbs = {"fetch": lambda a: CLI(fetch, args=a), "export": lambda a: CLI(export, args=a, as_positional=False),
+def _main(argv: list[str]) -> None:
+    verbs = {"fetch": lambda a: CLI(fetch, args=a, exit_on_error=False),
+             "export": lambda a: CLI(export, args=a, as_positional=False, exit_on_error=False),
              "select": select, "scaling": scaling}  # fmt: skip
     if argv[:1] and argv[0] in verbs:
         verbs[argv[0]](argv[1:])
@@ -203,7 +254,7 @@ def _main(args: list[str] | None) -> None:
         print("ltune: fine-tuning methods of recent papers as composable Lightning pieces.\n\nverbs:")
         print("\n".join(f"  {verb:9s} {text}" for verb, text in VERBS.items()))
         print("\n`ltune <verb> --help` lists a verb's arguments. LightningCLI's own help follows.\n")
-    _cli(LTuneCLI, args, save_config_kwargs={"overwrite": True})
+    _cli(LTuneCLI, argv, save_config_kwargs={"overwrite": True})
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ lock; the first converts, the others wait and reuse it). ``ltune fetch <name>`` 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -23,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -59,7 +60,11 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-class PresetUnavailable(RuntimeError):
+class ModelUnavailable(RuntimeError):
+    """A model cannot be loaded (a missing folder, a Hub id that is not cached offline); the message says the fix."""
+
+
+class PresetUnavailable(ModelUnavailable):
     """The preset is not in the cache and cannot be fetched; the message says why and what to run."""
 
 
@@ -75,6 +80,37 @@ def preset_dir(name: str) -> Path:
 
 def is_fetched(name: str) -> bool:
     return (preset_dir(name) / MARKER).is_file()
+
+
+def locate(name_or_path: str) -> str:
+    """What ``from_pretrained`` reads for a backbone name: a preset's cached folder (fetched on first use), else the
+    name itself; a local path that does not exist raises :class:`ModelUnavailable` (not the Hub client's "Repo id must
+    be in the form ...")."""
+    if name_or_path in PRESETS:
+        return str(resolve(name_or_path))
+    if not Path(name_or_path).expanduser().exists() and _is_local_path(name_or_path):
+        raise ModelUnavailable(
+            f"model folder {name_or_path} does not exist: make it first (a config's header comment lists the commands "
+            "that do, e.g. the quickstart writes runs/quickstart/version_0/hf) or point "
+            "--model.init_args.backbone.name_or_path at a model folder or Hub id"
+        )
+    return name_or_path
+
+
+def _is_local_path(name: str) -> bool:
+    """A name no Hub id can be (``namespace/name`` has one slash): ``./x``, ``/x``, ``~/x``, ``runs/a/hf``."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or name.endswith("/")
+
+
+@contextlib.contextmanager
+def loading(path: str) -> Iterator[None]:
+    """Turn ``from_pretrained``'s OSError (a folder without weights, a Hub id not cached offline) into one line."""
+    try:
+        yield
+    except OSError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        offline = " (HF_HUB_OFFLINE is set: only cached Hub models load)" if os.environ.get("HF_HUB_OFFLINE") else ""
+        raise ModelUnavailable(f"cannot load model {path!r}: {first}{offline}") from e
 
 
 def resolve(name: str, fetch_missing: bool = True) -> Path:

@@ -38,7 +38,11 @@ def tokenizer(backbone):
 
 @pytest.fixture(autouse=True)
 def _seed():
+    """Every test starts from torch seed 0 and no run seed (``seed_everything`` of an earlier test is forgotten)."""
     torch.manual_seed(0)
+    os.environ.pop("PL_GLOBAL_SEED", None)
+    yield
+    os.environ.pop("PL_GLOBAL_SEED", None)
 
 
 def write_jsonl(path, rows) -> str:

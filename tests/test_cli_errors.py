@@ -1,0 +1,76 @@
+"""Every verb stops on a bad input with one line naming file, row, field or key and the fix, exit status 1, no
+traceback; ``LTUNE_DEBUG=1`` raises the original exception instead."""
+
+import json
+
+import pytest
+
+from ltune.cli import main
+from ltune.datamodules import DataError
+from tests.conftest import MICRO, ROOT
+
+SFT = str(ROOT / "configs/objectives/sft.yaml")
+FAST = [*MICRO, "--trainer.max_steps=1", "--trainer.logger=false", "--trainer.enable_checkpointing=false"]
+
+
+def _one_line(args: list[str]) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    message = str(exit_info.value.code)
+    assert exit_info.value.code not in (0, None) and "\n" not in message and "Traceback" not in message, message
+    return message
+
+
+@pytest.fixture
+def bad_rows(tmp_path):
+    path = tmp_path / "train.jsonl"
+    rows = [{"prompt": "1+1", "response": "2"}, {"prompt": "2+2", "response": 4}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_fit_names_the_file_row_and_field_of_a_bad_row(bad_rows, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    message = _one_line(["fit", "--config", SFT, *FAST, f"--data.init_args.train={bad_rows}"])
+    assert message.startswith("ltune fit: ") and f"{bad_rows}: row 2: field 'response'" in message, message
+
+
+def test_missing_files_name_the_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert _one_line(["fit", "--config", SFT, *FAST, "--data.init_args.train=nope.jsonl"]) == (
+        "ltune fit: nope.jsonl: no such file"
+    )
+    assert "nope.yaml" in _one_line(["validate", "--config", "nope.yaml"])
+    message = _one_line(["export", "--ckpt_path", "nope.ckpt", "--output_dir", "out"])
+    assert message == f"ltune export: no such file: {tmp_path / 'nope.ckpt'}"
+
+
+def test_config_errors_name_the_key_the_class_and_the_reason(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    message = _one_line(["fit", "--config", SFT, "--trainer.max_steps=abc"])
+    assert message.startswith("ltune fit: config: \"trainer.max_steps\": Expected a <class 'int'>"), message
+    ifd = str(ROOT / "configs/selection/ifd.yaml")
+    message = _one_line(["select", "--config", ifd, "--data.init_args.pool.init_args.noise_fraction=2"])
+    assert message.startswith(
+        'ltune select: config: "data" (ltune.datamodules.IFD) > "pool" (ltune.datamodules.InstructionData): '
+        "Option 'noise_fraction' is not accepted"
+    ), message
+    scaling = str(ROOT / "configs/selection/scaling.yaml")
+    assert _one_line(["scaling", "--config", scaling, "--budgets=0.5", "--trainer.max_steps=x"]).startswith(
+        'ltune scaling: config: "trainer.max_steps"'
+    )
+
+
+def test_a_model_folder_not_made_yet_says_how_to_make_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    message = _one_line(["validate", "--config", str(ROOT / "configs/loops/rest_em.yaml"), "--trainer.logger=false"])
+    assert message.startswith("ltune validate: model folder runs/quickstart/version_0/hf does not exist"), message
+    message = _one_line(["fit", "--config", SFT, *FAST, "--model.init_args.backbone.name_or_path=nobody/nomodel"])
+    assert message.startswith("ltune fit: cannot load model 'nobody/nomodel'"), message
+
+
+def test_ltune_debug_shows_the_original_exception(bad_rows, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LTUNE_DEBUG", "1")
+    with pytest.raises(DataError, match="row 2"):
+        main(["fit", "--config", SFT, *FAST, f"--data.init_args.train={bad_rows}"])
