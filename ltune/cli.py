@@ -15,8 +15,9 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
-from jsonargparse import CLI, ArgumentError
+from jsonargparse import CLI, ArgumentError, Namespace
 from lightning.pytorch.cli import LightningCLI
 
 import ltune.callbacks  # noqa: F401  (short class names in configs)
@@ -46,6 +47,14 @@ class LTuneCLI(LightningCLI):
             help="Run validation before and after fit and print how the validation metrics moved.",
         )
 
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        root = config.get("trainer.default_root_dir")
+        if root:  # one flag moves every output of a run: loggers, checkpoints, selection caches and reports
+            for key in ("trainer.logger", "trainer.callbacks", "data", "output"):
+                if key in config:
+                    config[key] = under_root(config[key], root, key == "output")
+
     def before_fit(self) -> None:
         self._before = self._validate() if self.config[self.subcommand]["validate_around_fit"] else None
 
@@ -60,6 +69,22 @@ class LTuneCLI(LightningCLI):
 
     def _validate(self) -> dict[str, float]:
         return _validate(self)
+
+
+OUTPUT_KEYS = ("save_dir", "dirpath", "cache_dir", "report_dir")  # where loggers, checkpoints and selection write
+
+
+def under_root(value: Any, root: str, is_path: bool = False) -> Any:
+    """``value`` with every relative output folder (keys :data:`OUTPUT_KEYS`, or ``value`` itself when ``is_path``)
+    moved under ``root``: ``--trainer.default_root_dir`` applied to the paths a config writes to."""
+    if is_path:
+        return str(Path(root) / value) if isinstance(value, str) and not Path(value).is_absolute() else value
+    if isinstance(value, list):
+        return [under_root(v, root) for v in value]
+    if isinstance(value, (dict, Namespace)):
+        for key in list(value.keys()) if isinstance(value, dict) else list(vars(value)):
+            value[key] = under_root(value[key], root, key in OUTPUT_KEYS)
+    return value
 
 
 def fetch(name: str, wheel: str | None = None) -> str:
@@ -214,6 +239,10 @@ def one_line(e: BaseException) -> str:
             elif text.startswith("Parser key "):
                 path += " > " + text.removeprefix("Parser key ").rstrip(":")
         reason = block[-1].strip()
+        if "Does not validate" in " ".join(block[1:]):  # a nested union: its subtypes' reasons, None's left out
+            reasons = [t.strip()[2:] for t in block[1:] if t.strip().startswith("- ") and "NoneType" not in t]
+            given = [t.strip() for t in block if t.strip().startswith("Given value: NestedArg")]
+            reason = "; ".join(reasons) + (f" (for {given[-1][13:]}: is a class_path set there?)" if given else "")
     return f"config: {path}: {reason}"
 
 

@@ -187,3 +187,19 @@ def test_the_real_model_fragment_composes_with_every_config(config, capsys):
     cfg = yaml.safe_load(capsys.readouterr().out)
     assert cfg["model"]["init_args"]["backbone"]["name_or_path"] == "smollm2-135m-instruct"
     assert cfg["model"]["init_args"]["backbone"]["lora"]["r"] == 16
+
+
+def test_default_root_dir_moves_every_output_of_a_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "work").mkdir()
+    main(["fit", "--config", str(ROOT / "configs/quickstart.yaml"), *MICRO, "--trainer.max_steps=2",
+          "--data.init_args.eval_prompts.init_args.n=4", "--data.init_args.train.init_args.n=32",
+          "--validate_around_fit=false", "--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=1",
+          "--trainer.val_check_interval=2", "--trainer.default_root_dir=out"])  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "work"]  # nothing written beside it
+    run = tmp_path / "out/runs/quickstart/version_0"
+    assert (run / "metrics.csv").is_file() and (run / "hf/config.json").is_file() and (run / "config.yaml").is_file()
+    assert next((run / "checkpoints").glob("*.ckpt"))
+    main(["select", "--config", str(ROOT / "configs/selection/random.yaml"), *MICRO, "--trainer.logger=false",
+          "--trainer.default_root_dir=sel", "--output=kept.jsonl"])  # fmt: skip
+    assert (tmp_path / "sel/kept.jsonl").is_file() and not (tmp_path / "kept.jsonl").exists()
