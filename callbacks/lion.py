@@ -26,7 +26,7 @@ import torch
 from rouge_score.tokenizers import DefaultTokenizer
 
 from ltune.callbacks.rounds import Rounds, read_jsonl
-from ltune.datamodules import Source, as_source
+from ltune.datamodules import SourceLike, as_source
 from ltune.io import atomic_write_jsonl
 from ltune.judges import PairJudge
 
@@ -105,7 +105,7 @@ class Lion(Rounds):
 
     def __init__(
         self,
-        instructions: str | Source,
+        instructions: SourceLike,
         teacher: PairJudge,
         referee: PairJudge | None = None,
         rounds: int = 4,

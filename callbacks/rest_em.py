@@ -23,7 +23,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from ltune.callbacks.best_round import BestRound
 from ltune.callbacks.rounds import Rounds
-from ltune.datamodules import Source, as_source
+from ltune.datamodules import SourceLike, as_source
 from ltune.generation import HFSampler, decode, sample_groups, terminated
 from ltune.rewards import verifier_reward
 
@@ -65,7 +65,7 @@ class ReSTEM(Rounds):
 
     def __init__(
         self,
-        problems: str | Source,
+        problems: SourceLike,
         rounds: int = 3,
         num_samples: int = 32,
         max_solutions: int = 10,

@@ -21,7 +21,7 @@ from ltune.datamodules.selection import (
     pair_text,
     resolve_budget,
 )
-from ltune.datamodules.sources import DataError, Files, Hub, Source, as_source
+from ltune.datamodules.sources import DataError, Files, Hub, Source, SourceLike, as_source
 from ltune.datamodules.tasks import EmbeddedTasks
 
 __all__ = [
@@ -47,6 +47,7 @@ __all__ = [
     "ScoringError",
     "Selection",
     "Source",
+    "SourceLike",
     "Subset",
     "as_source",
     "pair_text",

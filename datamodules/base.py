@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ltune.datamodules.batching import ResumableLoader, ResumableSampler, Shard, pad_left, pad_right
-from ltune.datamodules.sources import DataError, Source, as_source
+from ltune.datamodules.sources import DataError, SourceLike, as_source
 from ltune.kernels import IGNORE_INDEX
 from ltune.seeding import run_seed
 
@@ -54,9 +54,9 @@ class LTuneData(L.LightningDataModule):
 
     def __init__(
         self,
-        train: str | Source | None = None,
-        val: str | Source | None = None,
-        eval_prompts: str | Source | None = None,
+        train: SourceLike | None = None,
+        val: SourceLike | None = None,
+        eval_prompts: SourceLike | None = None,
         columns: dict[str, str] | None = None,
         template: Literal["chat", "plain"] = "chat",
         system: str | None = None,
@@ -81,7 +81,7 @@ class LTuneData(L.LightningDataModule):
 
     # ---- loading and validation -------------------------------------------------------------------------------
     def load_rows(
-        self, spec: str | Source, fields: dict, optional: dict, check: Callable[[dict], str | None] | None = None
+        self, spec: SourceLike, fields: dict, optional: dict, check: Callable[[dict], str | None] | None = None
     ) -> list[dict]:
         """Load a source, map columns, and validate every row; raise ``DataError`` naming source, row and field."""
         source = as_source(spec)

@@ -7,6 +7,7 @@ a file path when it ends in a known extension or exists on disk, and a Hub datas
 from __future__ import annotations
 
 import json
+import os
 from abc import ABC, abstractmethod
 from pathlib import Path
 
@@ -61,6 +62,8 @@ class Files(Source):
                 ds = ds.cast(datasets.Features({c: datasets.Value("string") for c in ds.column_names}))
             return ds
         except Exception as err:
+            if "corresponds to no data" in str(err):  # datasets' words for a header-only csv or an empty parquet
+                raise DataError(f"{self.name}: no rows") from err
             raise DataError(f"{self.name}: could not be read: {err}") from err
 
 
@@ -109,7 +112,8 @@ def _read_json_rows(paths: list[str]) -> list[dict]:
 
 
 class Hub(Source):
-    """A dataset from the Hugging Face Hub (or its local cache when offline).
+    """A dataset from the Hugging Face Hub (or its local cache when offline), a local folder in a Hub dataset's layout
+    (data files that ``load_dataset`` reads the same way), or a folder written by ``Dataset.save_to_disk``.
 
     Args:
         path: Dataset id, e.g. ``"TIGER-Lab/WebInstruct-CFT"``.
@@ -126,13 +130,28 @@ class Hub(Source):
         return f"{self.path}[{self.subset or 'default'}:{self.split}]"
 
     def load(self) -> datasets.Dataset:
-        return datasets.load_dataset(self.path, self.subset, split=self.split, revision=self.revision)
+        local = Path(self.path)
+        try:
+            if (local / "dataset_info.json").is_file() or (local / "dataset_dict.json").is_file():  # save_to_disk
+                ds = datasets.load_from_disk(self.path)
+                return ds[self.split] if isinstance(ds, datasets.DatasetDict) else ds
+            return datasets.load_dataset(self.path, self.subset, split=self.split, revision=self.revision)
+        except (OSError, ValueError, KeyError) as e:  # not on the Hub, not cached offline, no such split
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            offline = " (HF_HUB_OFFLINE is set: only cached datasets load)" if os.environ.get("HF_HUB_OFFLINE") else ""
+            raise DataError(f"{self.name}: cannot load: {first}{offline}") from e
 
 
-def as_source(spec: str | Source) -> Source:
+# What a config may give where rows are read: a file path (``Path`` in the union keeps jsonargparse from reading a
+# command-line path's *content* as the value, which broke ``--data.init_args.train rows.csv``), a Hub id, a Source.
+SourceLike = str | Path | Source
+
+
+def as_source(spec: SourceLike) -> Source:
     """A ``Source`` from a config value: a path string, a Hub id string, or a ``Source`` already."""
     if isinstance(spec, Source):
         return spec
-    if Path(spec).suffix.lower() in _EXTENSIONS or Path(spec).exists():
+    spec = str(spec)
+    if Path(spec).suffix.lower() in _EXTENSIONS or Path(spec).is_file():
         return Files(spec)
-    return Hub(spec)
+    return Hub(spec)  # a Hub id, or a local dataset folder

@@ -31,7 +31,7 @@ from ltune.datamodules.base import LTuneData
 from ltune.datamodules.batching import pad_right
 from ltune.datamodules.selection.base import Selection, pair_text
 from ltune.datamodules.selection.scoring import SKIPPED, ScoringError, render_each
-from ltune.datamodules.sources import Source, as_source
+from ltune.datamodules.sources import SourceLike, as_source
 from ltune.kernels import IGNORE_INDEX
 
 
@@ -130,7 +130,7 @@ class LESS(Selection):
     def __init__(
         self,
         pool: LTuneData,
-        target: str | Source,
+        target: SourceLike,
         checkpoints: str,
         budget: int | float = 0.05,
         scorer: Backbone | None = None,
