@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
-from ltune.backbone import Backbone, export_hf
+from ltune.backbone import Backbone, export_hf, fully_shard_model
 from ltune.generation import HFSampler, decode
 from ltune.metrics import ExactMatch
 
@@ -53,6 +53,10 @@ class Objective(L.LightningModule):
     def configure_model(self) -> None:
         if self.model is None:  # idempotent: Lightning may call it more than once
             self.model = self.backbone.load_model()
+            if self.device_mesh is not None:  # ModelParallelStrategy: FSDP2 over the data-parallel ranks
+                if self.device_mesh["tensor_parallel"].size() > 1:
+                    raise ValueError("ltune applies no tensor parallelism: set the strategy's tensor_parallel_size=1")
+                fully_shard_model(self.model, self.device_mesh["data_parallel"])
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
