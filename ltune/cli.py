@@ -10,6 +10,7 @@ ltune export --config runs/quickstart/version_0/config.yaml --ckpt_path <ckpt> -
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -176,6 +177,9 @@ def select(argv: list[str]) -> str:
 def scaling(argv: list[str]) -> list[dict]:
     """The instruction-data scaling study (Ji et al., 2023): one fit per budget of a ``Subset`` config (nested random
     subsets), held-out exact match per category after each, and ``scaling.csv`` / ``scaling.png`` in ``--output``.
+
+    Each finished budget is written to ``<output>/budgets/<budget>.json`` with a fingerprint of its whole config; a
+    rerun after a kill reuses the budgets whose fingerprint matches and fits only the rest.
     """
     from ltune.datamodules.selection import Subset
     from ltune.datamodules.selection.report import write_scaling_report
@@ -184,18 +188,28 @@ def scaling(argv: list[str]) -> list[dict]:
     budgets, out = first.config["budgets"], first.config["output"]
     records = []
     for budget in budgets:
-        cli = _cli(
-            ScalingCLI, ["fit", *argv, f"--data.init_args.budget={budget}"], save_config_kwargs={"overwrite": True}
-        )
+        cli = _cli(ScalingCLI, [*argv, f"--data.init_args.budget={budget}"], run=False,
+                   save_config_kwargs={"overwrite": True})  # fmt: skip
         if not isinstance(cli.datamodule, Subset):
             raise SystemExit(
                 f"ltune scaling: --data must be ltune.datamodules.Subset, got {type(cli.datamodule).__name__}"
             )
-        for key, value in _validate(cli).items():
-            if key.startswith("val/exact_match"):
-                category = key.removeprefix("val/exact_match").lstrip("/") or "all"
+        config = {k: v for k, v in cli.config.as_dict().items() if k not in ("budgets", "output")}
+        key = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        done = Path(out) / "budgets" / f"{budget}.json"
+        if done.is_file() and (saved := json.loads(done.read_text()))["key"] == key:
+            print(f"budget {budget}: reusing {done}")
+            records += saved["records"]
+            continue
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        found = []
+        for metric, value in _validate(cli).items():
+            if metric.startswith("val/exact_match"):
+                category = metric.removeprefix("val/exact_match").lstrip("/") or "all"
                 rows = len(cli.datamodule.selected)
-                records.append({"budget": float(budget), "rows": rows, "category": category, "exact_match": value})
+                found.append({"budget": float(budget), "rows": rows, "category": category, "exact_match": value})
+        atomic_write_text(done, json.dumps({"key": key, "records": found}, indent=1))
+        records += found
     csv, png = write_scaling_report(records, out)
     print(f"scaling study over budgets {budgets}: {csv}, {png}")
     return records

@@ -62,6 +62,12 @@ MICRO = [  # shrink the tiny preset so a CLI run takes seconds
 ]
 
 
+def cpu_env() -> dict[str, str]:
+    """Environment of CLI subprocesses: offline, one thread (2 shared cores oversubscribe badly), repo importable."""
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+            "WANDB_MODE": "disabled"}  # fmt: skip
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
     """The rows of a run's ``metrics.csv`` (CSVLogger)."""
     with open(run_dir / "metrics.csv") as f:

@@ -143,4 +143,5 @@ def test_a_fit_whose_model_cannot_be_had_stops_with_one_line(monkeypatch, tmp_pa
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as e:
         main(["fit", "--config", str(ROOT / "configs/quickstart_smollm2.yaml"), "--trainer.max_steps=1"])
-    assert str(e.value).startswith("ltune fit: could not download") and "ltune fetch smollm2-135m-instruct" in str(e.value)
+    message = str(e.value)
+    assert message.startswith("ltune fit: could not download") and "ltune fetch smollm2-135m-instruct" in message

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.conftest import cpu_env
 
 ROOT = Path(__file__).resolve().parents[2]
 SOLVER = """
@@ -24,12 +25,6 @@ L.Trainer(accelerator="cpu", max_steps=300, logger=False, enable_checkpointing=F
           enable_model_summary=False).fit(model, data)
 model.export(r"{out}")
 """
-
-
-def cpu_env() -> dict[str, str]:
-    """Environment of CLI subprocesses: offline, one thread (2 shared cores oversubscribe badly), repo importable."""
-    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-            "WANDB_MODE": "disabled"}  # fmt: skip
 
 
 @pytest.fixture(scope="session")

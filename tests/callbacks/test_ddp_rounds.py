@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from ltune.callbacks.rounds import read_jsonl
-from tests.callbacks.conftest import cpu_env, rest_em_config
+from tests.callbacks.conftest import rest_em_config
+from tests.conftest import cpu_env
 
 
 def _run(tmp_path: Path, solver_dir: Path, *extra: str) -> tuple[Path, str]:

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.callbacks.conftest import ROOT, cpu_env, rest_em_config
+from tests.callbacks.conftest import ROOT, rest_em_config
+from tests.conftest import cpu_env
 
 
 def _fit(config: Path, *extra: str) -> list[str]:

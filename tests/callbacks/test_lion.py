@@ -20,7 +20,8 @@ from ltune.callbacks.rounds import read_jsonl
 from ltune.cli import main
 from ltune.io import atomic_write_jsonl
 from ltune.judges import APIJudge, LMJudge, PairJudge, VerifierJudge
-from tests.callbacks.conftest import ROOT, cpu_env
+from tests.callbacks.conftest import ROOT
+from tests.conftest import cpu_env
 
 
 class Scripted(PairJudge):

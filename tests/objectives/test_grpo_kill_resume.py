@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from ltune.cli import main
-from tests.conftest import MICRO, ROOT, read_metrics
+from tests.conftest import MICRO, ROOT, cpu_env, read_metrics
 
 STEPS, EVERY = 10, 2  # 6 batches per epoch: the run crosses an epoch boundary
 OVERLAY = f"""
@@ -56,9 +56,7 @@ def test_sigkill_mid_fit_then_resume_from_the_last_checkpoint_equals_a_straight_
     expected = _logged(straight / "runs/t/version_0")
     assert sorted(expected) == list(range(STEPS))
 
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "WANDB_MODE": "disabled"}  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-m", "ltune.cli", *_args(killed)], cwd=killed, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "ltune.cli", *_args(killed)], cwd=killed, env=cpu_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.time() + 300
     while not (killed / f"ckpts/step={EVERY}.ckpt").exists():

@@ -18,7 +18,7 @@ import pytest
 
 from ltune.cli import main
 from ltune.datamodules.selection.ifd import IFD
-from tests.conftest import MICRO, ROOT
+from tests.conftest import MICRO, ROOT, cpu_env
 
 N, CHUNK = 600, 50
 ARGS = [
@@ -34,11 +34,6 @@ ARGS = [
 ]
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-            "WANDB_MODE": "disabled"}  # fmt: skip
-
-
 @pytest.mark.slow  # a CLI run in a subprocess (interpreter start-up dominates): ~30-60 s on 2 shared cores
 def test_sigkill_mid_scoring_then_resume_scores_each_row_once_and_equals_a_straight_run(tmp_path, monkeypatch, caplog):
     straight, killed = tmp_path / "a", tmp_path / "b"
@@ -48,7 +43,7 @@ def test_sigkill_mid_scoring_then_resume_scores_each_row_once_and_equals_a_strai
     (entry,) = (straight / "runs/selection_cache").glob("*.npz")
 
     cache = killed / "runs/selection_cache"
-    proc = subprocess.Popen([sys.executable, "-m", "ltune.cli", *ARGS], cwd=killed, env=_env(),
+    proc = subprocess.Popen([sys.executable, "-m", "ltune.cli", *ARGS], cwd=killed, env=cpu_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.time() + 300
     while not list(cache.glob("*/rows_*.npz")):  # the first chunk is written
