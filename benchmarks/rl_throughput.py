@@ -1,13 +1,18 @@
-"""RL step throughput: an ltune GRPO/TTRL step vs TRL's ``GRPOTrainer`` on the same tiny model, prompts, G and
-max new tokens (CPU by default). Each side runs in its own subprocess so its peak RSS is its own; both run in one
-invocation and the ratio is printed.
+"""RL step throughput: an ltune GRPO/TTRL step vs TRL's ``GRPOTrainer`` on the same model, prompts (rendered by
+the same chat template), G and max new tokens (CPU by default). Each side runs in its own subprocess so its peak RSS
+is its own; sides alternate over ``--repeats`` in one invocation; medians, spread and the ratio are printed.
 
-    python benchmarks/rl_throughput.py                                  # tiny preset, 8 prompts x G=8, 32 new tokens
-    python benchmarks/rl_throughput.py --objective ttrl --steps 6 --model runs/sft/hf
+    python benchmarks/rl_throughput.py --model smollm2-135m-instruct --prompts 4 --generations 4 --max_new_tokens 32
+    python benchmarks/rl_throughput.py --model smollm2-135m-instruct --lora 16 --prompts 8 --generations 8 \
+        --max_new_tokens 64
+    python benchmarks/rl_throughput.py --model tiny --objective ttrl --steps 6        # framework overhead
 
 Completions/s counts the completions that enter the update (prompts x G) per second of wall time, over the steps after
-the first (warm-up). Both sides: full fine-tuning, float32, beta = 0 (no reference), one optimizer step per
-generation (on-policy), loss_type dapo, temperature 1, no gradient checkpointing, AdamW lr 1e-5.
+the first (warm-up). Both sides: full fine-tuning or LoRA (``--lora r``, all linear layers), float32, beta = 0 (no
+reference), one optimizer step per generation (on-policy), loss_type dapo, temperature 1, no gradient checkpointing,
+AdamW lr 1e-5. The compute floor of a step: 2N FLOPs per prompt and generated token (sampling) + kN per token of the
+update (k = 6 full, 4 LoRA), real tokens only, at the machine's measured float32 matmul rate; phases: generation,
+reward, update forward, backward, optimizer, rest.
 """
 
 from __future__ import annotations
@@ -16,9 +21,11 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import time
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _common import Phases, alternate, load_average, matmul_gflops, summary  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
@@ -31,10 +38,10 @@ def _prompts(n: int) -> list[dict]:
     return EmbeddedTasks(format="prompts", n=n, split="train", seed=0).rows()
 
 
-def _backbone(model: str):
-    from ltune.backbone import Backbone
+def _backbone(model: str, lora: int = 0):
+    from ltune.backbone import Backbone, LoRA
 
-    return Backbone(name_or_path=model)
+    return Backbone(name_or_path=model, lora=LoRA(r=lora, alpha=2 * lora, dropout=0.0) if lora else None)
 
 
 def run_ltune(a: argparse.Namespace) -> dict:
@@ -46,7 +53,7 @@ def run_ltune(a: argparse.Namespace) -> dict:
 
     torch.manual_seed(0)
     common = dict(
-        backbone=_backbone(a.model),
+        backbone=_backbone(a.model, a.lora),
         optimizer=lambda p: torch.optim.AdamW(p, lr=1e-5),
         num_generations=a.generations,
         max_completion_length=a.max_new_tokens,
@@ -57,11 +64,40 @@ def run_ltune(a: argparse.Namespace) -> dict:
     model = TTRL(num_votes=a.generations, **common) if a.objective == "ttrl" else GRPO(**common)
     rows = EmbeddedTasks(format="prompts", n=a.prompts * a.steps, split="train", seed=0)  # the prompts TRL gets
     data = PromptData(train=rows, batch_size=a.prompts, max_length=128)
-    times: list[float] = []
+    times, phases, tokens = [], Phases(), {"sampled": 0, "update": 0}
+    rollout = model.rollout
+
+    def counted_rollout(batch):
+        with phases("generate"):
+            samples = rollout(batch)
+        if phases.on:
+            real = int(samples.prompt_mask.sum()), int(samples.completion_mask.sum())
+            tokens["sampled"] += sum(real)
+            g = a.generations / model.num_rollouts  # the share of sampled rows that enter the update
+            tokens["update"] += int(g * sum(real))
+        return samples
+
+    model.rollout = counted_rollout
+    phases.wrap(model, "rewards", "reward")
+    phases.wrap(model, "update_loss", "update forward")
 
     class Clock(L.Callback):
+        def on_train_batch_start(self, *args) -> None:
+            phases.on = len(times) >= 1
+
+        def on_before_backward(self, *args):
+            self.b = time.perf_counter()
+
+        def on_after_backward(self, *args):
+            phases.total["backward"] += (time.perf_counter() - self.b) if phases.on else 0.0
+
+        def on_before_optimizer_step(self, *args):
+            self.o = time.perf_counter()
+
         def on_train_batch_end(self, *args) -> None:
-            times.append(time.perf_counter())
+            now = time.perf_counter()
+            phases.total["optimizer"] += (now - self.o) if phases.on else 0.0
+            times.append(now)
 
     trainer = L.Trainer(
         accelerator="cpu",
@@ -74,7 +110,7 @@ def run_ltune(a: argparse.Namespace) -> dict:
         callbacks=[Clock()],
     )
     trainer.fit(model, data)
-    return _result(times, a)
+    return _result(times, a, phases, tokens, sum(p.numel() for p in model.model.parameters()))
 
 
 def run_trl(a: argparse.Namespace) -> dict:
@@ -96,11 +132,19 @@ def run_trl(a: argparse.Namespace) -> dict:
     def reward(completions, answer, **kwargs):
         return verifier_reward(completions, answer)
 
-    times: list[float] = []
+    times, phases, tokens = [], Phases(), {"sampled": 0, "update": 0}
 
     class Clock(TrainerCallback):
+        def on_step_begin(self, *args, **kwargs):
+            phases.on = len(times) >= 1
+
+        def on_pre_optimizer_step(self, *args, **kwargs):
+            self.o = time.perf_counter()
+
         def on_step_end(self, *args, **kwargs):
-            times.append(time.perf_counter())
+            now = time.perf_counter()
+            phases.total["optimizer"] += (now - self.o) if phases.on else 0.0
+            times.append(now)
 
     config = GRPOConfig(
         output_dir=a.trl_output,
@@ -121,54 +165,91 @@ def run_trl(a: argparse.Namespace) -> dict:
         shuffle_dataset=False,
         seed=0,
     )
+    peft = None
+    if a.lora:
+        from peft import LoraConfig
+
+        peft = LoraConfig(r=a.lora, lora_alpha=2 * a.lora, lora_dropout=0.0, target_modules="all-linear",
+                          task_type="CAUSAL_LM")  # fmt: skip
     trainer = GRPOTrainer(
         model=bb.load_model(), reward_funcs=reward, args=config, train_dataset=dataset, processing_class=tok,
-        callbacks=[Clock()],
+        callbacks=[Clock()], peft_config=peft,
     )  # fmt: skip
+    generate = trainer._generate_and_score_completions
+
+    def counted_generate(inputs):
+        with phases("generate + reward"):
+            out = generate(inputs)
+        if phases.on:
+            real = int(out["prompt_mask"].sum()) + int(out["completion_mask"].sum())
+            tokens["sampled"] += real
+            tokens["update"] += real
+        return out
+
+    trainer._generate_and_score_completions = counted_generate
+    phases.wrap(trainer, "compute_loss", "update forward")
+    phases.wrap(trainer.accelerator, "backward", "backward")
     trainer.train()
-    return _result(times, a)
+    return _result(times, a, phases, tokens, sum(p.numel() for p in trainer.model.parameters()))
 
 
-def _result(times: list[float], a: argparse.Namespace) -> dict:
+def _result(times: list[float], a: argparse.Namespace, phases: Phases, tokens: dict, n_params: int) -> dict:
     steps = len(times) - 1
     seconds = times[-1] - times[0]
+    flops = 2 * n_params * tokens["sampled"] + (4 if a.lora else 6) * n_params * tokens["update"]
     return {
-        "completions_per_s": steps * a.prompts * a.generations / seconds,
-        "s_per_step": seconds / steps,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "summary": {
+            "completions_per_s": steps * a.prompts * a.generations / seconds,
+            "s_per_step": seconds / steps,
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "gflops": flops / seconds / 1e9,
+        },
+        "tokens": tokens,
+        "phases": {k: v / seconds for k, v in phases.total.items()},
     }
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="tiny", help="'tiny' or a Hugging Face folder / id")
+    p.add_argument("--model", default="smollm2-135m-instruct", help="'tiny', a preset, or a Hugging Face folder / id")
     p.add_argument("--objective", choices=["grpo", "ttrl"], default="grpo")
+    p.add_argument("--lora", type=int, default=0, help="LoRA rank (all linear layers, alpha = 2r); 0 = full FT")
     p.add_argument("--prompts", type=int, default=8, help="prompts per step")
     p.add_argument("--generations", type=int, default=8, help="G, completions per prompt")
     p.add_argument("--max_new_tokens", type=int, default=32)
     p.add_argument("--steps", type=int, default=6, help="optimizer steps (the first is warm-up)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads per side")
+    p.add_argument("--repeats", type=int, default=2, help="runs per side, alternated; medians reported")
     p.add_argument("--trl_output", default="/tmp/ltune_trl_bench")
+    p.add_argument("--json", help="also write the results to this file")
     p.add_argument("--side", choices=["ltune", "trl"], help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.side:
-        print(json.dumps((run_ltune if a.side == "ltune" else run_trl)(a)))
+        import torch
+
+        torch.set_num_threads(a.threads)
+        print("RESULT " + json.dumps((run_ltune if a.side == "ltune" else run_trl)(a)))
         return
-    results = {}
-    for side in ("ltune", "trl"):
-        out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--side", side], capture_output=True, text=True)
-        if out.returncode:
-            print(f"{side} failed:\n{out.stderr[-3000:]}")
-            results[side] = None
-            continue
-        results[side] = json.loads(out.stdout.strip().splitlines()[-1])
-    print(f"load average at the end: {os.getloadavg()}")
-    print(f"{'side':6s} {'completions/s':>14s} {'s/step':>8s} {'peak RSS MiB':>13s}")
-    for side, r in results.items():
-        if r:
-            print(f"{side:6s} {r['completions_per_s']:14.2f} {r['s_per_step']:8.2f} {r['peak_rss_mib']:13.0f}")
-    if results.get("ltune") and results.get("trl"):
-        ratio = results["ltune"]["completions_per_s"] / results["trl"]["completions_per_s"]
-        print(f"ltune / TRL throughput: {ratio:.2f}x")
+    peak = matmul_gflops(a.threads)
+    tuning = f"LoRA r={a.lora}" if a.lora else "full FT"
+    print(
+        f"{a.objective} {a.model} {tuning}; {a.prompts} prompts x G {a.generations}, {a.max_new_tokens} new tokens, "
+        f"{a.steps} steps (1 warm-up), {a.threads} threads; float32 matmul {peak:.0f} GFLOP/s; {load_average()}"
+    )
+    args = [f"--{k}={v}" for k, v in vars(a).items() if k not in ("json", "side")]
+    runs = alternate(__file__, args, ("ltune", "trl"), a.repeats)
+    print(f"{'side':6s} {'completions/s (min-max)':>26s} {'s/step':>7s} {'peak RSS MiB':>13s} {'of floor':>9s}  phases")
+    for side, rs in runs.items():
+        cps, lo, hi = summary(rs, "completions_per_s")
+        sps, rss, gf = (summary(rs, k)[0] for k in ("s_per_step", "peak_rss_mib", "gflops"))
+        ph = " ".join(f"{k} {v:.0%}" for k, v in rs[0]["phases"].items())
+        print(f"{side:6s} {cps:12.2f} ({lo:5.2f}-{hi:5.2f})   {sps:7.2f} {rss:13.0f} {gf / peak:9.1%}  {ph}")
+    ratio = summary(runs["ltune"], "completions_per_s")[0] / summary(runs["trl"], "completions_per_s")[0]
+    rss = summary(runs["ltune"], "peak_rss_mib")[0] / summary(runs["trl"], "peak_rss_mib")[0]
+    print(f"ltune / TRL: {ratio:.2f}x completions/s, {rss:.2f}x peak RSS; {load_average()}")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"args": vars(a), "matmul_gflops": peak, "runs": runs, "ratio": ratio, "rss_ratio": rss}, f)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,19 @@
-"""Preference-training throughput: ltune ``ORPO`` (Lightning Trainer) vs TRL's ``ORPOTrainer``
-(``trl.experimental.orpo``) on the same tiny model, preference pairs, batch size and step count, on CPU.
+"""Training throughput side by side: ltune ``SFT`` / ``ORPO`` (Lightning) vs TRL's ``SFTTrainer`` (default loss) /
+``ORPOTrainer`` (``trl.experimental.orpo``) on the same model, rows, rendered token ids, batch, lengths, precision
+(float32) and optimizer (AdamW lr 1e-5, constant), full fine-tuning or LoRA; each side in its own process, sides
+alternated over ``--repeats``.
 
-    python benchmarks/train_throughput.py                      # tiny preset, 16 pairs per step, 30 steps
-    python benchmarks/train_throughput.py --batch 8 --steps 20 --threads 2 --repeats 3   # medians of 3 alternations
+    python benchmarks/train_throughput.py --method orpo --model smollm2-135m-instruct --repeats 3
+    python benchmarks/train_throughput.py --method sft --lora 16 --model smollm2-135m-instruct --repeats 3
+    python benchmarks/train_throughput.py --method orpo --model tiny --batch 8 --steps 8     # framework overhead
 
-Each side runs in its own subprocess, so its peak RSS (``ru_maxrss``, model load included) is its own; both run
-in one invocation and the ratio is printed. Tokens/s counts the real (non-padding) tokens of the chosen and rejected
-sequences that each side fed to its model, over the steps after the first two (warm-up). Both sides: full
-fine-tuning of the same randomly initialised tiny Llama in float32, beta = 0.1, NLL over prompt + response, AdamW
-lr 1e-5, no dropout, no gradient checkpointing, no evaluation, no logging or checkpoint writes. The pairs are the
-embedded preference rows rendered with the tiny chat template (``Q: ...\\nA: `` + response + EOS) on both sides.
+Rows: the embedded preference (ORPO) or instruction (SFT) rows, rendered once by ltune's DataModule (the model's chat
+template); TRL gets the same prompt text and completion text (it appends the same EOS), so both sides tokenize to the
+same ids: each side reports the real (non-padding) tokens it fed over the whole run, and the totals must agree.
+Tokens/s counts those tokens over the steps after ``--warmup``. The compute floor is ``k N`` FLOPs per token (k = 6
+for full fine-tuning, 4 for LoRA: no weight gradients of frozen weights; N = parameters, tied embeddings once;
+attention scores left out, small at these lengths) at the machine's measured float32 matmul rate. Phases: forward
+(loss included), backward, optimizer, and the rest of the step (data, framework).
 """
 
 from __future__ import annotations
@@ -18,10 +22,12 @@ import argparse
 import json
 import os
 import resource
-import statistics
-import subprocess
 import sys
+import tempfile
 import time
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _common import Phases, alternate, load_average, matmul_gflops, summary  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
@@ -29,20 +35,32 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 
-def _rows(n: int) -> list[dict]:
-    from ltune.datamodules import EmbeddedTasks
+def _data(a: argparse.Namespace):
+    from ltune.datamodules import InstructionData, PreferenceData
 
-    return EmbeddedTasks(format="preference", n=n, split="train", seed=0).rows()
+    cls = PreferenceData if a.method == "orpo" else InstructionData
+    return cls(train=a.data, batch_size=a.batch, max_length=a.max_length, seed=0)
 
 
-def _result(side: str, tokens: list[int], times: list[float]) -> dict:
-    timed = slice(2, None)  # warm-up steps excluded
+def _backbone(a: argparse.Namespace):
+    from ltune.backbone import Backbone, LoRA
+
+    return Backbone(a.model, lora=LoRA(r=a.lora, alpha=2 * a.lora, dropout=0.0) if a.lora else None)
+
+
+def _result(a, tokens: list[int], times: list[float], phases: Phases, n_params: int) -> dict:
+    timed = slice(a.warmup, None)
+    seconds, toks = sum(times[timed]), sum(tokens[timed])
+    flops = (4 if a.lora else 6) * n_params * toks
     return {
-        "side": side,
-        "steps": len(times),
-        "tokens_per_s": sum(tokens[timed]) / sum(times[timed]),
-        "step_ms": 1000 * sum(times[timed]) / len(times[timed]),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "summary": {
+            "tokens_per_s": toks / seconds,
+            "step_ms": 1000 * seconds / len(times[timed]),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "gflops": flops / seconds / 1e9,
+        },
+        "tokens_total": sum(tokens),
+        "phases": {k: v / seconds for k, v in phases.total.items()},
     }
 
 
@@ -50,110 +68,132 @@ def run_ltune(a: argparse.Namespace) -> dict:
     import lightning as L
     import torch
 
-    from ltune.backbone import Backbone
-    from ltune.datamodules import PreferenceData
-    from ltune.objectives import ORPO
+    from ltune.objectives import ORPO, SFT
 
     torch.manual_seed(0)
-    model = ORPO(backbone=Backbone("tiny"), beta=0.1, optimizer=lambda p: torch.optim.AdamW(p, lr=1e-5))
-    data = PreferenceData(train=a.data, batch_size=a.batch, max_length=a.max_length, seed=0)
-    tokens, times = [], []
+    opt = lambda p: torch.optim.AdamW(p, lr=1e-5)  # noqa: E731
+    model = (ORPO(backbone=_backbone(a), beta=0.1, optimizer=opt) if a.method == "orpo"
+             else SFT(backbone=_backbone(a), optimizer=opt))  # fmt: skip
+    tokens, times, phases = [], [], Phases()
+    phases.wrap(model, "training_step", "forward")
 
     class Clock(L.Callback):
         def on_train_batch_start(self, trainer, module, batch, batch_idx):
-            tokens.append(int(batch["attention_mask"].sum()))
+            phases.on = len(times) >= a.warmup
+            tokens.append(int(batch["attention_mask"].sum()))  # ORPO: chosen and rejected rows of one batch
             self.t = time.perf_counter()
 
-        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-            times.append(time.perf_counter() - self.t)
+        def on_before_backward(self, *args):
+            self.b = time.perf_counter()
 
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=a.steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[Clock()],
-    )
-    trainer.fit(model, data)
-    return _result("ltune ORPO", tokens, times)
+        def on_after_backward(self, *args):
+            phases.total["backward"] += (time.perf_counter() - self.b) if phases.on else 0.0
+
+        def on_before_optimizer_step(self, *args):
+            self.o = time.perf_counter()
+
+        def on_train_batch_end(self, *args):
+            now = time.perf_counter()
+            phases.total["optimizer"] += (now - self.o) if phases.on else 0.0
+            times.append(now - self.t)
+
+    trainer = L.Trainer(accelerator="cpu", max_steps=a.steps, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        callbacks=[Clock()])  # fmt: skip
+    trainer.fit(model, _data(a))
+    n_params = sum(p.numel() for p in model.model.parameters())
+    return _result(a, tokens, times, phases, n_params)
 
 
 def run_trl(a: argparse.Namespace) -> dict:
     import datasets
     import torch
     from transformers import TrainerCallback
-    from trl.experimental.orpo import ORPOConfig, ORPOTrainer
-
-    from ltune.backbone import Backbone
 
     torch.manual_seed(0)
-    backbone = Backbone("tiny")
-    model, tok = backbone.load_model(), backbone.tokenizer
-    rows = [  # the same text ltune renders; TRL appends EOS to each response itself
-        {"prompt": f"Q: {r['prompt']}\nA: ", "chosen": r["chosen"], "rejected": r["rejected"]} for r in _rows(a.rows)
-    ]
-    args = ORPOConfig(
-        output_dir=a.tmp,
-        per_device_train_batch_size=a.batch,
-        max_steps=a.steps,
-        learning_rate=1e-5,
-        beta=0.1,
-        max_length=a.max_length,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
-        logging_steps=10**6,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
-        seed=0,
-    )
-    trainer = ORPOTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(rows), processing_class=tok)
-    tokens, times = [], []
+    dm, bb = _data(a), _backbone(a)
+    dm.tokenizer = tok = bb.tokenizer
+    rows = [json.loads(line) for line in open(a.data)]
+    eos = tok.eos_token
+
+    def split(prompt: str, completion: str) -> tuple[str, str]:
+        ptext, ctext = dm.render(prompt, completion)  # ltune's text; TRL appends the EOS itself
+        return ptext, ctext.removesuffix(eos)
+
+    common = dict(output_dir=a.tmp, per_device_train_batch_size=a.batch, max_steps=a.steps, learning_rate=1e-5,
+                  max_length=a.max_length, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.01,
+                  logging_steps=10**6, save_strategy="no", report_to=[], use_cpu=True, dataloader_num_workers=0,
+                  disable_tqdm=True, seed=0)  # fmt: skip
+    peft = None
+    if a.lora:
+        from peft import LoraConfig
+
+        peft = LoraConfig(r=a.lora, lora_alpha=2 * a.lora, lora_dropout=0.0, target_modules="all-linear",
+                          task_type="CAUSAL_LM")  # fmt: skip
+    model = bb.__class__(a.model).load_model()  # without LoRA: the trainer adds its own
+    if a.method == "orpo":
+        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+        data = []
+        for r in rows:
+            p, c = split(r["prompt"], r["chosen"])
+            data.append({"prompt": p, "chosen": c, "rejected": split(r["prompt"], r["rejected"])[1]})
+        trainer = ORPOTrainer(model=model, args=ORPOConfig(beta=0.1, **common), processing_class=tok,
+                              train_dataset=datasets.Dataset.from_list(data), peft_config=peft)  # fmt: skip
+        keys = ("chosen_attention_mask", "rejected_attention_mask")
+    else:
+        from trl import SFTConfig, SFTTrainer
+
+        data = [dict(zip(("prompt", "completion"), split(r["prompt"], r["response"]))) for r in rows]
+        trainer = SFTTrainer(model=model, args=SFTConfig(**common), processing_class=tok,
+                             train_dataset=datasets.Dataset.from_list(data), peft_config=peft)  # fmt: skip
+        keys = ("attention_mask",)
+    tokens, times, phases = [], [], Phases()
+    inner = trainer.compute_loss
+
+    def compute_loss(model, inputs, *args, **kwargs):
+        tokens[-1] += sum(int(inputs[k].sum()) for k in keys if k in inputs)
+        with phases("forward"):
+            return inner(model, inputs, *args, **kwargs)
+
+    trainer.compute_loss = compute_loss
+    phases.wrap(trainer.accelerator, "backward", "backward")
 
     class Clock(TrainerCallback):
         def on_step_begin(self, *_, **__):
+            phases.on = len(times) >= a.warmup
+            tokens.append(0)
             self.t = time.perf_counter()
 
+        def on_pre_optimizer_step(self, *_, **__):
+            self.o = time.perf_counter()
+
         def on_step_end(self, *_, **__):
-            times.append(time.perf_counter() - self.t)
+            now = time.perf_counter()
+            phases.total["optimizer"] += (now - self.o) if phases.on else 0.0
+            times.append(now - self.t)
 
     trainer.add_callback(Clock())
-    inner = trainer.concatenated_forward
-
-    def counting_forward(model, batch):
-        for side in ("chosen", "rejected"):
-            tokens_now = int(batch[f"{side}_attention_mask"].sum())
-            counting_forward.n += tokens_now
-        return inner(model, batch)
-
-    counting_forward.n = 0
-
-    def step_tokens(*_, **__):
-        tokens.append(counting_forward.n)
-        counting_forward.n = 0
-
-    trainer.concatenated_forward = counting_forward
-    trainer.add_callback(type("Count", (TrainerCallback,), {"on_step_end": step_tokens})())
     trainer.train()
-    return _result("TRL ORPOTrainer", tokens, times)
+    n_params = sum(p.numel() for p in trainer.model.parameters())
+    return _result(a, tokens, times, phases, n_params)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--batch", type=int, default=16, help="preference pairs per step")
-    p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--method", choices=["orpo", "sft"], default="orpo")
+    p.add_argument("--model", default="smollm2-135m-instruct", help="'tiny', a preset, or a Hugging Face folder")
+    p.add_argument("--lora", type=int, default=0, help="LoRA rank (all linear layers, alpha = 2r); 0 = full FT")
+    p.add_argument("--batch", type=int, default=8, help="rows (SFT) or pairs (ORPO) per step")
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--warmup", type=int, default=2, help="first steps left out of the timing")
+    p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--threads", type=int, default=2, help="torch threads per side")
+    p.add_argument("--repeats", type=int, default=3, help="runs per side, alternated; medians reported")
+    p.add_argument("--json", help="also write the results to this file")
     p.add_argument("--side", choices=["ltune", "trl"], help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)
-    p.add_argument("--rows", type=int, help=argparse.SUPPRESS)
     p.add_argument("--tmp", help=argparse.SUPPRESS)
-    p.add_argument("--repeats", type=int, default=1, help="alternate the two sides this many times; report medians")
-    p.add_argument("--json", help="also write the results to this file")
     a = p.parse_args()
     if a.side:
         import torch
@@ -161,42 +201,40 @@ def main() -> None:
         torch.set_num_threads(a.threads)
         print("RESULT " + json.dumps(run_ltune(a) if a.side == "ltune" else run_trl(a)))
         return
-    import tempfile
+    from ltune.datamodules import EmbeddedTasks
 
-    rows = a.batch * a.steps
+    peak = matmul_gflops(a.threads)
+    tuning = f"LoRA r={a.lora}" if a.lora else "full FT"
+    print(
+        f"{a.method} {a.model} {tuning}; batch {a.batch}, {a.steps} steps ({a.warmup} warm-up), {a.threads} "
+        f"threads; float32 matmul {peak:.0f} GFLOP/s; {load_average()}"
+    )
+    fmt = "preference" if a.method == "orpo" else "instruction"
     with tempfile.TemporaryDirectory() as tmp:
-        data = os.path.join(tmp, "pairs.jsonl")
+        data = os.path.join(tmp, "rows.jsonl")
         with open(data, "w") as f:
-            for r in _rows(rows):
+            for r in EmbeddedTasks(format=fmt, n=a.batch * a.steps, split="train", seed=0).rows():
                 f.write(json.dumps(r) + "\n")
-        runs: dict[str, list[dict]] = {"ltune": [], "trl": []}
-        for _ in range(a.repeats):  # alternated, so a change in machine load hits both sides alike
-            for side in ("ltune", "trl"):
-                cmd = [sys.executable, __file__, "--side", side, "--data", data, "--rows", str(rows), "--tmp", tmp]
-                cmd += ["--batch", str(a.batch), "--steps", str(a.steps), "--max-length", str(a.max_length)]
-                cmd += ["--threads", str(a.threads)]
-                out = subprocess.run(cmd, capture_output=True, text=True)
-                line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
-                if line is None:
-                    sys.exit(f"{side} failed:\n{out.stderr[-3000:]}")
-                runs[side].append(json.loads(line[len("RESULT ") :]))
-    results = [
-        {k: (statistics.median(r[k] for r in rs) if k != "side" else rs[0][k]) for k in rs[0]} for rs in runs.values()
-    ]
-    for r in results:
-        print(
-            f"{r['side']:16s} {r['tokens_per_s']:9.0f} tokens/s  {r['step_ms']:8.1f} ms/step  "
-            f"peak RSS {r['peak_rss_mb']:7.0f} MB"
-        )
-    ours, theirs = results
-    ratio = {
-        "tokens_per_s_ratio": ours["tokens_per_s"] / theirs["tokens_per_s"],
-        "peak_rss_ratio": ours["peak_rss_mb"] / theirs["peak_rss_mb"],
-    }
-    print(f"ltune / TRL: {ratio['tokens_per_s_ratio']:.2f}x tokens/s, {ratio['peak_rss_ratio']:.2f}x peak RSS")
+        args = [f"--{k.replace('_', '-')}={v}" for k, v in vars(a).items() if k not in ("json", "side", "data", "tmp")]
+        args += ["--data", data, "--tmp", tmp]
+        runs = alternate(__file__, args, ("ltune", "trl"), a.repeats)
+    head = f"{'side':6s} {'tokens/s (min-max)':>24s} {'ms/step':>8s} {'peak RSS MB':>12s} {'of matmul peak':>15s}"
+    print(head + "  phases")
+    for side, rs in runs.items():
+        tps, lo, hi = summary(rs, "tokens_per_s")
+        ms, rss, gf = (summary(rs, k)[0] for k in ("step_ms", "peak_rss_mb", "gflops"))
+        ph = " ".join(f"{k} {v:.0%}" for k, v in rs[0]["phases"].items())
+        print(f"{side:6s} {tps:10.0f} ({lo:5.0f}-{hi:5.0f})   {ms:8.0f} {rss:12.0f} {gf / peak:15.1%}  {ph}")
+    totals = {side: rs[0]["tokens_total"] for side, rs in runs.items()}
+    ratio = summary(runs["ltune"], "tokens_per_s")[0] / summary(runs["trl"], "tokens_per_s")[0]
+    rss = summary(runs["ltune"], "peak_rss_mb")[0] / summary(runs["trl"], "peak_rss_mb")[0]
+    print(
+        f"ltune / TRL: {ratio:.2f}x tokens/s, {rss:.2f}x peak RSS; tokens fed over the run {totals} "
+        f"({'identical' if len(set(totals.values())) == 1 else 'DIFFERENT'}); {load_average()}"
+    )
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"args": vars(a), "results": results, "runs": runs, **ratio}, f, indent=2)
+            json.dump({"args": vars(a), "matmul_gflops": peak, "runs": runs, "ratio": ratio, "rss_ratio": rss}, f)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,79 @@
+"""Shared pieces of the side-by-side benchmarks: the machine's measured matmul rate (the physical limit of a step),
+alternated subprocess runs with medians and spread, the load average, and a phase timer for profiles."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+
+
+def matmul_gflops(threads: int, n: int = 2048, repeats: int = 5) -> float:
+    """Median float32 ``n x n @ n x n`` rate on ``threads`` threads, in GFLOP/s (the compute floor's rate)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b  # warm-up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def alternate(script: str, args: list[str], sides: tuple[str, ...], repeats: int) -> dict[str, list[dict]]:
+    """Run ``script --side S`` for every side, ``repeats`` times in alternation (a change of machine load hits every
+    side alike); each run prints one ``RESULT {json}`` line."""
+    runs: dict[str, list[dict]] = {s: [] for s in sides}
+    for r in range(repeats):
+        for side in sides if r % 2 == 0 else sides[::-1]:
+            out = subprocess.run([sys.executable, script, *args, "--side", side], capture_output=True, text=True)
+            line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
+            if line is None:
+                sys.exit(f"{side} failed:\n{out.stderr[-4000:]}")
+            runs[side].append(json.loads(line[len("RESULT ") :]))
+            print(f"  {side} run {r + 1}: {json.dumps(runs[side][-1]['summary'])}", flush=True)
+    return runs
+
+
+def summary(runs: list[dict], key: str) -> tuple[float, float, float]:
+    """Median, min and max of ``key`` over runs."""
+    values = [r["summary"][key] for r in runs]
+    return statistics.median(values), min(values), max(values)
+
+
+def load_average() -> str:
+    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+class Phases:
+    """Wall time per named phase, summed over the timed steps (wrap callables or use ``with phases("name")``)."""
+
+    def __init__(self) -> None:
+        self.total: dict[str, float] = defaultdict(float)
+        self.on = False
+
+    @contextmanager
+    def __call__(self, name: str):
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.on:
+                self.total[name] += time.perf_counter() - t
+
+    def wrap(self, obj, attr: str, name: str) -> None:
+        fn = getattr(obj, attr)
+
+        def timed(*args, **kwargs):
+            with self(name):
+                return fn(*args, **kwargs)
+
+        setattr(obj, attr, timed)
