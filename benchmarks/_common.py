@@ -77,3 +77,35 @@ class Phases:
                 return fn(*args, **kwargs)
 
         setattr(obj, attr, timed)
+
+
+def lightning_clock(phases: Phases, warmup: int, on_start=None):
+    """A Lightning callback recording each step's ``(start, end)`` in ``.steps`` and the backward and optimizer phases
+    of the steps after ``warmup``; ``on_start(batch)`` runs at every step start."""
+    import lightning as L
+
+    class Clock(L.Callback):
+        def __init__(self) -> None:
+            self.steps: list[tuple[float, float]] = []
+
+        def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+            phases.on = len(self.steps) >= warmup
+            if on_start is not None:
+                on_start(batch)
+            self.t = time.perf_counter()
+
+        def on_before_backward(self, *args) -> None:
+            self.b = time.perf_counter()
+
+        def on_after_backward(self, *args) -> None:
+            phases.total["backward"] += (time.perf_counter() - self.b) if phases.on else 0.0
+
+        def on_before_optimizer_step(self, *args) -> None:
+            self.o = time.perf_counter()
+
+        def on_train_batch_end(self, *args) -> None:
+            now = time.perf_counter()
+            phases.total["optimizer"] += (now - self.o) if phases.on else 0.0
+            self.steps.append((self.t, now))
+
+    return Clock()

@@ -25,7 +25,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import Phases, alternate, load_average, matmul_gflops, summary  # noqa: E402
+from _common import Phases, alternate, lightning_clock, load_average, matmul_gflops, summary  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
@@ -64,7 +64,7 @@ def run_ltune(a: argparse.Namespace) -> dict:
     model = TTRL(num_votes=a.generations, **common) if a.objective == "ttrl" else GRPO(**common)
     rows = EmbeddedTasks(format="prompts", n=a.prompts * a.steps, split="train", seed=0)  # the prompts TRL gets
     data = PromptData(train=rows, batch_size=a.prompts, max_length=128)
-    times, phases, tokens = [], Phases(), {"sampled": 0, "update": 0}
+    phases, tokens = Phases(), {"sampled": 0, "update": 0}
     rollout = model.rollout
 
     def counted_rollout(batch):
@@ -81,23 +81,7 @@ def run_ltune(a: argparse.Namespace) -> dict:
     phases.wrap(model, "rewards", "reward")
     phases.wrap(model, "update_loss", "update forward")
 
-    class Clock(L.Callback):
-        def on_train_batch_start(self, *args) -> None:
-            phases.on = len(times) >= 1
-
-        def on_before_backward(self, *args):
-            self.b = time.perf_counter()
-
-        def on_after_backward(self, *args):
-            phases.total["backward"] += (time.perf_counter() - self.b) if phases.on else 0.0
-
-        def on_before_optimizer_step(self, *args):
-            self.o = time.perf_counter()
-
-        def on_train_batch_end(self, *args) -> None:
-            now = time.perf_counter()
-            phases.total["optimizer"] += (now - self.o) if phases.on else 0.0
-            times.append(now)
+    clock = lightning_clock(phases, 1)
 
     trainer = L.Trainer(
         accelerator="cpu",
@@ -107,9 +91,10 @@ def run_ltune(a: argparse.Namespace) -> dict:
         enable_progress_bar=False,
         enable_model_summary=False,
         limit_val_batches=0,
-        callbacks=[Clock()],
+        callbacks=[clock],
     )
     trainer.fit(model, data)
+    times = [end for _, end in clock.steps]
     return _result(times, a, phases, tokens, sum(p.numel() for p in model.model.parameters()))
 
 

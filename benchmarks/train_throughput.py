@@ -27,7 +27,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import Phases, alternate, load_average, matmul_gflops, summary  # noqa: E402
+from _common import Phases, alternate, lightning_clock, load_average, matmul_gflops, summary  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
@@ -74,33 +74,15 @@ def run_ltune(a: argparse.Namespace) -> dict:
     opt = lambda p: torch.optim.AdamW(p, lr=1e-5)  # noqa: E731
     model = (ORPO(backbone=_backbone(a), beta=0.1, optimizer=opt) if a.method == "orpo"
              else SFT(backbone=_backbone(a), optimizer=opt))  # fmt: skip
-    tokens, times, phases = [], [], Phases()
+    tokens, phases = [], Phases()  # ORPO: chosen and rejected rows of one batch share its attention mask
     phases.wrap(model, "training_step", "forward")
 
-    class Clock(L.Callback):
-        def on_train_batch_start(self, trainer, module, batch, batch_idx):
-            phases.on = len(times) >= a.warmup
-            tokens.append(int(batch["attention_mask"].sum()))  # ORPO: chosen and rejected rows of one batch
-            self.t = time.perf_counter()
-
-        def on_before_backward(self, *args):
-            self.b = time.perf_counter()
-
-        def on_after_backward(self, *args):
-            phases.total["backward"] += (time.perf_counter() - self.b) if phases.on else 0.0
-
-        def on_before_optimizer_step(self, *args):
-            self.o = time.perf_counter()
-
-        def on_train_batch_end(self, *args):
-            now = time.perf_counter()
-            phases.total["optimizer"] += (now - self.o) if phases.on else 0.0
-            times.append(now - self.t)
-
+    clock = lightning_clock(phases, a.warmup, lambda batch: tokens.append(int(batch["attention_mask"].sum())))
     trainer = L.Trainer(accelerator="cpu", max_steps=a.steps, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        callbacks=[Clock()])  # fmt: skip
+                        callbacks=[clock])  # fmt: skip
     trainer.fit(model, _data(a))
+    times = [end - start for start, end in clock.steps]
     n_params = sum(p.numel() for p in model.model.parameters())
     return _result(a, tokens, times, phases, n_params)
 
