@@ -144,7 +144,10 @@ class Hub(Source):
 
 # What a config may give where rows are read: a file path (``Path`` in the union keeps jsonargparse from reading a
 # command-line path's *content* as the value, which broke ``--data.init_args.train rows.csv``), a Hub id, a Source.
-SourceLike = str | Path | Source
+# ``Source`` comes first: jsonargparse dumps a value by the first type that serialises it, and ``str`` serialises
+# anything (a Source was dumped as "Namespace(class_path=...)", so --print_config and a run's config.yaml did not
+# load back).
+SourceLike = Source | str | Path
 
 
 def as_source(spec: SourceLike) -> Source:
