@@ -53,12 +53,23 @@ def load_average() -> str:
     return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def rss_mb() -> float:
+    """Resident set size of this process now, in MB (Linux ``/proc/self/status``)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
 class Phases:
-    """Wall time per named phase, summed over the timed steps (wrap callables or use ``with phases("name")``)."""
+    """Wall time per named phase, summed over the timed steps (wrap callables or use ``with phases("name")``), and
+    the largest resident set size seen at the end of each phase (``rss``: where the memory goes)."""
 
     def __init__(self) -> None:
         self.total: dict[str, float] = defaultdict(float)
+        self.rss: dict[str, float] = defaultdict(float)
         self.on = False
+
+    def mark(self, name: str) -> None:
+        self.rss[name] = max(self.rss[name], rss_mb())
 
     @contextmanager
     def __call__(self, name: str):
@@ -66,6 +77,7 @@ class Phases:
         try:
             yield
         finally:
+            self.mark(f"after {name}")
             if self.on:
                 self.total[name] += time.perf_counter() - t
 
@@ -89,6 +101,7 @@ def lightning_clock(phases: Phases, warmup: int, on_start=None):
             self.steps: list[tuple[float, float]] = []
 
         def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+            phases.mark("step start")
             phases.on = len(self.steps) >= warmup
             if on_start is not None:
                 on_start(batch)
@@ -98,6 +111,7 @@ def lightning_clock(phases: Phases, warmup: int, on_start=None):
             self.b = time.perf_counter()
 
         def on_after_backward(self, *args) -> None:
+            phases.mark("after backward")
             phases.total["backward"] += (time.perf_counter() - self.b) if phases.on else 0.0
 
         def on_before_optimizer_step(self, *args) -> None:
@@ -105,6 +119,7 @@ def lightning_clock(phases: Phases, warmup: int, on_start=None):
 
         def on_train_batch_end(self, *args) -> None:
             now = time.perf_counter()
+            phases.mark("after optimizer")
             phases.total["optimizer"] += (now - self.o) if phases.on else 0.0
             self.steps.append((self.t, now))
 

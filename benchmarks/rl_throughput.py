@@ -9,10 +9,10 @@ is its own; sides alternate over ``--repeats`` in one invocation; medians, sprea
 
 Completions/s counts the completions that enter the update (prompts x G) per second of wall time, over the steps after
 the first (warm-up). Both sides: full fine-tuning or LoRA (``--lora r``, all linear layers), float32, beta = 0 (no
-reference), one optimizer step per generation (on-policy), loss_type dapo, temperature 1, no gradient checkpointing,
-AdamW lr 1e-5. The compute floor of a step: 2N FLOPs per prompt and generated token (sampling) + kN per token of the
-update (k = 6 full, 4 LoRA), real tokens only, at the machine's measured float32 matmul rate; phases: generation,
-reward, update forward, backward, optimizer, rest.
+reference), one optimizer step per generation (on-policy), loss_type dapo, temperature 1, no gradient
+checkpointing, fused AdamW lr 1e-5 (TRL's default). The compute floor of a step: 2N FLOPs per prompt and generated
+token (sampling) + kN per token of the update (k = 6 full, 4 LoRA), real tokens only, at the machine's measured
+float32 matmul rate; phases: generation, reward, update forward, backward, optimizer, rest.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def run_ltune(a: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     common = dict(
         backbone=_backbone(a.model, a.lora),
-        optimizer=lambda p: torch.optim.AdamW(p, lr=1e-5),
+        optimizer=lambda p: torch.optim.AdamW(p, lr=1e-5, fused=True),
         num_generations=a.generations,
         max_completion_length=a.max_new_tokens,
         temperature=1.0,
@@ -121,6 +121,7 @@ def run_trl(a: argparse.Namespace) -> dict:
 
     class Clock(TrainerCallback):
         def on_step_begin(self, *args, **kwargs):
+            phases.mark("step start")
             phases.on = len(times) >= 1
 
         def on_pre_optimizer_step(self, *args, **kwargs):
@@ -128,6 +129,7 @@ def run_trl(a: argparse.Namespace) -> dict:
 
         def on_step_end(self, *args, **kwargs):
             now = time.perf_counter()
+            phases.mark("after optimizer")
             phases.total["optimizer"] += (now - self.o) if phases.on else 0.0
             times.append(now)
 
@@ -142,6 +144,8 @@ def run_trl(a: argparse.Namespace) -> dict:
         beta=0.0,
         loss_type="dapo",
         learning_rate=1e-5,
+        optim="adamw_torch_fused",
+        weight_decay=0.01,  # torch's AdamW default, as on the ltune side
         max_steps=a.steps,
         gradient_checkpointing=False,
         logging_steps=10_000,
@@ -191,6 +195,7 @@ def _result(times: list[float], a: argparse.Namespace, phases: Phases, tokens: d
         },
         "tokens": tokens,
         "phases": {k: v / seconds for k, v in phases.total.items()},
+        "rss_mb": dict(phases.rss),
     }
 
 

@@ -98,8 +98,11 @@ def locate(name_or_path: str) -> str:
 
 
 def _is_local_path(name: str) -> bool:
-    """A name no Hub id can be (``namespace/name`` has one slash): ``./x``, ``/x``, ``~/x``, ``runs/a/hf``."""
-    return name.startswith((".", "/", "~")) or name.count("/") > 1 or name.endswith("/")
+    """A name meant as a folder: one no Hub id can be (``./x``, ``/x``, ``~/x``, ``runs/a/hf``; a Hub id has one
+    slash), or one whose first part is a local folder (``runs/sft_150`` where ``runs/`` exists)."""
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or name.endswith("/"):
+        return True
+    return "/" in name and Path(name.split("/")[0]).is_dir()
 
 
 @contextlib.contextmanager

@@ -67,6 +67,9 @@ def test_a_model_folder_not_made_yet_says_how_to_make_it(tmp_path, monkeypatch):
     assert message.startswith("ltune validate: model folder runs/quickstart/version_0/hf does not exist"), message
     message = _one_line(["fit", "--config", SFT, *FAST, "--model.init_args.backbone.name_or_path=nobody/nomodel"])
     assert message.startswith("ltune fit: cannot load model 'nobody/nomodel'"), message
+    (tmp_path / "runs").mkdir()  # a name whose first part is a local folder is a folder, not a Hub id
+    message = _one_line(["fit", "--config", SFT, *FAST, "--model.init_args.backbone.name_or_path=runs/sft_150"])
+    assert message.startswith("ltune fit: model folder runs/sft_150 does not exist"), message
 
 
 def test_ltune_debug_shows_the_original_exception(bad_rows, tmp_path, monkeypatch):
