@@ -1,0 +1,86 @@
+"""Effect runs on the real model (issue 16): each method and its matched control through the real CLI, per seed,
+resumable across sessions. A run's outputs land in ``runs/effects/<study>/<arm>/seed<S>/`` (``--trainer.default_root_dir``);
+its before -> after validation metrics in ``result.json`` there; a finished run (``result.json`` present) is never
+repeated. The summary (per seed, mean and spread) is printed and written to ``benchmarks/results/effects/<study>.json``.
+
+    python benchmarks/real_effects.py orpo --seeds 0 1 2          # ORPO vs SFT on the chosen answers (beta 0)
+
+Studies (the protocol of each is in benchmarks/RESULTS.md, written before its runs):
+  orpo: configs/objectives/orpo.yaml + configs/models/smollm2.yaml, 60 steps of 8 pairs; control: the same run with
+        beta 0 (the loss is then exactly the NLL on the chosen sequences: SFT on chosen, same data, steps, evaluation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHORT = ["--trainer.max_steps=60", "--trainer.val_check_interval=60", "--data.init_args.batch_size=8"]
+STUDIES = {
+    "orpo": {
+        "config": ["configs/objectives/orpo.yaml", "configs/models/smollm2.yaml"],
+        "flags": SHORT,
+        "arms": {"orpo": [], "sft_chosen": ["--model.init_args.beta=0"]},
+        "metrics": ["val/exact_match", "val/rewards/accuracies"],
+    },
+}
+LINE = re.compile(r"^\s+(\S+)\s+(-?[\d.]+|nan)\s+->\s+(-?[\d.]+|nan)$")
+
+
+def run(study: str, arm: str, seed: int) -> dict:
+    spec, out = STUDIES[study], ROOT / "runs/effects" / study / arm / f"seed{seed}"
+    result = out / "result.json"
+    if result.is_file():
+        return json.loads(result.read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = ["ltune", "fit", *(a for c in spec["config"] for a in ("--config", c)), *spec["flags"],
+           *spec["arms"][arm], f"--seed_everything={seed}", "--validate_around_fit=true",
+           f"--trainer.default_root_dir={out}", "--trainer.enable_progress_bar=false"]  # fmt: skip
+    print(" ".join(cmd), flush=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": os.environ.get("WANDB_MODE", "offline")}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    (out / "stdout.txt").write_text(proc.stdout + proc.stderr)
+    if proc.returncode:
+        sys.exit(f"{study}/{arm}/seed{seed} failed; see {out / 'stdout.txt'}")
+    moved = {m.group(1): (float(m.group(2)), float(m.group(3))) for m in map(LINE.match, proc.stdout.splitlines()) if m}
+    record = {"study": study, "arm": arm, "seed": seed, "command": cmd, "before_after": moved}
+    result.write_text(json.dumps(record, indent=1))
+    return record
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("study", choices=sorted(STUDIES))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    a = p.parse_args()
+    spec, records = STUDIES[a.study], []
+    for seed in a.seeds:  # seed-major: an interrupted study has both arms of its first seeds
+        for arm in spec["arms"]:
+            records.append(run(a.study, arm, seed))
+    summary = {}
+    for metric in spec["metrics"]:
+        for arm in spec["arms"]:
+            pairs = [r["before_after"].get(metric) for r in records if r["arm"] == arm]
+            ends = [end for _, end in filter(None, pairs)]
+            summary[f"{arm} {metric}"] = {
+                "start": [start for start, _ in filter(None, pairs)],
+                "end": ends,
+                "mean": statistics.mean(ends) if ends else None,
+                "sd": statistics.stdev(ends) if len(ends) > 1 else None,
+            }
+            print(f"{arm:12s} {metric:26s} start {pairs[0][0] if pairs and pairs[0] else float('nan'):.3f} "
+                  f"end per seed {', '.join(f'{e:.3f}' for e in ends)}")  # fmt: skip
+    out = ROOT / "benchmarks/results/effects" / f"{a.study}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"seeds": a.seeds, "summary": summary, "runs": records}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
