@@ -1,7 +1,8 @@
 """Effect runs on the real model (issue 16): each method and its matched control through the real CLI, per seed,
-resumable across sessions. A run's outputs land in ``runs/effects/<study>/<arm>/seed<S>/`` (``--trainer.default_root_dir``);
-its before -> after validation metrics in ``result.json`` there; a finished run (``result.json`` present) is never
-repeated. The summary (per seed, mean and spread) is printed and written to ``benchmarks/results/effects/<study>.json``.
+resumable across sessions. A run's outputs land in ``runs/effects/<study>/<arm>/seed<S>/`` (its
+``--trainer.default_root_dir``); its before -> after validation metrics in ``result.json`` there; a finished run
+(``result.json`` present) is never repeated. The summary (per seed, mean and spread) is printed and written to
+``benchmarks/results/effects/<study>.json``.
 
     python benchmarks/real_effects.py orpo --seeds 0 1 2          # ORPO vs SFT on the chosen answers (beta 0)
 
