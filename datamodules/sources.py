@@ -1,7 +1,8 @@
 """Where rows come from: local files (jsonl/json/parquet/csv), a Hugging Face dataset, or the embedded tasks.
 
 Every source loads through ``datasets`` and has a ``name`` used in error messages. A plain string in a config is
-a file path when it ends in a known extension or exists on disk, and a Hub dataset name otherwise.
+a file path when it ends in a known extension or is a file on disk, and otherwise a Hub dataset name or a local
+dataset folder (Hub layout or ``save_to_disk``).
 """
 
 from __future__ import annotations
