@@ -23,10 +23,10 @@ from lightning.pytorch.cli import LightningCLI
 
 import ltune.callbacks  # noqa: F401  (short class names in configs)
 import ltune.datamodules  # noqa: F401
-from ltune.datamodules import DataError, LTuneData, ScoringError
+from ltune.datamodules import LTuneData
+from ltune.errors import USER_ERRORS, ConfigError, one_line
 from ltune.io import atomic_write_text
-from ltune.objectives.base import NonFiniteLossError, Objective
-from ltune.presets import ModelUnavailable
+from ltune.objectives.base import Objective
 
 
 class LTuneCLI(LightningCLI):
@@ -219,45 +219,6 @@ def _validate(cli: LightningCLI) -> dict[str, float]:
     """The validation metrics of a CLI's model and data, as floats."""
     return {k: float(v) for d in cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)
             for k, v in d.items()}  # fmt: skip
-
-
-class ConfigError(ValueError):
-    """A component refused the value a config gave it (raised while LightningCLI builds the classes)."""
-
-
-# Errors of the user's input, not of ltune: one line naming file/row/field and the fix, no traceback
-USER_ERRORS = (ArgumentError, ConfigError, DataError, FileNotFoundError, ModelUnavailable, NonFiniteLossError,
-               ScoringError)  # fmt: skip
-
-
-def one_line(e: BaseException) -> str:
-    """A user error as one line; jsonargparse's nested report becomes ``key (class) > key (class): reason``."""
-    if isinstance(e, FileNotFoundError) and e.filename:
-        return f"no such file: {e.filename}"
-    raw = [line for line in str(e).splitlines() if line.strip()]
-    if not isinstance(e, (ArgumentError, ConfigError)):
-        return " ".join(line.strip() for line in raw)
-    if isinstance(e, ConfigError):  # jsonargparse keeps the constructor's own message only for a direct type
-        return f"config: {raw[0].strip() if raw else type(e.__cause__).__name__} (LTUNE_DEBUG=1 shows where)"
-    if len(raw) < 2:
-        return "config: " + " ".join(line.strip() for line in raw)
-    path, reason = raw[0].strip().rstrip(":").removeprefix("Parser key "), raw[1].strip()
-    depth = lambda line: len(line) - len(line.lstrip())  # noqa: E731
-    start = next((i for i, line in enumerate(raw) if line.strip().startswith("- Problem with given class_path")), None)
-    if start is not None:  # follow the first subtype's nested block down to its innermost reason
-        block = [raw[start]] + [line for line in raw[start + 1 :] if depth(line) > depth(raw[start])]
-        for line in block[:-1]:
-            text = line.strip()
-            if "class_path '" in text:
-                path += f" ({text.split(chr(39))[1]})"
-            elif text.startswith("Parser key "):
-                path += " > " + text.removeprefix("Parser key ").rstrip(":")
-        reason = block[-1].strip()
-        if "Does not validate" in " ".join(block[1:]):  # a nested union: its subtypes' reasons, None's left out
-            reasons = [t.strip()[2:] for t in block[1:] if t.strip().startswith("- ") and "NoneType" not in t]
-            given = [t.strip() for t in block if t.strip().startswith("Given value: NestedArg")]
-            reason = "; ".join(reasons) + (f" (for {given[-1][13:]}: is a class_path set there?)" if given else "")
-    return f"config: {path}: {reason}"
 
 
 def main(args: list[str] | None = None) -> None:

@@ -33,6 +33,8 @@ def layer_of_module(name: str) -> str | None:
         return parts[1]
     if parts[1] == "seeding":  # stdlib-only leaf like io
         return "io"
+    if parts[1] == "errors":  # the CLI's one-line error reports
+        return "cli"
     if parts[1] in ("backbone", "presets"):
         return "backbone"
     if parts[1] in CORE:
