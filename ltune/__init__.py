@@ -1,6 +1,20 @@
 """ltune: composable Lightning pieces for fine-tuning language models."""
 
-from ltune.objectives import CUT, GRPO, ORPO, RLAIF, RLSC, SFT, TTRL, CoIN, Objective, RewardModel
+from ltune.objectives import CUT, DPO, GRPO, ORPO, RLAIF, RLSC, SFT, TTRL, CoIN, Objective, RewardModel, SimPO
 
 __version__ = "0.1.0"
-__all__ = ["CUT", "GRPO", "ORPO", "RLAIF", "RLSC", "SFT", "TTRL", "CoIN", "Objective", "RewardModel", "__version__"]
+__all__ = [
+    "CUT",
+    "DPO",
+    "GRPO",
+    "ORPO",
+    "RLAIF",
+    "RLSC",
+    "SFT",
+    "TTRL",
+    "CoIN",
+    "Objective",
+    "RewardModel",
+    "SimPO",
+    "__version__",
+]

@@ -3,6 +3,7 @@
 from ltune.objectives.base import NonFiniteLossError, Objective
 from ltune.objectives.coin import CoIN
 from ltune.objectives.cut import CUT
+from ltune.objectives.dpo import DPO, SimPO
 from ltune.objectives.grpo import GRPO
 from ltune.objectives.orpo import ORPO
 from ltune.objectives.reward_model import RewardModel
@@ -13,11 +14,13 @@ from ltune.objectives.ttrl import TTRL
 
 __all__ = [
     "CUT",
+    "DPO",
     "GRPO",
     "ORPO",
     "RLAIF",
     "RLSC",
     "SFT",
+    "SimPO",
     "TTRL",
     "CoIN",
     "NonFiniteLossError",

@@ -4,6 +4,9 @@ guard, and evaluation by greedy generation + exact match of the final answer. No
 
 from __future__ import annotations
 
+import contextlib
+import copy
+from collections.abc import Iterator
 from pathlib import Path
 
 import lightning as L
@@ -11,7 +14,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
-from ltune.backbone import Backbone, export_hf, fully_shard_model
+from ltune.backbone import Backbone, export_hf, fully_shard_model, reference_model
 from ltune.generation import HFSampler, decode
 from ltune.metrics import ExactMatch
 
@@ -45,6 +48,7 @@ class Objective(L.LightningModule):
         self.model: torch.nn.Module | None = None
         self.exact_match = ExactMatch()
         self.category_match: dict[str, ExactMatch] = {}
+        self._frozen_reference: list[torch.nn.Module] = []  # kept out of the module tree: not trained or saved
 
     @property
     def tokenizer(self):
@@ -57,6 +61,28 @@ class Objective(L.LightningModule):
                 if self.device_mesh["tensor_parallel"].size() > 1:
                     raise ValueError("ltune applies no tensor parallelism: set the strategy's tensor_parallel_size=1")
                 fully_shard_model(self.model, self.device_mesh["data_parallel"])
+
+    # ---- the reference policy (DPO, GRPO with a KL) ----------------------------------------------------------------
+    def keep_reference_copy(self) -> None:
+        """Freeze a copy of the policy as loaded, when it trains without LoRA (with LoRA the reference is the policy
+        with its adapter disabled, no copy). Call from ``configure_model``, before any checkpoint is restored."""
+        if self.backbone.lora is None and not self._frozen_reference:
+            self._frozen_reference.append(copy.deepcopy(self.model).eval().requires_grad_(False))
+
+    def drop_reference_copy(self) -> None:
+        """Free the frozen copy (e.g. once every reference log-prob a run needs is cached)."""
+        self._frozen_reference.clear()
+
+    @contextlib.contextmanager
+    def reference(self) -> Iterator[torch.nn.Module]:
+        """The reference policy under ``no_grad``: the frozen copy when there is one, else the policy with its LoRA
+        adapter disabled."""
+        with torch.no_grad():
+            if self._frozen_reference:
+                yield self._frozen_reference[0].to(self.device)
+            else:
+                with reference_model(self.model):
+                    yield self.model
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]

@@ -7,13 +7,12 @@ ltune fit --config configs/objectives/ttrl.yaml
 from __future__ import annotations
 
 import contextlib
-import copy
 from collections.abc import Iterator
 
 import torch
 from torch import Tensor
 
-from ltune.backbone import completion_logprobs, reference_model
+from ltune.backbone import completion_logprobs
 from ltune.generation import HFSampler, Sampler, decode, sample_groups, select, terminated, training_inputs
 from ltune.losses.grpo import LossType, RewardScale, group_advantages, grpo_loss
 from ltune.objectives.base import Objective
@@ -79,7 +78,6 @@ class GRPO(Objective):
         self.loss_type, self.scale_rewards = loss_type, scale_rewards
         self.beta, self.epsilon, self.epsilon_high = beta, epsilon, epsilon_high
         self.sampler: Sampler = HFSampler()
-        self._frozen_reference: list[torch.nn.Module] = []  # kept out of the module tree: not trained or saved
         self._rng_state: dict[str, Tensor] | None = None  # the training steps' RNG stream (see own_rng)
 
     @property
@@ -89,9 +87,8 @@ class GRPO(Objective):
 
     def configure_model(self) -> None:
         super().configure_model()
-        if self.beta > 0 and self.backbone.lora is None and not self._frozen_reference:
-            ref = copy.deepcopy(self.model).eval().requires_grad_(False)
-            self._frozen_reference.append(ref)
+        if self.beta > 0:
+            self.keep_reference_copy()
 
     # ---- rollout and reward ---------------------------------------------------------------------------------------
     def rollout(self, batch: dict):
@@ -126,13 +123,8 @@ class GRPO(Objective):
         return lp.logprobs[:, width - 1 :], entropy
 
     def reference_logprobs(self, inputs: dict, width: int) -> Tensor:
-        with torch.no_grad():
-            if self._frozen_reference:
-                ref = self._frozen_reference[0].to(self.device)
-                lp = completion_logprobs(ref, **inputs, temperature=self.temperature)
-                return lp.logprobs[:, width - 1 :]
-            with reference_model(self.model):
-                return self.policy_logprobs(inputs, width)[0]
+        with self.reference() as ref:
+            return completion_logprobs(ref, **inputs, temperature=self.temperature).logprobs[:, width - 1 :]
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         with self.own_rng():

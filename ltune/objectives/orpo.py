@@ -5,29 +5,12 @@ ltune fit --config configs/objectives/orpo.yaml
 
 from __future__ import annotations
 
-import torch
-from torchmetrics import MeanMetric
-
-from ltune.backbone import completion_logprobs
 from ltune.kernels import IGNORE_INDEX, odds_ratio_loss
 from ltune.losses.orpo import orpo_loss
-from ltune.objectives.base import Objective
-
-VAL_METRICS = (
-    "loss",
-    "nll_loss",
-    "rewards/chosen",
-    "rewards/rejected",
-    "rewards/accuracies",
-    "rewards/margins",
-    "logps/chosen",
-    "logps/rejected",
-    "log_odds_ratio",
-    "log_odds_chosen",
-)
+from ltune.objectives.preference import PAIR_METRICS, PairObjective
 
 
-class ORPO(Objective):
+class ORPO(PairObjective):
     """Odds Ratio Preference Optimization on ``PreferenceData`` batches (chosen and rejected stacked).
 
     One forward scores the ``2B`` stacked sequences; the odds use the length-normalised log-likelihood of each
@@ -47,6 +30,8 @@ class ORPO(Objective):
         **kwargs: Arguments of :class:`~ltune.objectives.base.Objective` (backbone, optimizer, scheduler, ...).
     """
 
+    val_names = (*PAIR_METRICS, "nll_loss", "log_odds_ratio", "log_odds_chosen")
+
     def __init__(
         self,
         beta: float = 0.1,
@@ -55,7 +40,6 @@ class ORPO(Objective):
     ) -> None:
         super().__init__(**kwargs)
         self.beta, self.nll_on_prompt = beta, nll_on_prompt
-        self.val_metrics = torch.nn.ModuleDict({k.replace("/", "_"): MeanMetric() for k in VAL_METRICS})
 
     def forward_loss(self, batch: dict):
         ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
@@ -64,8 +48,8 @@ class ORPO(Objective):
         if self.nll_on_prompt:  # chosen rows: every real token is a target (NLL over prompt + response)
             targets = labels.clone()
             targets[:n] = ids[:n].masked_fill(mask[:n] == 0, IGNORE_INDEX)
-        lp = completion_logprobs(self.model, ids, mask, targets).logprobs
-        response = labels[:, 1:] != IGNORE_INDEX
+        lp = self.pair_logprobs(self.model, batch, targets)
+        response = self.response_mask(batch)
         return orpo_loss(
             lp[:n],
             lp[n:],
@@ -75,24 +59,3 @@ class ORPO(Objective):
             beta=self.beta,
             odds_ratio=odds_ratio_loss,
         )
-
-    def training_step(self, batch: dict, batch_idx: int):
-        loss, metrics = self.forward_loss(batch)
-        self.check_finite(loss, batch_idx)
-        pairs = batch["input_ids"].shape[0] // 2
-        self.log("train/loss", loss, prog_bar=True, batch_size=pairs)
-        for name, value in metrics.items():
-            self.log(f"train/{name}", value, prog_bar=name == "rewards/accuracies", batch_size=pairs)
-        return loss
-
-    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        if "prompt_ids" in batch:
-            self.eval_step(batch)
-            return
-        loss, metrics = self.forward_loss(batch)
-        metrics["loss"] = loss
-        pairs = batch["input_ids"].shape[0] // 2
-        for name in VAL_METRICS:  # pair-weighted over the whole validation set, exact across DDP ranks
-            metric = self.val_metrics[name.replace("/", "_")]
-            metric.update(metrics[name], pairs)
-            self.log(f"val/{name}", metric, add_dataloader_idx=False)
