@@ -8,13 +8,21 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Literal
 
 import torch
 from torch import Tensor
 
 from ltune.backbone import completion_logprobs
 from ltune.generation import HFSampler, Sampler, decode, sample_groups, select, terminated, training_inputs
-from ltune.losses.grpo import LossType, RewardScale, group_advantages, grpo_loss
+from ltune.losses.grpo import (
+    ImportanceLevel,
+    LossType,
+    RewardScale,
+    group_advantages,
+    grpo_loss,
+    rloo_advantages,
+)
 from ltune.objectives.base import Objective
 from ltune.rewards import verifier_reward
 
@@ -36,6 +44,14 @@ class GRPO(Objective):
 
     With ``beta > 0`` the reference is the policy with its LoRA adapter disabled, or a frozen copy without LoRA.
 
+    Off-policy steps and variants: with ``num_iterations`` mu > 1 (TRL's name, the GRPO paper's mu) each generation
+    serves mu optimizer steps; the first keeps its log-probs as pi_old (same weights, same tokens: no extra forward),
+    the next mu - 1 are off-policy, so the ratios move and clip. The loader's batches of those mu - 1 steps are not
+    sampled (TRL repeats the generation batch instead): ``max_steps`` steps sample ``max_steps / mu`` batches. GSPO is
+    ``importance_sampling_level="sequence"`` with ``loss_type="grpo"``; CISPO is ``loss_type="cispo"`` with
+    ``epsilon_high`` the cap of the weight (e.g. 5.0); RLOO's leave-one-out advantages are
+    ``advantage_estimator="rloo"``. TTRL and RLAIF take the same arguments.
+
     Training steps draw their random numbers (sampling, dropout) from the objective's own RNG stream (:meth:`own_rng`),
     saved in checkpoints for every rank: a run resumed from a checkpoint samples as the uninterrupted run did.
 
@@ -50,7 +66,11 @@ class GRPO(Objective):
         scale_rewards: Advantage scaling: ``group`` (default), ``batch`` or ``none`` (Dr. GRPO).
         beta: Coefficient of the k3 KL to the reference (default 0: no reference forward).
         epsilon: Lower clip range of the ratio.
-        epsilon_high: Upper clip range (None = ``epsilon``; DAPO uses 0.28).
+        epsilon_high: Upper clip range (None = ``epsilon``; DAPO uses 0.28); CISPO's cap of the weight.
+        importance_sampling_level: ``token`` (GRPO) or ``sequence`` (GSPO: one ratio per completion).
+        num_iterations: Optimizer steps per generation (mu; 1 = on-policy).
+        advantage_estimator: ``grpo`` (group-normalised, ``scale_rewards``) or ``rloo`` (leave-one-out baseline).
+        normalize_advantages: With ``rloo``, standardise the advantages over the batch (TRL's RLOO option).
         **kwargs: Arguments of :class:`~ltune.objectives.base.Objective` (backbone, optimizer, scheduler, ...).
     """
 
@@ -66,6 +86,10 @@ class GRPO(Objective):
         beta: float = 0.0,
         epsilon: float = 0.2,
         epsilon_high: float | None = None,
+        importance_sampling_level: ImportanceLevel = "token",
+        num_iterations: int = 1,
+        advantage_estimator: Literal["grpo", "rloo"] = "grpo",
+        normalize_advantages: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -77,6 +101,14 @@ class GRPO(Objective):
         self.temperature, self.top_p, self.generation_batch_size = temperature, top_p, generation_batch_size
         self.loss_type, self.scale_rewards = loss_type, scale_rewards
         self.beta, self.epsilon, self.epsilon_high = beta, epsilon, epsilon_high
+        if loss_type == "cispo" and epsilon_high is None:
+            raise ValueError("loss_type='cispo' needs epsilon_high: the cap of the importance weight (5.0 in ScaleRL)")
+        if num_iterations < 1 or advantage_estimator not in ("grpo", "rloo"):
+            raise ValueError(f"num_iterations={num_iterations} must be >= 1 and advantage_estimator 'grpo' or 'rloo'")
+        self.importance_sampling_level, self.num_iterations = importance_sampling_level, num_iterations
+        self.advantage_estimator, self.normalize_advantages = advantage_estimator, normalize_advantages
+        self._rollout: list | None = None  # [samples, advantages, metrics, old log-probs] reused over num_iterations
+        self._updates = 0
         self.sampler: Sampler = HFSampler()
         self._rng_state: dict[str, Tensor] | None = None  # the training steps' RNG stream (see own_rng)
 
@@ -126,43 +158,61 @@ class GRPO(Objective):
         with self.reference() as ref:
             return completion_logprobs(ref, **inputs, temperature=self.temperature).logprobs[:, width - 1 :]
 
+    def generate_and_score(self, batch: dict) -> list:
+        """Sample, reward and compute advantages: ``[samples, advantages, metrics, None]`` (pi_old to come)."""
+        samples = self.rollout(batch)
+        rewards, extra = self.rewards(decode(self.tokenizer, samples), batch, samples)
+        rewards = rewards.to(self.device)
+        n, g = self.num_rollouts, self.num_generations
+        if n > g:  # vote-then-sample: keep the first G of every group of N
+            keep = (torch.arange(len(rewards), device=self.device).view(-1, n)[:, :g]).reshape(-1)
+            samples, rewards = select(samples, keep), rewards[keep]
+        if self.advantage_estimator == "rloo":
+            advantages, metrics = rloo_advantages(rewards, g, self.normalize_advantages)
+        else:
+            advantages, metrics = group_advantages(rewards, g, self.scale_rewards)
+        lengths = samples.completion_mask.sum(1).float()
+        metrics["completions/mean_length"] = lengths.mean()
+        metrics["completions/min_length"] = lengths.min()
+        metrics["completions/max_length"] = lengths.max()
+        metrics["completions/clipped_ratio"] = 1 - terminated(samples, self.tokenizer.eos_token_id).float().mean()
+        metrics.update({k: torch.tensor(float(v)) for k, v in extra.items()})
+        return [samples, advantages, metrics, None]
+
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         with self.own_rng():
-            samples = self.rollout(batch)
-            rewards, extra = self.rewards(decode(self.tokenizer, samples), batch, samples)
-            rewards = rewards.to(self.device)
-            n, g = self.num_rollouts, self.num_generations
-            if n > g:  # vote-then-sample: keep the first G of every group of N
-                keep = (torch.arange(len(rewards), device=self.device).view(-1, n)[:, :g]).reshape(-1)
-                samples, rewards = select(samples, keep), rewards[keep]
-            advantages, metrics = group_advantages(rewards, g, self.scale_rewards)
-            loss, loss_metrics = self.update_loss(samples, advantages)
+            if self._rollout is None or self._updates % self.num_iterations == 0:
+                self._rollout = self.generate_and_score(batch)
+            samples, advantages, metrics, old = self._rollout
+            loss, loss_metrics = self.update_loss(samples, advantages, old)
+            self._updates += 1
             self.check_finite(loss, batch_idx)
-            lengths = samples.completion_mask.sum(1).float()
-            metrics.update(loss_metrics)
-            metrics["completions/mean_length"] = lengths.mean()
-            metrics["completions/min_length"] = lengths.min()
-            metrics["completions/max_length"] = lengths.max()
-            metrics["completions/clipped_ratio"] = 1 - terminated(samples, self.tokenizer.eos_token_id).float().mean()
-            metrics.update({k: torch.tensor(float(v)) for k, v in extra.items()})
+            metrics = {**metrics, **loss_metrics}
             bs = len(batch["prompt_ids"])
             self.log("train/loss", loss, prog_bar=True, batch_size=bs)
             self.log_dict({f"train/{k}": v for k, v in metrics.items()}, batch_size=bs)
             return loss
 
-    def update_loss(self, samples, advantages: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def update_loss(
+        self, samples, advantages: Tensor, old_logprobs: Tensor | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The loss of one optimizer step on a generation; ``old_logprobs`` None means on-policy (the first step of a
+        generation, whose log-probs are then kept as pi_old for the next ``num_iterations - 1``)."""
         inputs, width = training_inputs(samples), samples.prompt_ids.shape[1]
         logprobs, entropy = self.policy_logprobs(inputs, width, with_entropy=True)
+        if old_logprobs is None and self.num_iterations > 1 and self._rollout is not None:
+            self._rollout[3] = logprobs.detach()
         mask = samples.completion_mask
         ref = self.reference_logprobs(inputs, width) if self.beta > 0 else None
         tokens = mask.sum().float()
         num_items = None
-        if self.loss_type == "dapo":  # token count of the global batch, per process (gradients are averaged)
+        if self.loss_type in ("dapo", "cispo"):  # token count of the global batch, per process (gradients are averaged)
             num_items = self.trainer.strategy.reduce(tokens, reduce_op="mean")
         loss, metrics = grpo_loss(
             logprobs,
             advantages,
             mask,
+            old_logprobs=old_logprobs,
             ref_logprobs=ref,
             beta=self.beta,
             epsilon_low=self.epsilon,
@@ -170,6 +220,7 @@ class GRPO(Objective):
             loss_type=self.loss_type,
             max_completion_length=self.max_completion_length,
             num_items_in_batch=num_items,
+            importance_sampling_level=self.importance_sampling_level,
         )
         metrics["entropy"] = (entropy * mask).sum() / tokens.clamp_min(1)
         metrics["num_tokens"] = tokens

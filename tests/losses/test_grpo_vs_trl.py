@@ -23,10 +23,10 @@ class _Accelerator:
         return x
 
 
-def _trl_loss(logp, old, ref, adv, mask, loss_type, beta, eps_low, eps_high, max_len):
+def _trl_loss(logp, old, ref, adv, mask, loss_type, beta, eps_low, eps_high, max_len, level="token"):
     stub = SimpleNamespace(
         _get_per_token_logps_and_entropies=lambda *a, **k: (logp, torch.zeros_like(logp), None),
-        top_entropy_quantile=1.0, off_policy_mask_threshold=None, importance_sampling_level="token", beta=beta,
+        top_entropy_quantile=1.0, off_policy_mask_threshold=None, importance_sampling_level=level, beta=beta,
         args=SimpleNamespace(use_bias_correction_kl=False, delta=None), loss_type=loss_type, epsilon_low=eps_low,
         epsilon_high=eps_high, use_vllm=False, model=SimpleNamespace(training=True),
         current_gradient_accumulation_steps=1, accelerator=_Accelerator(), max_completion_length=max_len,
@@ -61,3 +61,43 @@ def test_matches_trl(loss_type, beta):
     for key in ("clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean") + (("kl",) if beta else ()):
         assert m[key].item() == pytest.approx(tm[key][0], rel=1e-5, abs=1e-7), key
     assert tm["clip_ratio/region_mean"][0] > 0  # the case exercises clipping
+
+
+@pytest.mark.parametrize(
+    "loss_type,level,eps_low,eps_high",  # sequence-level ratios average the noise: a tighter clip range exercises it
+    [("grpo", "sequence", 0.05, 0.07), ("dapo", "sequence", 0.05, 0.07), ("cispo", "token", 0.2, 1.1),
+     ("cispo", "sequence", 0.2, 1.02)],
+)  # fmt: skip
+@pytest.mark.parametrize("beta", [0.0, 0.04])
+def test_variants_match_trl(loss_type, level, eps_low, eps_high, beta):
+    """GSPO (sequence-level ratios) and CISPO (capped, detached weight) against TRL's own code."""
+    g = torch.Generator().manual_seed(1)
+    logp = (-torch.rand(6, 7, generator=g) * 3).requires_grad_(True)
+    old = logp.detach() + 0.3 * torch.randn(6, 7, generator=g)
+    ref = logp.detach() + 0.5 * torch.randn(6, 7, generator=g)
+    adv = torch.randn(6, generator=g)
+    mask = (torch.arange(7) < torch.tensor([7, 5, 3, 7, 1, 6])[:, None]).float()
+    kw = dict(epsilon_low=eps_low, epsilon_high=eps_high, loss_type=loss_type, importance_sampling_level=level)
+    ours, m = grpo_loss(logp, adv, mask, old, ref, beta=beta, num_items_in_batch=mask.sum(), **kw)
+    (grad,) = torch.autograd.grad(ours, logp)
+    theirs, tm = _trl_loss(logp, old, ref, adv, mask, loss_type, beta, eps_low, eps_high, 9, level)
+    (tgrad,) = torch.autograd.grad(theirs, logp)
+    torch.testing.assert_close(ours, theirs)
+    torch.testing.assert_close(grad, tgrad)
+    keys = ("cispo_clip_ratio",) if loss_type == "cispo" else ("clip_ratio/low_mean", "clip_ratio/region_mean")
+    for key in keys + (("kl",) if beta else ()):
+        assert m[key].item() == pytest.approx(tm[key][0], rel=1e-5, abs=1e-7), key
+    assert tm[keys[-1]][0] > 0  # the case exercises the clip or the cap
+
+
+def test_rloo_advantages_match_trl_formula_and_hand():
+    """Leave-one-out by hand: group (1, 0, 0, 1): A = 1 - 1/3, 0 - 2/3, ...; TRL's RLOOTrainer computes
+    ``rewards - (group_sum - rewards) / (G - 1)`` then optionally ``(A - mean) / (std + 1e-4)``."""
+    from ltune.losses.grpo import rloo_advantages
+
+    r = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.5, 0.5, 0.5, 0.5])
+    adv, m = rloo_advantages(r, 4)
+    torch.testing.assert_close(adv, torch.tensor([2 / 3, -2 / 3, -2 / 3, 2 / 3, 0.0, 0.0, 0.0, 0.0]))
+    assert m["frac_reward_zero_std"].item() == 0.5
+    norm, _ = rloo_advantages(r, 4, normalize=True)
+    torch.testing.assert_close(norm, (adv - adv.mean()) / (adv.std() + 1e-4))

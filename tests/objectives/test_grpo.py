@@ -73,9 +73,9 @@ class _Recorder(GRPO):
     def rewards(self, texts, batch, samples=None):
         return torch.tensor([float(sum(map(ord, t)) % 7) for t in texts]), {}
 
-    def update_loss(self, samples, advantages):
+    def update_loss(self, samples, advantages, old_logprobs=None):
         self.record = (samples, advantages)
-        return super().update_loss(samples, advantages)
+        return super().update_loss(samples, advantages, old_logprobs)
 
 
 def _seq_logprob(model, samples):
@@ -181,3 +181,48 @@ def test_bad_group_settings_name_both_numbers():
         TTRL(num_votes=4, num_generations=8)
     with pytest.raises(ValueError, match="num_generations=1"):
         GRPO(num_generations=1)
+
+
+class _OffPolicy(_Recorder):
+    """Records every update's inputs and counts generations."""
+
+    def generate_and_score(self, batch):
+        self.generations = getattr(self, "generations", 0) + 1
+        return super().generate_and_score(batch)
+
+    def update_loss(self, samples, advantages, old_logprobs=None):
+        self.updates = [*getattr(self, "updates", []), (samples, advantages, old_logprobs)]
+        return GRPO.update_loss(self, samples, advantages, old_logprobs)
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [{}, {"importance_sampling_level": "sequence", "loss_type": "grpo"}, {"loss_type": "cispo", "epsilon_high": 5.0},
+     {"advantage_estimator": "rloo"}],
+    ids=["grpo", "gspo", "cispo", "rloo"],
+)  # fmt: skip
+def test_num_iterations_reuses_a_generation_with_the_first_steps_logprobs_as_pi_old(variant):
+    """mu = 2 over 3 steps: generations at steps 0 and 2; step 1 reuses step 0's samples and advantages, its pi_old
+    equals the log-probs of step 0's (initial) weights from an independent forward, and the policy has moved."""
+    torch.manual_seed(0)
+    model = _OffPolicy(backbone=micro_backbone(), optimizer=lambda p: torch.optim.SGD(p, lr=0.5), num_generations=4,
+                       max_completion_length=6, num_iterations=2, **variant)  # fmt: skip
+    quiet_trainer(limit_val_batches=0, max_steps=3).fit(model, _data(batch_size=2))
+    assert model.generations == 2 and len(model.updates) == 3
+    (s0, a0, old0), (s1, a1, old1), (s2, _, old2) = model.updates
+    assert old0 is None and old2 is None and s1 is s0 and torch.equal(a1, a0) and s2 is not s0
+    width = s0.prompt_ids.shape[1]
+    initial = micro_backbone().load_model()
+    with torch.no_grad():
+        expect = completion_logprobs(initial, **training_inputs(s0)).logprobs[:, width - 1 :]
+        now = completion_logprobs(model.model, **training_inputs(s0)).logprobs[:, width - 1 :]
+    mask = s0.completion_mask.bool()
+    torch.testing.assert_close(old1[mask], expect[mask], atol=1e-5, rtol=1e-5)
+    assert (now - expect)[mask].abs().max() > 1e-3  # two SGD steps later the ratios are no longer 1
+
+
+def test_rloo_advantages_and_cispo_need_their_settings():
+    with pytest.raises(ValueError, match="cispo.*epsilon_high"):
+        GRPO(backbone=micro_backbone(), loss_type="cispo")
+    with pytest.raises(ValueError, match="num_iterations=0"):
+        GRPO(backbone=micro_backbone(), num_iterations=0)

@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import pytest
+
 from ltune.cli import main
 from tests.conftest import MICRO, ROOT, read_metrics
 
@@ -18,7 +20,17 @@ SMALL = [
 ]
 
 
-def test_ttrl_config_runs_through_the_cli(tmp_path, monkeypatch, capsys):
+VARIANTS = {  # GRPO's loss variants and off-policy steps through the same config
+    "grpo": [],
+    "gspo_mu2": ["--model.init_args.importance_sampling_level=sequence", "--model.init_args.loss_type=grpo",
+                 "--model.init_args.num_iterations=2"],
+    "cispo_rloo": ["--model.init_args.loss_type=cispo", "--model.init_args.epsilon_high=5.0",
+                   "--model.init_args.advantage_estimator=rloo", "--model.init_args.num_iterations=2"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_ttrl_config_runs_through_the_cli(variant, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     main(
         [
@@ -29,6 +41,7 @@ def test_ttrl_config_runs_through_the_cli(tmp_path, monkeypatch, capsys):
             *SMALL,
             "--model.init_args.num_votes=4",
             "--model.init_args.num_generations=2",
+            *VARIANTS[variant],
         ]
     )
     assert "validation before -> after fit" in capsys.readouterr().out
@@ -45,6 +58,7 @@ def test_ttrl_config_runs_through_the_cli(tmp_path, monkeypatch, capsys):
         "pass@4",
         "completions/clipped_ratio",
         "entropy",
+        "cispo_clip_ratio" if "cispo" in variant else "clip_ratio/region_mean",
     ):
         assert f"train/{key}" in logged, key
     assert "val/exact_match" in logged
