@@ -1,5 +1,6 @@
 """Selection configs through the real CLI: `ltune fit` trains on the kept rows, `ltune select` writes them (the
-second run reads the scores from the cache the first wrote). orpo_deita composes DEITA with ORPO."""
+second run reads the scores from the cache the first wrote). orpo_deita / dpo_deita compose DEITA with ORPO / DPO
+(DPO's reference log-probs precomputed over the kept pairs)."""
 
 from __future__ import annotations
 
@@ -16,11 +17,12 @@ from tests.datamodules.selection.conftest import SHRINK
 EXTRA = {
     "deita": ["--data.init_args.budget=6"],
     "orpo_deita": ["--data.init_args.budget=6", "--data.init_args.pool.init_args.val.init_args.n=4"],
+    "dpo_deita": ["--data.init_args.budget=6", "--data.init_args.pool.init_args.val.init_args.n=4"],
 }
-COLUMNS = {"orpo_deita": {"prompt", "chosen", "rejected"}}
+COLUMNS = {"orpo_deita": {"prompt", "chosen", "rejected"}, "dpo_deita": {"prompt", "chosen", "rejected"}}
 
 
-@pytest.mark.parametrize("name", ["ifd", "superfiltering", "random", "deita", "orpo_deita"])
+@pytest.mark.parametrize("name", ["ifd", "superfiltering", "random", "deita", "orpo_deita", "dpo_deita"])
 def test_selection_configs_fit_and_select(name, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config, args = str(ROOT / f"configs/selection/{name}.yaml"), [*SHRINK, *EXTRA.get(name, [])]
@@ -37,3 +39,6 @@ def test_selection_configs_fit_and_select(name, tmp_path, monkeypatch):
     assert want <= set(rows[0])  # the source rows as they were, not the mapped fields
     if name != "random":
         assert len(list((tmp_path / "runs/selection_cache").glob("*.npz"))) == 1
+    if name == "dpo_deita":  # the reference cache holds the kept train pairs and the val pairs
+        (cache,) = (tmp_path / "runs/reference_cache").glob("*.json")
+        assert len(json.loads(cache.read_text())["pairs"]) == report["selected"].sum() + 4
