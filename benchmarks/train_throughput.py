@@ -1,11 +1,18 @@
-"""Training throughput side by side: ltune ``SFT`` / ``ORPO`` (Lightning) vs TRL's ``SFTTrainer`` (default loss) /
-``ORPOTrainer`` (``trl.experimental.orpo``) on the same model, rows, rendered token ids, batch, lengths, precision
-(float32) and optimizer (fused AdamW lr 1e-5, constant: TRL's default), full fine-tuning or LoRA; each side in its
-own process, sides alternated over ``--repeats``.
+"""Training throughput side by side: ltune ``SFT`` / ``ORPO`` / ``DPO`` (Lightning) vs TRL's ``SFTTrainer`` (default
+loss) / ``ORPOTrainer`` (``trl.experimental.orpo``) / ``DPOTrainer`` (sigmoid, beta 0.1) on the same model, rows,
+rendered token ids, batch, lengths, precision (float32) and optimizer (fused AdamW lr 1e-5, constant: TRL's default),
+full fine-tuning or LoRA; each side in its own process, sides alternated over ``--repeats``.
 
     python benchmarks/train_throughput.py --method orpo --model smollm2-135m-instruct --repeats 3
     python benchmarks/train_throughput.py --method sft --lora 16 --model smollm2-135m-instruct --repeats 3
     python benchmarks/train_throughput.py --method orpo --model tiny --batch 8 --steps 8     # framework overhead
+    python benchmarks/train_throughput.py --method dpo --lora 16 --precompute --repeats 3   # both sides cache the
+                                                                                           # reference log-probs
+
+DPO's reference: with LoRA the adapter-disabled policy, in full FT a frozen copy, on both sides; ``--precompute``
+computes every pair's reference log-probs before the first step on both sides (ltune's ``precompute_ref_log_probs``,
+TRL's), so the steps run one model; that pass is outside the timed steps on both sides and reported as
+``precompute_s`` (ltune: ``on_fit_start``; TRL: the trainer's construction).
 
 Rows: the embedded preference (ORPO) or instruction (SFT) rows, rendered once by ltune's DataModule (the model's chat
 template); TRL gets the same prompt text and completion text (it appends the same EOS), so both sides tokenize to the
@@ -38,7 +45,7 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 def _data(a: argparse.Namespace):
     from ltune.datamodules import InstructionData, PreferenceData
 
-    cls = PreferenceData if a.method == "orpo" else InstructionData
+    cls = InstructionData if a.method == "sft" else PreferenceData
     return cls(train=a.data, batch_size=a.batch, max_length=a.max_length, seed=0)
 
 
@@ -48,7 +55,7 @@ def _backbone(a: argparse.Namespace):
     return Backbone(a.model, lora=LoRA(r=a.lora, alpha=2 * a.lora, dropout=0.0) if a.lora else None)
 
 
-def _result(a, tokens: list[int], times: list[float], phases: Phases, n_params: int) -> dict:
+def _result(a, tokens: list[int], times: list[float], phases: Phases, n_params: int, precompute_s=None) -> dict:
     timed = slice(a.warmup, None)
     seconds, toks = sum(times[timed]), sum(tokens[timed])
     flops = (4 if a.lora else 6) * n_params * toks
@@ -60,6 +67,7 @@ def _result(a, tokens: list[int], times: list[float], phases: Phases, n_params: 
             "gflops": flops / seconds / 1e9,
         },
         "tokens_total": sum(tokens),
+        "precompute_s": precompute_s,
         "phases": {k: v / seconds for k, v in phases.total.items()},
         "rss_mb": dict(phases.rss),
     }
@@ -69,14 +77,29 @@ def run_ltune(a: argparse.Namespace) -> dict:
     import lightning as L
     import torch
 
-    from ltune.objectives import ORPO, SFT
+    from ltune.objectives import DPO, ORPO, SFT
 
     torch.manual_seed(0)
     opt = lambda p: torch.optim.AdamW(p, lr=1e-5, fused=True)  # noqa: E731
-    model = (ORPO(backbone=_backbone(a), beta=0.1, optimizer=opt) if a.method == "orpo"
-             else SFT(backbone=_backbone(a), optimizer=opt))  # fmt: skip
+    if a.method == "orpo":
+        model = ORPO(backbone=_backbone(a), beta=0.1, optimizer=opt)
+    elif a.method == "dpo":
+        model = DPO(backbone=_backbone(a), beta=0.1, optimizer=opt, precompute_ref_log_probs=a.precompute,
+                    cache_dir=os.path.join(a.tmp, "ltune_ref_cache"))  # fmt: skip
+    else:
+        model = SFT(backbone=_backbone(a), optimizer=opt)
     tokens, phases = [], Phases()  # ORPO: chosen and rejected rows of one batch share its attention mask
     phases.wrap(model, "training_step", "forward")
+    precompute = []
+    if a.method == "dpo":
+        inner = model.on_fit_start
+
+        def on_fit_start():
+            t = time.perf_counter()
+            inner()
+            precompute.append(time.perf_counter() - t)
+
+        model.on_fit_start = on_fit_start
 
     clock = lightning_clock(phases, a.warmup, lambda batch: tokens.append(int(batch["attention_mask"].sum())))
     trainer = L.Trainer(accelerator="cpu", max_steps=a.steps, logger=False, enable_checkpointing=False,
@@ -85,7 +108,7 @@ def run_ltune(a: argparse.Namespace) -> dict:
     trainer.fit(model, _data(a))
     times = [end - start for start, end in clock.steps]
     n_params = sum(p.numel() for p in model.model.parameters())
-    return _result(a, tokens, times, phases, n_params)
+    return _result(a, tokens, times, phases, n_params, precompute[0] if a.precompute else None)
 
 
 def run_trl(a: argparse.Namespace) -> dict:
@@ -114,7 +137,22 @@ def run_trl(a: argparse.Namespace) -> dict:
         peft = LoraConfig(r=a.lora, lora_alpha=2 * a.lora, lora_dropout=0.0, target_modules="all-linear",
                           task_type="CAUSAL_LM")  # fmt: skip
     model = bb.__class__(a.model).load_model()  # without LoRA: the trainer adds its own
-    if a.method == "orpo":
+    precompute_s = None
+    if a.method == "dpo":
+        from trl import DPOConfig, DPOTrainer
+
+        data = []
+        for r in rows:
+            p, c = split(r["prompt"], r["chosen"])
+            data.append({"prompt": p, "chosen": c, "rejected": split(r["prompt"], r["rejected"])[1]})
+        t = time.perf_counter()
+        trainer = DPOTrainer(model=model, args=DPOConfig(beta=0.1, precompute_ref_log_probs=a.precompute,
+                                                         precompute_ref_batch_size=a.batch, **common),
+                             processing_class=tok, train_dataset=datasets.Dataset.from_list(data),
+                             peft_config=peft)  # fmt: skip
+        precompute_s = time.perf_counter() - t if a.precompute else None
+        keys = ("attention_mask",)
+    elif a.method == "orpo":
         from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
         data = []
@@ -161,15 +199,16 @@ def run_trl(a: argparse.Namespace) -> dict:
     trainer.add_callback(Clock())
     trainer.train()
     n_params = sum(p.numel() for p in trainer.model.parameters())
-    return _result(a, tokens, times, phases, n_params)
+    return _result(a, tokens, times, phases, n_params, precompute_s)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--method", choices=["orpo", "sft"], default="orpo")
+    p.add_argument("--method", choices=["orpo", "sft", "dpo"], default="orpo")
     p.add_argument("--model", default="smollm2-135m-instruct", help="'tiny', a preset, or a Hugging Face folder")
     p.add_argument("--lora", type=int, default=0, help="LoRA rank (all linear layers, alpha = 2r); 0 = full FT")
-    p.add_argument("--batch", type=int, default=8, help="rows (SFT) or pairs (ORPO) per step")
+    p.add_argument("--batch", type=int, default=8, help="rows (SFT) or pairs (ORPO, DPO) per step")
+    p.add_argument("--precompute", action="store_true", help="DPO: reference log-probs computed before the steps")
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--warmup", type=int, default=2, help="first steps left out of the timing")
     p.add_argument("--max-length", type=int, default=256)
@@ -189,18 +228,20 @@ def main() -> None:
     from ltune.datamodules import EmbeddedTasks
 
     peak = matmul_gflops(a.threads)
-    tuning = f"LoRA r={a.lora}" if a.lora else "full FT"
+    tuning = (f"LoRA r={a.lora}" if a.lora else "full FT") + (", reference precomputed" if a.precompute else "")
     print(
         f"{a.method} {a.model} {tuning}; batch {a.batch}, {a.steps} steps ({a.warmup} warm-up), {a.threads} "
         f"threads; float32 matmul {peak:.0f} GFLOP/s; {load_average()}"
     )
-    fmt = "preference" if a.method == "orpo" else "instruction"
+    fmt = "instruction" if a.method == "sft" else "preference"
     with tempfile.TemporaryDirectory() as tmp:
         data = os.path.join(tmp, "rows.jsonl")
         with open(data, "w") as f:
             for r in EmbeddedTasks(format=fmt, n=a.batch * a.steps, split="train", seed=0).rows():
                 f.write(json.dumps(r) + "\n")
-        args = [f"--{k.replace('_', '-')}={v}" for k, v in vars(a).items() if k not in ("json", "side", "data", "tmp")]
+        skip = ("json", "side", "data", "tmp")
+        args = [f"--{k.replace('_', '-')}" + ("" if v is True else f"={v}")
+                for k, v in vars(a).items() if k not in skip and v is not False]  # fmt: skip
         args += ["--data", data, "--tmp", tmp]
         runs = alternate(__file__, args, ("ltune", "trl"), a.repeats)
     head = f"{'side':6s} {'tokens/s (min-max)':>24s} {'ms/step':>8s} {'peak RSS MB':>12s} {'of matmul peak':>15s}"
@@ -209,7 +250,8 @@ def main() -> None:
         tps, lo, hi = summary(rs, "tokens_per_s")
         ms, rss, gf = (summary(rs, k)[0] for k in ("step_ms", "peak_rss_mb", "gflops"))
         ph = " ".join(f"{k} {v:.0%}" for k, v in rs[0]["phases"].items())
-        print(f"{side:6s} {tps:10.0f} ({lo:5.0f}-{hi:5.0f})   {ms:8.0f} {rss:12.0f} {gf / peak:15.1%}  {ph}")
+        pre = f"  precompute {rs[0]['precompute_s']:.1f} s" if rs[0].get("precompute_s") is not None else ""
+        print(f"{side:6s} {tps:10.0f} ({lo:5.0f}-{hi:5.0f})   {ms:8.0f} {rss:12.0f} {gf / peak:15.1%}  {ph}{pre}")
     totals = {side: rs[0]["tokens_total"] for side, rs in runs.items()}
     ratio = summary(runs["ltune"], "tokens_per_s")[0] / summary(runs["trl"], "tokens_per_s")[0]
     rss = summary(runs["ltune"], "peak_rss_mb")[0] / summary(runs["trl"], "peak_rss_mb")[0]
