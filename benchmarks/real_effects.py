@@ -9,6 +9,8 @@ resumable across sessions. A run's outputs land in ``runs/effects/<study>/<arm>/
 Studies (the protocol of each is in benchmarks/RESULTS.md, written before its runs):
   orpo: configs/objectives/orpo.yaml + configs/models/smollm2.yaml, 60 steps of 8 pairs; control: the same run with
         beta 0 (the loss is then exactly the NLL on the chosen sequences: SFT on chosen, same data, steps, evaluation).
+  dpo_family: DPO (configs/objectives/dpo.yaml, live reference: the LoRA-disabled model) and SimPO (simpo.yaml) with
+        the same model fragment, data, steps and evaluation as `orpo`, whose two arms are their comparison.
 """
 
 from __future__ import annotations
@@ -31,6 +33,15 @@ STUDIES = {
         "arms": {"orpo": [], "sft_chosen": ["--model.init_args.beta=0"]},
         "metrics": ["val/exact_match", "val/rewards/accuracies"],
     },
+    "dpo_family": {
+        "config": ["configs/models/smollm2.yaml"],  # each arm puts its objective config first
+        "flags": SHORT,
+        "arms": {
+            "dpo": ["--config", "configs/objectives/dpo.yaml"],
+            "simpo": ["--config", "configs/objectives/simpo.yaml"],
+        },
+        "metrics": ["val/exact_match", "val/rewards/accuracies"],
+    },
 }
 LINE = re.compile(r"^\s+(\S+)\s+(-?[\d.]+|nan)\s+->\s+(-?[\d.]+|nan)$")
 
@@ -41,8 +52,10 @@ def run(study: str, arm: str, seed: int) -> dict:
     if result.is_file():
         return json.loads(result.read_text())
     out.mkdir(parents=True, exist_ok=True)
-    cmd = ["ltune", "fit", *(a for c in spec["config"] for a in ("--config", c)), *spec["flags"],
-           *spec["arms"][arm], f"--seed_everything={seed}", "--validate_around_fit=true",
+    arm_configs = [a for a in spec["arms"][arm] if a == "--config" or a.endswith(".yaml")]
+    arm_flags = [a for a in spec["arms"][arm] if a not in arm_configs]
+    cmd = ["ltune", "fit", *arm_configs, *(a for c in spec["config"] for a in ("--config", c)), *spec["flags"],
+           *arm_flags, f"--seed_everything={seed}", "--validate_around_fit=true",
            f"--trainer.default_root_dir={out}", "--trainer.enable_progress_bar=false"]  # fmt: skip
     print(" ".join(cmd), flush=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": os.environ.get("WANDB_MODE", "offline")}
