@@ -51,8 +51,8 @@ class LTuneCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         root = config.get("trainer.default_root_dir")
-        if root:  # one flag moves every output of a run: loggers, checkpoints, selection caches and reports
-            for key in ("trainer.logger", "trainer.callbacks", "data", "output"):
+        if root:  # one flag moves every output of a run: loggers, checkpoints, selection and reference caches, reports
+            for key in ("trainer.logger", "trainer.callbacks", "model", "data", "output"):
                 if key in config:
                     config[key] = under_root(config[key], root, key == "output")
 

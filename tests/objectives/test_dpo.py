@@ -148,7 +148,8 @@ def test_learns_to_prefer_the_chosen_responses(cls, tmp_path):
 
 
 @pytest.mark.parametrize("config,extra", [("dpo", []), ("dpo", ["--model.init_args.precompute_ref_log_probs=true",
-                                          "--model.init_args.loss_type=ipo"]), ("simpo", [])])  # fmt: skip
+                                          "--model.init_args.loss_type=ipo", "--trainer.default_root_dir=out"]),
+                                          ("simpo", [])])  # fmt: skip
 def test_config_runs_through_the_cli(config, extra, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     main(["fit", "--config", str(ROOT / f"configs/objectives/{config}.yaml"), *MICRO, "--trainer.max_steps=4",
@@ -156,8 +157,9 @@ def test_config_runs_through_the_cli(config, extra, tmp_path, monkeypatch, capsy
           "--data.init_args.train.init_args.n=32", "--data.init_args.val.init_args.n=8",
           "--data.init_args.eval_prompts.init_args.n=4", "--data.init_args.batch_size=4", *extra])  # fmt: skip
     assert "val/rewards/accuracies" in capsys.readouterr().out  # printed by validate_around_fit
-    with open(tmp_path / f"runs/{config}/version_0/metrics.csv") as f:
+    root = tmp_path / ("out" if extra else "")  # --trainer.default_root_dir moves the reference cache too
+    with open(root / f"runs/{config}/version_0/metrics.csv") as f:
         rows = list(csv.DictReader(f))
     for key in ("train/loss", "train/rewards/margins", "train/logps/chosen", "val/rewards/accuracies"):
         assert any(r.get(key) for r in rows), key
-    assert bool(list((tmp_path / "runs/reference_cache").glob("*.json"))) == bool(extra)
+    assert bool(list((root / "runs/reference_cache").glob("*.json"))) == bool(extra)
