@@ -7,7 +7,11 @@ from torch import Tensor
 
 
 def rlsc_loss(
-    logprobs: Tensor, mask: Tensor, alpha: float = 0.1, length_normalized_weight: bool = False
+    logprobs: Tensor,
+    mask: Tensor,
+    alpha: float = 0.1,
+    length_normalized_weight: bool = False,
+    weight_order: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Smoothed self-confidence loss over N completions sampled from the model itself (paper Algorithm 1, L2)::
 
@@ -24,6 +28,9 @@ def rlsc_loss(
         mask: ``[N, C]`` 1 on the answer (completion) tokens.
         alpha: Smoothing constant (paper: 0.1).
         length_normalized_weight: Weight by the per-token geometric mean probability (not in the paper).
+        weight_order: ``[N]`` indices: completion i is weighted by completion ``weight_order[i]``'s confidence
+            (a permutation within each prompt's group is the placebo control: the same weights, detached from the
+            completions they measured). None: each completion its own (the paper).
 
     Returns:
         The scalar loss and detached metrics: ``seq_logprob`` (mean s_i), ``weight`` (mean exp(s_i) or its
@@ -33,6 +40,8 @@ def rlsc_loss(
     s = (logprobs * m).sum(1)
     log_w = s.detach() / m.sum(1).clamp_min(1) if length_normalized_weight else s.detach()
     weight = torch.exp(log_w)
+    if weight_order is not None:
+        weight = weight[weight_order]
     loss = (-(weight + alpha) * s).mean()
     return loss, {"seq_logprob": s.mean().detach(), "weight": weight.mean(), "alpha": torch.tensor(alpha)}
 

@@ -34,6 +34,9 @@ class RLSC(Objective):
         alpha: Smoothing constant of the loss (paper: 0.1).
         length_normalized_weight: Weight by exp(s_i / |y_i|) instead of exp(s_i) (not in the paper).
         generation_batch_size: Completions per ``generate`` call (a multiple of ``num_samples``); None = all.
+        placebo: The control of issue 16: each completion is weighted by the confidence of another completion of its
+            prompt (a random permutation within every group), so the steps, samples and weights are RLSC's but the
+            weight no longer says which answer the model is sure of.
         **kwargs: Arguments of :class:`~ltune.objectives.base.Objective` (backbone, optimizer, scheduler, ...).
     """
 
@@ -46,6 +49,7 @@ class RLSC(Objective):
         alpha: float = 0.1,
         length_normalized_weight: bool = False,
         generation_batch_size: int | None = None,
+        placebo: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -54,6 +58,7 @@ class RLSC(Objective):
         self.num_samples, self.max_completion_length = num_samples, max_completion_length
         self.temperature, self.top_p, self.alpha = temperature, top_p, alpha
         self.length_normalized_weight, self.generation_batch_size = length_normalized_weight, generation_batch_size
+        self.placebo = placebo
         self.sampler: Sampler = HFSampler()
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
@@ -76,7 +81,12 @@ class RLSC(Objective):
             self.model, **training_inputs(samples), temperature=self.temperature, with_entropy=True
         )
         logprobs, entropy = lp.logprobs[:, width - 1 :], lp.entropy[:, width - 1 :]
-        loss, metrics = rlsc_loss(logprobs, mask, self.alpha, self.length_normalized_weight)
+        order = None
+        if self.placebo:  # a permutation within each prompt's group of n
+            groups = logprobs.shape[0] // n
+            order = (torch.argsort(torch.rand(groups, n), 1) + n * torch.arange(groups)[:, None]).reshape(-1)
+            order = order.to(logprobs.device)
+        loss, metrics = rlsc_loss(logprobs, mask, self.alpha, self.length_normalized_weight, order)
         self.check_finite(loss, batch_idx)
         metrics["entropy"] = (entropy * mask).sum() / mask.sum().clamp_min(1)
         metrics["completions/mean_length"] = mask.sum(1).float().mean()

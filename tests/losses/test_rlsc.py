@@ -39,3 +39,14 @@ def test_weight_stays_finite_for_long_completions():
     assert m["weight"].item() == 0.0 and loss.item() == pytest.approx(400.0)
     loss.backward()
     assert torch.isfinite(lp.grad).all()
+
+
+def test_placebo_swaps_the_weights_between_completions():
+    """weight_order [1, 0]: completion 0 takes completion 1's confidence and back; gradients follow by hand."""
+    lp = LOGP.clone().requires_grad_(True)
+    loss, m = rlsc_loss(lp, MASK, alpha=0.1, weight_order=torch.tensor([1, 0]))
+    s0, s1, w0, w1 = -0.3, -1.0, math.exp(-0.3), math.exp(-1.0)
+    assert loss.item() == pytest.approx((-(w1 + 0.1) * s0 - (w0 + 0.1) * s1) / 2, rel=1e-6)
+    assert m["weight"].item() == pytest.approx((w0 + w1) / 2, rel=1e-6)  # the same weights, reassigned
+    loss.backward()
+    torch.testing.assert_close(lp.grad, torch.tensor([[-(w1 + 0.1) / 2] * 2 + [0.0], [-(w0 + 0.1) / 2] * 3]))

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from ltune.backbone import completion_logprobs
@@ -53,7 +54,8 @@ def test_one_step_raises_the_tempered_likelihood_of_the_samples():
         assert f"train/{key}" in trainer.callback_metrics, key
 
 
-def test_rlsc_config_runs_through_the_cli(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("placebo", [False, True])
+def test_rlsc_config_runs_through_the_cli(placebo, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     main(
         [
@@ -71,8 +73,23 @@ def test_rlsc_config_runs_through_the_cli(tmp_path, monkeypatch, capsys):
             "--model.init_args.num_samples=2",
             "--model.init_args.max_completion_length=8",
             "--model.init_args.max_new_tokens=8",
+            f"--model.init_args.placebo={placebo}",
         ]
     )
     assert "validation before -> after fit" in capsys.readouterr().out
     logged = {k for r in read_metrics(Path("runs/rlsc/version_0")) for k, v in r.items() if v}
     assert {"train/loss", "train/weight", "train/majority_agreement", "val/exact_match"} <= logged
+
+
+def test_placebo_permutes_weights_within_each_prompts_group(monkeypatch):
+    import ltune.objectives.rlsc as mod
+
+    seen = []
+    real = mod.rlsc_loss
+    monkeypatch.setattr(mod, "rlsc_loss", lambda *a: seen.append(a[-1]) or real(*a))
+    dm = PromptData(train=EmbeddedTasks(format="prompts", n=4, categories=["add"]), batch_size=2)
+    model = RLSC(backbone=micro_backbone(), num_samples=4, max_completion_length=4, placebo=True)
+    quiet_trainer(limit_val_batches=0, max_steps=2).fit(model, dm)
+    for order in seen:
+        assert sorted(order[:4].tolist()) == [0, 1, 2, 3] and sorted(order[4:].tolist()) == [4, 5, 6, 7]
+    assert any(not torch.equal(o, torch.arange(8)) for o in seen)  # not the identity
