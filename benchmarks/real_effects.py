@@ -11,6 +11,9 @@ Studies (the protocol of each is in benchmarks/RESULTS.md, written before its ru
         beta 0 (the loss is then exactly the NLL on the chosen sequences: SFT on chosen, same data, steps, evaluation).
   dpo_family: DPO (configs/objectives/dpo.yaml, live reference: the LoRA-disabled model) and SimPO (simpo.yaml) with
         the same model fragment, data, steps and evaluation as `orpo`, whose two arms are their comparison.
+  rlsc: configs/objectives/rlsc.yaml + smollm2.yaml on the categories with majority-vote headroom (add, compare, mul,
+        sub; difficulty 1), 20 steps of 2 prompts x 16 samples; control: the same run with `placebo=true` (each
+        completion weighted by another sample's confidence).
 """
 
 from __future__ import annotations
@@ -43,6 +46,16 @@ STUDIES = {
         "metrics": ["val/exact_match", "val/rewards/accuracies"],
     },
 }
+ROOM = "[add,compare,mul,sub]"  # where the instruct model has majority-vote headroom (RESULTS, issue 14)
+STUDIES["rlsc"] = {
+    "config": ["configs/objectives/rlsc.yaml", "configs/models/smollm2.yaml"],
+    "flags": ["--trainer.max_steps=20", "--trainer.val_check_interval=20", "--data.init_args.batch_size=2",
+              "--model.init_args.max_completion_length=48", "--model.init_args.max_new_tokens=48",
+              *(f"--data.init_args.{s}.init_args.{k}={v}" for s in ("train", "val")
+                for k, v in (("categories", ROOM), ("difficulties", "[1]")))],
+    "arms": {"rlsc": [], "placebo": ["--model.init_args.placebo=true"]},
+    "metrics": ["val/exact_match"],
+}  # fmt: skip
 LINE = re.compile(r"^\s+(\S+)\s+(-?[\d.]+|nan)\s+->\s+(-?[\d.]+|nan)$")
 
 
