@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 
 import torch
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
@@ -107,7 +108,8 @@ class DPO(PairObjective):
         dm, world, rank = self.trainer.datamodule, self.trainer.world_size, self.trainer.global_rank
         if dm is None:
             raise ValueError("precompute_ref_log_probs needs a DataModule passed to fit (its loaders are read)")
-        loaders = [dm.train_dataloader(), *(dm.val_dataloader() or [])]
+        val = dm.val_dataloader() if is_overridden("val_dataloader", dm) else []
+        loaders = [dm.train_dataloader(), *(val if isinstance(val, (list, tuple)) else [val])]
         out = []
         for dl in loaders:
             shard = Subset(dl.dataset, range(rank, len(dl.dataset), world))
