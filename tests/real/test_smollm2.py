@@ -120,6 +120,8 @@ GROUP = ["--data.init_args.train.init_args.n=4", "--data.init_args.val.init_args
 FITS = {
     "sft": ("configs/objectives/sft.yaml", SMALL),
     "orpo": ("configs/objectives/orpo.yaml", SMALL),
+    "dpo": ("configs/objectives/dpo.yaml", [*SMALL, "--model.init_args.precompute_ref_log_probs=true"]),
+    "simpo": ("configs/objectives/simpo.yaml", SMALL),
     "cut": ("configs/objectives/cut.yaml", SMALL),
     "coin": ("configs/objectives/coin.yaml", SMALL),
     "ttrl": ("configs/objectives/ttrl.yaml", [*GROUP, "--model.init_args.num_votes=4",
@@ -136,7 +138,7 @@ def test_two_lora_steps_through_the_cli(method, tmp_path, monkeypatch, smollm2_d
     _stepped(fit(tmp_path, monkeypatch, config, *overrides), lora=True)
 
 
-@pytest.mark.parametrize("method", ["sft", "ttrl"])
+@pytest.mark.parametrize("method", ["sft", "ttrl", "dpo"])  # dpo: the frozen reference copy, precomputed
 def test_two_full_fine_tuning_steps_through_the_cli(method, tmp_path, monkeypatch, smollm2_dir):
     config, overrides = FITS[method]
     _stepped(fit(tmp_path, monkeypatch, config, *overrides, lora=False), lora=False)
