@@ -9,6 +9,9 @@ full fine-tuning or LoRA; each side in its own process, sides alternated over ``
     python benchmarks/train_throughput.py --method dpo --lora 16 --precompute --repeats 3   # both sides cache the
                                                                                            # reference log-probs
 
+Gradient checkpointing is the same on both sides: off unless ``--gradient-checkpointing`` (TRL's SFT/ORPO/DPO configs
+default to on, ltune's ``Backbone`` to off; figures before 2026-11-30 20:30 left TRL's default on, see RESULTS).
+
 DPO's reference: with LoRA the adapter-disabled policy, in full FT a frozen copy, on both sides; ``--precompute``
 computes every pair's reference log-probs before the first step on both sides (ltune's ``precompute_ref_log_probs``,
 TRL's), so the steps run one model; that pass is outside the timed steps on both sides and reported as
@@ -52,7 +55,8 @@ def _data(a: argparse.Namespace):
 def _backbone(a: argparse.Namespace):
     from ltune.backbone import Backbone, LoRA
 
-    return Backbone(a.model, lora=LoRA(r=a.lora, alpha=2 * a.lora, dropout=0.0) if a.lora else None)
+    lora = LoRA(r=a.lora, alpha=2 * a.lora, dropout=0.0) if a.lora else None
+    return Backbone(a.model, lora=lora, gradient_checkpointing=a.gradient_checkpointing)
 
 
 def _result(a, tokens: list[int], times: list[float], phases: Phases, n_params: int, precompute_s=None) -> dict:
@@ -129,14 +133,15 @@ def run_trl(a: argparse.Namespace) -> dict:
     common = dict(output_dir=a.tmp, per_device_train_batch_size=a.batch, max_steps=a.steps, learning_rate=1e-5,
                   max_length=a.max_length, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.01,
                   logging_steps=10**6, save_strategy="no", report_to=[], use_cpu=True, dataloader_num_workers=0,
-                  disable_tqdm=True, seed=0, optim="adamw_torch_fused")  # fmt: skip
+                  disable_tqdm=True, seed=0, optim="adamw_torch_fused",
+                  gradient_checkpointing=a.gradient_checkpointing)  # fmt: skip
     peft = None
     if a.lora:
         from peft import LoraConfig
 
         peft = LoraConfig(r=a.lora, lora_alpha=2 * a.lora, lora_dropout=0.0, target_modules="all-linear",
                           task_type="CAUSAL_LM")  # fmt: skip
-    model = bb.__class__(a.model).load_model()  # without LoRA: the trainer adds its own
+    model = bb.__class__(a.model).load_model()  # without LoRA or checkpointing: the trainer adds its own
     precompute_s = None
     if a.method == "dpo":
         from trl import DPOConfig, DPOTrainer
@@ -209,6 +214,11 @@ def main() -> None:
     p.add_argument("--lora", type=int, default=0, help="LoRA rank (all linear layers, alpha = 2r); 0 = full FT")
     p.add_argument("--batch", type=int, default=8, help="rows (SFT) or pairs (ORPO, DPO) per step")
     p.add_argument("--precompute", action="store_true", help="DPO: reference log-probs computed before the steps")
+    p.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="on both sides (TRL's configs default to on, ltune's Backbone to off: set here for both)",
+    )
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--warmup", type=int, default=2, help="first steps left out of the timing")
     p.add_argument("--max-length", type=int, default=256)
@@ -229,6 +239,7 @@ def main() -> None:
 
     peak = matmul_gflops(a.threads)
     tuning = (f"LoRA r={a.lora}" if a.lora else "full FT") + (", reference precomputed" if a.precompute else "")
+    tuning += ", gradient checkpointing" if a.gradient_checkpointing else ", no gradient checkpointing"
     print(
         f"{a.method} {a.model} {tuning}; batch {a.batch}, {a.steps} steps ({a.warmup} warm-up), {a.threads} "
         f"threads; float32 matmul {peak:.0f} GFLOP/s; {load_average()}"
