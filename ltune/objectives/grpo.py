@@ -47,7 +47,8 @@ class GRPO(Objective):
     Off-policy steps and variants: with ``num_iterations`` mu > 1 (TRL's name, the GRPO paper's mu) each generation
     serves mu optimizer steps; the first keeps its log-probs as pi_old (same weights, same tokens: no extra forward),
     the next mu - 1 are off-policy, so the ratios move and clip. The loader's batches of those mu - 1 steps are not
-    sampled (TRL repeats the generation batch instead): ``max_steps`` steps sample ``max_steps / mu`` batches. GSPO is
+    sampled (TRL repeats the generation batch instead): ``max_steps`` steps sample ``max_steps / mu`` batches (no
+    gradient accumulation with mu > 1: it would split a generation's steps). GSPO is
     ``importance_sampling_level="sequence"`` with ``loss_type="grpo"``; CISPO is ``loss_type="cispo"`` with
     ``epsilon_high`` the cap of the weight (e.g. 5.0); RLOO's leave-one-out advantages are
     ``advantage_estimator="rloo"``. TTRL and RLAIF take the same arguments.
@@ -121,6 +122,13 @@ class GRPO(Objective):
         super().configure_model()
         if self.beta > 0:
             self.keep_reference_copy()
+
+    def on_fit_start(self) -> None:
+        if self.num_iterations > 1 and self.trainer.accumulate_grad_batches > 1:
+            raise ValueError(
+                f"num_iterations={self.num_iterations} reuses a generation over optimizer steps, which gradient "
+                f"accumulation ({self.trainer.accumulate_grad_batches} batches) would split: use one or the other"
+            )
 
     # ---- rollout and reward ---------------------------------------------------------------------------------------
     def rollout(self, batch: dict):

@@ -226,3 +226,9 @@ def test_rloo_advantages_and_cispo_need_their_settings():
         GRPO(backbone=micro_backbone(), loss_type="cispo")
     with pytest.raises(ValueError, match="num_iterations=0"):
         GRPO(backbone=micro_backbone(), num_iterations=0)
+
+
+def test_num_iterations_refuses_gradient_accumulation():
+    model = GRPO(backbone=micro_backbone(), num_generations=2, max_completion_length=4, num_iterations=2)
+    with pytest.raises(ValueError, match="num_iterations=2 .* accumulation"):
+        quiet_trainer(limit_val_batches=0, max_steps=1, accumulate_grad_batches=2).fit(model, _data(batch_size=2))
