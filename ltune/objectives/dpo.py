@@ -117,8 +117,8 @@ class DPO(PairObjective):
         return out
 
     def precompute_reference(self) -> ReferenceLogps:
-        batches = [b for dl in self._pair_loaders() for b in dl if "input_ids" in b]
-        keys = [k for b in batches for k in pair_keys(b)]
+        batches = [(b, pair_keys(b)) for dl in self._pair_loaders() for b in dl if "input_ids" in b]
+        keys = [k for _, batch_keys in batches for k in batch_keys]
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             gathered = [None] * torch.distributed.get_world_size()
             torch.distributed.all_gather_object(gathered, keys)
@@ -130,12 +130,10 @@ class DPO(PairObjective):
             return cache
         was_training = self.model.training
         self.model.eval()
-        for batch in batches:
-            todo = [k not in cache for k in pair_keys(batch)]
-            if any(todo):
-                batch = self.transfer_batch_to_device(batch, self.device, 0)
-                chosen, rejected = self.live_reference(batch)
-                cache.add(pair_keys(batch), chosen.cpu(), rejected.cpu())
+        for batch, batch_keys in batches:
+            if not all(k in cache for k in batch_keys):
+                chosen, rejected = self.live_reference(self.transfer_batch_to_device(batch, self.device, 0))
+                cache.add(batch_keys, chosen.cpu(), rejected.cpu())
         self.model.train(was_training)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             parts = [None] * torch.distributed.get_world_size()
