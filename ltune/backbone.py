@@ -236,13 +236,15 @@ def reference_model(model: nn.Module):
     return model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
 
 
-def hidden_states(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-    """Final (normed) hidden states ``[B, T, H]`` of the decoder, without computing the logits."""
+def hidden_states(
+    model: nn.Module, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor | None = None
+) -> Tensor:
+    """Final (normed) hidden states ``[B, T, H]`` of the decoder, without computing the logits. ``attention_mask``
+    is ``[B, T]`` or a custom ``[B, 1, T, T]`` mask (with its ``position_ids``; see :mod:`ltune.shared_prefix`)."""
+    kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
     if getattr(unwrap(model), "_is_fsdp_managed_module", False):  # FSDP2 gathers the root's weights in its forward
-        kwargs = dict(output_hidden_states=True, logits_to_keep=1, use_cache=False)  # the head on one position only
-        return model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).hidden_states[-1]
-    decoder = unwrap(model).get_decoder()
-    return decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        return model(**kwargs, output_hidden_states=True, logits_to_keep=1).hidden_states[-1]  # head on 1 position
+    return unwrap(model).get_decoder()(**kwargs).last_hidden_state
 
 
 def last_token_states(hidden: Tensor, attention_mask: Tensor) -> Tensor:
@@ -261,6 +263,7 @@ def completion_logprobs(
     temperature: float = 1.0,
     with_entropy: bool = False,
     with_argmax: bool = False,
+    hidden: Tensor | None = None,
 ) -> LogProbs:
     """Per-token float32 log-probs of the labelled tokens, through :func:`ltune.kernels.linear_token_logprobs`.
 
@@ -275,8 +278,10 @@ def completion_logprobs(
         temperature: Divides the logits before the softmax.
         with_entropy: Also return the per-token entropy (detached).
         with_argmax: Also return whether the argmax token equals the label.
+        hidden: The ``[B, T, H]`` final hidden states if already computed (e.g. by
+            :func:`ltune.shared_prefix.shared_prefix_hidden`); ``input_ids`` and ``attention_mask`` are then unused.
     """
-    hidden = hidden_states(model, input_ids, attention_mask)[:, :-1]
+    hidden = (hidden_states(model, input_ids, attention_mask) if hidden is None else hidden)[:, :-1]
     head = unwrap(model).get_output_embeddings()
     return linear_token_logprobs(
         hidden,

@@ -7,9 +7,9 @@ import torch
 from torch import Tensor
 from torchmetrics import MeanMetric
 
-from ltune.backbone import completion_logprobs
 from ltune.kernels import IGNORE_INDEX
 from ltune.objectives.base import Objective
+from ltune.shared_prefix import grouped_logprobs, pair_groups
 
 PAIR_METRICS = (
     "loss",
@@ -29,13 +29,17 @@ class PairObjective(Objective):
     metrics averaged over held-out pairs (``val/<name>``; ``val/rewards/accuracies`` is the preference accuracy).
 
     Args:
+        share_prompt: Run each pair's chosen and rejected rows as one sequence around their common prefix (the
+            prompt, and the answers' first tokens where they agree): exact, ~35% fewer tokens through the decoder on
+            short answers (:mod:`ltune.shared_prefix`). False runs the ``2B`` rows as they are.
         **kwargs: Arguments of :class:`~ltune.objectives.base.Objective` (backbone, optimizer, scheduler, ...).
     """
 
     val_names: tuple[str, ...] = PAIR_METRICS
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, share_prompt: bool = True, **kwargs) -> None:
         super().__init__(**kwargs)
+        self.share_prompt = share_prompt
         self.val_metrics = torch.nn.ModuleDict({k.replace("/", "_"): MeanMetric() for k in self.val_names})
 
     def forward_loss(self, batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
@@ -44,7 +48,9 @@ class PairObjective(Objective):
     def pair_logprobs(self, model: torch.nn.Module, batch: dict, targets: Tensor | None = None) -> Tensor:
         """``[2B, T-1]`` float32 log-probs of ``targets`` (default: the responses' labels) under ``model``."""
         targets = batch["labels"] if targets is None else targets
-        return completion_logprobs(model, batch["input_ids"], batch["attention_mask"], targets).logprobs
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        groups = pair_groups(len(ids), ids.device) if self.share_prompt else None
+        return grouped_logprobs(model, ids, mask, targets, groups).logprobs
 
     @staticmethod
     def response_mask(batch: dict) -> Tensor:

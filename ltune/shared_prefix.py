@@ -1,0 +1,143 @@
+"""One forward for rows that share a prefix (a preference pair's prompt; a GRPO group's prompt).
+
+A chosen and a rejected answer to one prompt repeat the prompt (~40 of ~56 tokens per row with SmolLM2's chat
+template), and often the answer's first tokens too. Causal attention makes the hidden state at position ``t``
+depend only on tokens ``0..t``, so rows that agree up to ``t`` have the same hidden states there: each group of rows
+is packed into one sequence, ``[shared prefix][rest of row 1][rest of row 2]...``, where each rest attends to the
+prefix and to itself only (a block mask) and keeps its own position ids; the hidden states are then gathered back
+into the ``[N, T, H]`` layout of the unpacked batch. Exact (same math, same positions), with fewer tokens through
+the decoder. Attention implementations that take an arbitrary mask (``sdpa``, ``eager``) pack; others fall back to
+the plain forward.
+
+    index     0  1  2  3 | 4  5 | 6  7  8        packed row of a pair with a 4-token shared prefix
+    segment   0  0  0  0 | 1  1 | 2  2  2        (chosen rest 2 tokens, rejected rest 3 tokens)
+    position  0  1  2  3 | 4  5 | 4  5  6
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ltune.backbone import completion_logprobs, hidden_states, unwrap
+from ltune.kernels import LogProbs
+
+MASKABLE = ("sdpa", "eager")  # attention implementations that honour a custom 4D mask
+
+
+@dataclass
+class Packed:
+    """Groups of rows packed around their shared prefix.
+
+    Attributes:
+        input_ids: ``[G, P]`` packed token ids (0 at padding).
+        position_ids: ``[G, P]`` each token's position in its own row.
+        segments: ``[G, P]`` 0 for the shared prefix, ``k + 1`` for the rest of the group's row ``k``, -1 for padding.
+        index: ``[N, T]`` position in the flattened ``[G * P]`` packed tokens of every (row, position) of the
+            unpacked batch (0 at padding).
+    """
+
+    input_ids: Tensor
+    position_ids: Tensor
+    segments: Tensor
+    index: Tensor
+
+    def attention_mask(self, dtype: torch.dtype | None = None) -> Tensor:
+        """``[G, 1, P, P]`` block-causal mask: a token sees the prefix and its own row's earlier tokens (padding sees
+        itself only, so no row is empty). Boolean (True = attend) when ``dtype`` is None, else additive 0 / min."""
+        seg, n = self.segments, self.segments.shape[1]
+        causal = torch.ones(n, n, dtype=torch.bool, device=seg.device).tril()
+        q, kv = seg[:, :, None], seg[:, None, :]
+        allowed = causal & (q >= 0) & (kv >= 0) & ((kv == 0) | (kv == q))
+        allowed |= torch.eye(n, dtype=torch.bool, device=seg.device)
+        allowed = allowed[:, None]
+        if dtype is None:
+            return allowed
+        return torch.zeros(allowed.shape, dtype=dtype, device=seg.device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+def pair_groups(n_rows: int, device: torch.device | str | None = None) -> Tensor:
+    """``[B, 2]`` row indices of the pairs of a ``[2B, T]`` preference batch (the B chosen rows first)."""
+    return torch.arange(n_rows, device=device).view(2, -1).T
+
+
+def sample_groups(n_rows: int, group_size: int, device: torch.device | str | None = None) -> Tensor:
+    """``[B, G]`` row indices of sampled groups laid out prompt-major (rows ``b*G .. b*G+G-1`` share prompt ``b``)."""
+    return torch.arange(n_rows, device=device).view(-1, group_size)
+
+
+def pack_groups(input_ids: Tensor, attention_mask: Tensor, groups: Tensor) -> Packed:
+    """Pack each group of rows around the longest prefix of real tokens that all of its rows share.
+
+    Args:
+        input_ids: ``[N, T]`` token ids, padded anywhere (right for training pairs; left-padded prompt + right-padded
+            completion for sampled groups): a row's tokens are its real ones, in order.
+        attention_mask: ``[N, T]`` 1 for real tokens.
+        groups: ``[G, K]`` row indices; every row in exactly one group.
+    """
+    n, t = input_ids.shape
+    g, k = groups.shape
+    dev = input_ids.device
+    real = attention_mask.bool()
+    lengths = real.sum(1)  # [N]
+    pos = (real.cumsum(1) - 1).clamp_min(0)  # [N, T] each real token's position in its row
+    order = torch.argsort((~real).to(torch.uint8), dim=1, stable=True)  # real tokens first, in order
+    ids_g, real_g = input_ids.gather(1, order)[groups], real.gather(1, order)[groups]  # [G, K, T]
+    agree = ((ids_g == ids_g[:, :1]) & real_g).all(1)  # [G, T]
+    shared = agree.long().cumprod(1).sum(1)  # [G] longest common prefix of the group's rows
+    rest = lengths[groups] - shared[:, None]  # [G, K]
+    offset = shared[:, None] + rest.cumsum(1) - rest  # [G, K] where each row's rest starts in the packed row
+    size = int((shared + rest.sum(1)).max())
+    rows = groups.reshape(-1)  # each row's group, slot and rest offset, in row order
+    row_group = torch.empty(n, dtype=torch.long, device=dev).index_put_(
+        (rows,), torch.arange(g, device=dev).repeat_interleave(k)
+    )
+    row_slot = torch.empty(n, dtype=torch.long, device=dev).index_put_((rows,), torch.arange(k, device=dev).repeat(g))
+    row_offset = torch.empty(n, dtype=torch.long, device=dev).index_put_((rows,), offset.reshape(-1))
+    in_prefix = pos < shared[row_group][:, None]  # [N, T]
+    local = torch.where(in_prefix, pos, row_offset[:, None] + pos - shared[row_group][:, None])
+    flat = torch.where(real, row_group[:, None] * size + local, torch.zeros_like(local))
+    packed_ids = torch.zeros(g * size, dtype=input_ids.dtype, device=dev)
+    position_ids = torch.zeros(g * size, dtype=torch.long, device=dev)
+    segments = torch.full((g * size,), -1, dtype=torch.long, device=dev)
+    packed_ids[flat[real]] = input_ids[real]  # prefix positions receive the same id from every row of the group
+    position_ids[flat[real]] = pos[real]
+    segments[flat[real]] = torch.where(in_prefix, 0, row_slot[:, None] + 1)[real]
+    return Packed(packed_ids.view(g, size), position_ids.view(g, size), segments.view(g, size), flat)
+
+
+def shared_prefix_hidden(
+    model: nn.Module, input_ids: Tensor, attention_mask: Tensor, groups: Tensor, min_saving: float = 0.1
+) -> Tensor:
+    """``[N, T, H]`` final hidden states, equal to ``hidden_states(model, input_ids, attention_mask)`` at every real
+    token, from one packed forward per group (see the module docstring). Falls back to the plain forward when the
+    model's attention cannot take a custom mask or packing saves less than ``min_saving`` of the tokens.
+
+    Args:
+        model: A causal LM (optionally wrapped by peft).
+        input_ids: ``[N, T]`` token ids (any padding, see :func:`pack_groups`).
+        attention_mask: ``[N, T]`` 1 for real tokens.
+        groups: ``[G, K]`` row indices of the groups whose rows share a prefix (:func:`pair_groups` for pairs,
+            :func:`sample_groups` for a prompt's samples).
+        min_saving: Pack only when it removes at least this fraction of the ``N x T`` tokens.
+    """
+    impl = getattr(unwrap(model).config, "_attn_implementation", None)
+    if impl not in MASKABLE:
+        return hidden_states(model, input_ids, attention_mask)
+    packed = pack_groups(input_ids, attention_mask, groups)
+    if packed.input_ids.numel() > (1 - min_saving) * input_ids.numel():
+        return hidden_states(model, input_ids, attention_mask)
+    dtype = None if impl == "sdpa" else unwrap(model).get_input_embeddings().weight.dtype
+    hidden = hidden_states(model, packed.input_ids, packed.attention_mask(dtype), packed.position_ids)
+    return hidden.flatten(0, 1)[packed.index]
+
+
+def grouped_logprobs(
+    model: nn.Module, input_ids: Tensor, attention_mask: Tensor, labels: Tensor, groups: Tensor | None, **kwargs
+) -> LogProbs:
+    """:func:`ltune.backbone.completion_logprobs` through one packed forward per group (``groups`` None: the plain
+    forward); ``kwargs`` are its keyword arguments (``temperature``, ``with_entropy``, ``with_argmax``)."""
+    hidden = None if groups is None else shared_prefix_hidden(model, input_ids, attention_mask, groups)
+    return completion_logprobs(model, input_ids, attention_mask, labels, hidden=hidden, **kwargs)

@@ -1,0 +1,108 @@
+"""The packed forward of rows that share a prefix (ltune/shared_prefix.py): the layout by hand, hidden states and
+gradients equal to the plain forward in float64 (sdpa and eager attention), and pair objectives equal with and
+without it."""
+
+import pytest
+import torch
+
+from ltune.backbone import hidden_states
+from ltune.objectives import DPO, ORPO, SimPO
+from ltune.shared_prefix import pack_groups, pair_groups, sample_groups, shared_prefix_hidden
+from tests.conftest import micro_backbone
+from tests.objectives.test_dpo import _batch
+
+
+def _rows(rows: list[list[int]], t: int) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.zeros(len(rows), t, dtype=torch.long)
+    mask = torch.zeros(len(rows), t, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r)
+        mask[i, : len(r)] = 1
+    return ids, mask
+
+
+def test_layout_by_hand():
+    """Pair 0 shares 4 tokens (chosen rest 2, rejected rest 3: the module docstring's picture); pair 1 shares 1."""
+    ids, mask = _rows([[5, 6, 7, 8, 9, 10], [11, 12], [5, 6, 7, 8, 20, 21, 22], [11, 30, 31]], t=7)
+    p = pack_groups(ids, mask, pair_groups(4))
+    assert p.input_ids.tolist() == [[5, 6, 7, 8, 9, 10, 20, 21, 22], [11, 12, 30, 31, 0, 0, 0, 0, 0]]
+    assert p.segments.tolist() == [[0, 0, 0, 0, 1, 1, 2, 2, 2], [0, 1, 2, 2, -1, -1, -1, -1, -1]]
+    assert p.position_ids.tolist() == [[0, 1, 2, 3, 4, 5, 4, 5, 6], [0, 1, 1, 2, 0, 0, 0, 0, 0]]
+    flat = p.input_ids.flatten()
+    assert all(flat[p.index[i, j]] == ids[i, j] for i in range(4) for j in range(7) if mask[i, j])
+    allowed = p.attention_mask()[0, 0]
+    assert allowed[6].tolist() == [1, 1, 1, 1, 0, 0, 1, 0, 0]  # rejected's first rest token: prefix + itself
+    assert allowed[5].tolist() == [1, 1, 1, 1, 1, 1, 0, 0, 0]  # chosen's last token: prefix + chosen
+    assert p.attention_mask()[1, 0, 6].tolist() == [0] * 6 + [1, 0, 0]  # padding sees itself only
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_hidden_states_and_gradients_equal_each_row_alone(attn):
+    """A group of 3 rows (one a prefix of the other two); pairs with a long shared prefix, nothing shared, and
+    identical rows; two sampled groups of 3 laid out as GRPO's (left-padded prompt, right-padded completion).
+    float64, so any difference beyond rounding is a wrong mask, position or gather (Llama's RMSNorm and eager
+    softmax compute in float32, so gradients summed over shared positions differ from per-row sums at float32
+    rounding: 1e-6 of the largest)."""
+    torch.manual_seed(0)
+    model = micro_backbone(attn_implementation=attn).load_model().double()
+    g = torch.Generator().manual_seed(1)
+    b = torch.randint(3, 300, (30,), generator=g).tolist()
+    cases = [
+        ([b[:20], b[:14] + [1, 2, 3, 4, 5, 6], b[:12]], [[0, 1, 2]]),
+        ([b[:12] + [7, 8, 9], [4] + b[5:9], b[3:10], b[:20], b[10:15] + [9, 9], b[3:10]], pair_groups(6).tolist()),
+    ]
+    prompts = torch.tensor([[0, 0, 0, *b[20:23]]] * 3 + [b[:6]] * 3)  # [B*G, P] left-padded, B 2, G 3
+    completions, cmask = _rows([[1, 2, 3], [1, 2, 5, 6], [7], [8, 9], [8, 9, 10, 11], [8]], t=5)
+    sampled = (torch.cat([prompts, completions], 1), torch.cat([(prompts > 0).long(), cmask], 1))
+    for rows, groups in [*cases, (None, sample_groups(6, 3).tolist())]:
+        ids, mask = _rows(rows, t=24) if rows else sampled
+        groups, real = torch.tensor(groups), mask.bool()
+        w = torch.randn(*ids.shape, 32, dtype=torch.float64, generator=g) * real[..., None]
+        model.zero_grad()  # the reference: every row alone, without padding
+        plain = [hidden_states(model, ids[i, real[i]][None], mask[i, real[i]][None])[0] for i in range(len(ids))]
+        sum((h * w[i, real[i]]).sum() for i, h in enumerate(plain)).backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad()
+        packed = shared_prefix_hidden(model, ids, mask, groups, min_saving=0.0)
+        (packed * w).sum().backward()
+        torch.testing.assert_close(packed[real], torch.cat(plain).detach(), rtol=0, atol=1e-6)  # float32 softmax
+        for a, p in zip(grads, model.parameters(), strict=True):
+            torch.testing.assert_close(p.grad, a, rtol=0, atol=1e-6 * a.abs().max().item())
+
+
+def test_packing_that_saves_too_little_is_skipped(monkeypatch):
+    """With nothing shared, packing saves no token: the plain forward runs (one call, on the [N, T] batch)."""
+    model = micro_backbone().load_model()
+    ids, mask = _rows([[5, 6, 7], [9, 10, 11]], t=3)
+    calls = []
+    import ltune.shared_prefix as sp
+
+    monkeypatch.setattr(sp, "hidden_states", lambda m, i, a, p=None: calls.append(i.shape) or hidden_states(m, i, a))
+    shared_prefix_hidden(model, ids, mask, pair_groups(2))
+    assert calls == [(2, 3)]
+
+
+@pytest.mark.parametrize("cls", [ORPO, DPO, SimPO])
+def test_pair_objectives_equal_with_and_without_sharing(cls):
+    """Same weights, same batch (whose packing saves over 10% of the tokens): loss, metrics and every gradient agree
+    (float64 up to the float32 rounding of the norms, as above)."""
+    losses, grads, metrics = [], [], []
+    for share in (True, False):
+        torch.manual_seed(0)
+        model = cls(backbone=micro_backbone(), share_prompt=share)
+        model.configure_model()
+        model.double()
+        batch = _batch(model, n=6)
+        packed = pack_groups(batch["input_ids"], batch["attention_mask"], pair_groups(12))
+        assert packed.input_ids.numel() < 0.9 * batch["input_ids"].numel()
+        loss, m = model.forward_loss(batch)
+        loss.backward()
+        losses.append(loss)
+        metrics.append(m)
+        grads.append([p.grad for p in model.model.parameters() if p.grad is not None])
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-10, atol=1e-10)
+    for k in metrics[0]:
+        torch.testing.assert_close(metrics[0][k], metrics[1][k], rtol=1e-9, atol=1e-9)
+    assert len(grads[0]) == len(grads[1]) > 0
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6 * a.abs().max().item())
