@@ -11,6 +11,10 @@ Studies (the protocol of each is in benchmarks/RESULTS.md, written before its ru
         beta 0 (the loss is then exactly the NLL on the chosen sequences: SFT on chosen, same data, steps, evaluation).
   dpo_family: DPO (configs/objectives/dpo.yaml, live reference: the LoRA-disabled model) and SimPO (simpo.yaml) with
         the same model fragment, data, steps and evaluation as `orpo`, whose two arms are their comparison.
+  cft: CFT (configs/objectives/cft.yaml: critiques of candidate solutions, half of them wrong) vs SFT on the same
+        480 questions' correct solutions (configs/objectives/sft.yaml), difficulty 1, 60 steps of 8 rows each.
+  cut: configs/objectives/cut.yaml + smollm2.yaml, 60 steps of 8 judgment rows (half negative); control: the same run
+        with alpha 0 (no unlikelihood term: MLE on Align-P and Align-N, the same rows and forwards).
   rlsc: configs/objectives/rlsc.yaml + smollm2.yaml on the categories with majority-vote headroom (add, compare, mul,
         sub; difficulty 1), 20 steps of 2 prompts x 16 samples; control: the same run with `placebo=true` (each
         completion weighted by another sample's confidence).
@@ -56,6 +60,23 @@ STUDIES["rlsc"] = {
     "arms": {"rlsc": [], "placebo": ["--model.init_args.placebo=true"]},
     "metrics": ["val/exact_match"],
 }  # fmt: skip
+D1 = "--data.init_args.{}.init_args.difficulties=[1]"
+STUDIES["cft"] = {
+    "config": ["configs/models/smollm2.yaml"],  # each arm puts its objective config first
+    "flags": [*SHORT, "--data.init_args.train.init_args.n=480", D1.format("train"), D1.format("eval_prompts"),
+              "--model.init_args.max_new_tokens=64"],
+    "arms": {
+        "cft": ["--config", "configs/objectives/cft.yaml"],
+        "sft": ["--config", "configs/objectives/sft.yaml", "--data.init_args.val=null"],
+    },
+    "metrics": ["val/exact_match"],
+}  # fmt: skip
+STUDIES["cut"] = {
+    "config": ["configs/objectives/cut.yaml", "configs/models/smollm2.yaml"],
+    "flags": [*SHORT, "--data.init_args.train.init_args.n=480", "--model.init_args.max_new_tokens=64"],
+    "arms": {"cut": [], "mle": ["--model.init_args.alpha=0"]},
+    "metrics": ["val/exact_match", "val/misalign_loss", "val/mle_loss"],
+}
 LINE = re.compile(r"^\s+(\S+)\s+(-?[\d.]+|nan)\s+->\s+(-?[\d.]+|nan)$")
 
 
