@@ -24,6 +24,10 @@ Tokens/s counts those tokens over the steps after ``--warmup``. The compute floo
 for full fine-tuning, 4 for LoRA: no weight gradients of frozen weights; N = parameters, tied embeddings once;
 attention scores left out, small at these lengths) at the machine's measured float32 matmul rate. Phases: forward
 (loss included), backward, optimizer, and the rest of the step (data, framework).
+
+ORPO/DPO pairs: ltune runs each pair's chosen and rejected rows as one sequence around their shared prefix (its
+default, ``ltune.shared_prefix``; ``--no-share-prompt`` turns it off). Tokens/s still counts the pairs' tokens as TRL's
+side does (the same work), not the fewer tokens ltune's decoder runs, and so does the "of peak" share.
 """
 
 from __future__ import annotations
@@ -85,11 +89,12 @@ def run_ltune(a: argparse.Namespace) -> dict:
 
     torch.manual_seed(0)
     opt = lambda p: torch.optim.AdamW(p, lr=1e-5, fused=True)  # noqa: E731
+    share = not a.no_share_prompt
     if a.method == "orpo":
-        model = ORPO(backbone=_backbone(a), beta=0.1, optimizer=opt)
+        model = ORPO(backbone=_backbone(a), beta=0.1, optimizer=opt, share_prompt=share)
     elif a.method == "dpo":
         model = DPO(backbone=_backbone(a), beta=0.1, optimizer=opt, precompute_ref_log_probs=a.precompute,
-                    cache_dir=os.path.join(a.tmp, "ltune_ref_cache"))  # fmt: skip
+                    cache_dir=os.path.join(a.tmp, "ltune_ref_cache"), share_prompt=share)  # fmt: skip
     else:
         model = SFT(backbone=_backbone(a), optimizer=opt)
     tokens, phases = [], Phases()  # ORPO: chosen and rejected rows of one batch share its attention mask
@@ -219,6 +224,11 @@ def main() -> None:
         action="store_true",
         help="on both sides (TRL's configs default to on, ltune's Backbone to off: set here for both)",
     )
+    p.add_argument(
+        "--no-share-prompt",
+        action="store_true",
+        help="ORPO/DPO: ltune runs the 2B rows as they are (its shared-prefix forward of each pair off)",
+    )
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--warmup", type=int, default=2, help="first steps left out of the timing")
     p.add_argument("--max-length", type=int, default=256)
@@ -240,6 +250,8 @@ def main() -> None:
     peak = matmul_gflops(a.threads)
     tuning = (f"LoRA r={a.lora}" if a.lora else "full FT") + (", reference precomputed" if a.precompute else "")
     tuning += ", gradient checkpointing" if a.gradient_checkpointing else ", no gradient checkpointing"
+    if a.method != "sft":
+        tuning += ", ltune's pairs as 2B rows" if a.no_share_prompt else ", ltune's pairs share their prefix"
     print(
         f"{a.method} {a.model} {tuning}; batch {a.batch}, {a.steps} steps ({a.warmup} warm-up), {a.threads} "
         f"threads; float32 matmul {peak:.0f} GFLOP/s; {load_average()}"
