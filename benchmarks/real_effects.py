@@ -15,6 +15,8 @@ Studies (the protocol of each is in benchmarks/RESULTS.md, written before its ru
         480 questions' correct solutions (configs/objectives/sft.yaml), difficulty 1, 60 steps of 8 rows each.
   cut: configs/objectives/cut.yaml + smollm2.yaml, 60 steps of 8 judgment rows (half negative); control: the same run
         with alpha 0 (no unlikelihood term: MLE on Align-P and Align-N, the same rows and forwards).
+  rest_em: configs/loops/rest_em_smollm2.yaml (2 rounds from the instruct model; per-round figures in the record);
+        control: SFT on the reference solutions of the prompts its last round kept, one row per kept row, 2 epochs.
   rlsc: configs/objectives/rlsc.yaml + smollm2.yaml on the categories with majority-vote headroom (add, compare, mul,
         sub; difficulty 1), 20 steps of 2 prompts x 16 samples; control: the same run with `placebo=true` (each
         completion weighted by another sample's confidence).
@@ -77,6 +79,38 @@ STUDIES["cut"] = {
     "arms": {"cut": [], "mle": ["--model.init_args.alpha=0"]},
     "metrics": ["val/exact_match", "val/misalign_loss", "val/mle_loss"],
 }
+ROOM1 = "{format: prompts, n: 200, split: val, categories: [add, compare, mul, sub], difficulties: [1]}"
+
+
+def reference_rows(seed: int, out: Path) -> list[str]:
+    """The ReST-EM control of a seed: SFT on the reference solutions of the very prompts that seed's last round kept
+    (one row per kept row: same prompts, same count, same epochs), written to ``out/train.jsonl``."""
+    from ltune.datamodules import EmbeddedTasks
+
+    rounds = sorted((ROOT / "runs/effects/rest_em/rest_em" / f"seed{seed}").rglob("round_*/train.jsonl"))
+    if not rounds:
+        sys.exit(f"rest_em/rest_em/seed{seed} has no round data yet: run that arm first")
+    kept = [json.loads(line) for line in rounds[-1].read_text().splitlines() if line.strip()]
+    problems = EmbeddedTasks(format="instruction", n=120, split="train", seed=seed, categories=["add", "compare",
+                             "mul", "sub"], difficulties=[1]).rows()  # fmt: skip
+    reference = {r["prompt"]: r for r in problems}
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [reference[k["prompt"]] for k in kept]
+    (out / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return ["--config", "configs/objectives/sft.yaml", "--config", "configs/models/smollm2.yaml",
+            f"--data.init_args.train={out / 'train.jsonl'}", "--data.init_args.val=null",
+            f"--data.init_args.eval_prompts={{class_path: ltune.datamodules.EmbeddedTasks, init_args: {ROOM1}}}",
+            "--data.init_args.batch_size=8", "--trainer.max_steps=-1", "--trainer.max_epochs=2",
+            "--trainer.val_check_interval=1.0", "--trainer.check_val_every_n_epoch=2",
+            "--model.init_args.max_new_tokens=48"]  # fmt: skip
+
+
+STUDIES["rest_em"] = {
+    "config": [],
+    "flags": [],
+    "arms": {"rest_em": ["--config", "configs/loops/rest_em_smollm2.yaml"], "sft_reference": reference_rows},
+    "metrics": ["val/exact_match"],
+}
 LINE = re.compile(r"^\s+(\S+)\s+(-?[\d.]+|nan)\s+->\s+(-?[\d.]+|nan)$")
 
 
@@ -86,8 +120,10 @@ def run(study: str, arm: str, seed: int) -> dict:
     if result.is_file():
         return json.loads(result.read_text())
     out.mkdir(parents=True, exist_ok=True)
-    arm_configs = [a for a in spec["arms"][arm] if a == "--config" or a.endswith(".yaml")]
-    arm_flags = [a for a in spec["arms"][arm] if a not in arm_configs]
+    arm_args = spec["arms"][arm]
+    arm_args = arm_args(seed, out) if callable(arm_args) else arm_args  # built from an earlier arm's outputs
+    arm_configs = [a for a in arm_args if a == "--config" or a.endswith(".yaml")]
+    arm_flags = [a for a in arm_args if a not in arm_configs]
     cmd = ["ltune", "fit", *arm_configs, *(a for c in spec["config"] for a in ("--config", c)), *spec["flags"],
            *arm_flags, f"--seed_everything={seed}", "--validate_around_fit=true",
            f"--trainer.default_root_dir={out}", "--trainer.enable_progress_bar=false"]  # fmt: skip
@@ -99,6 +135,8 @@ def run(study: str, arm: str, seed: int) -> dict:
         sys.exit(f"{study}/{arm}/seed{seed} failed; see {out / 'stdout.txt'}")
     moved = {m.group(1): (float(m.group(2)), float(m.group(3))) for m in map(LINE.match, proc.stdout.splitlines()) if m}
     record = {"study": study, "arm": arm, "seed": seed, "command": cmd, "before_after": moved}
+    for path in out.rglob("rounds/rounds.json"):  # rounds callbacks: every round's figures
+        record["rounds"] = json.loads(path.read_text())
     result.write_text(json.dumps(record, indent=1))
     return record
 

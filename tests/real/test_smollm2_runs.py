@@ -42,9 +42,9 @@ def test_selection_scores_rows_with_the_real_model(strategy, tmp_path, monkeypat
 
 
 def test_one_rest_em_round_from_the_instruct_model(tmp_path, monkeypatch, smollm2_dir):
-    """The loop config on the real model: sample, keep verified solutions, one M-step, held-out evaluation."""
+    """The real-model loop recipe, shrunk: sample, keep verified solutions, one M-step, held-out evaluation."""
     monkeypatch.chdir(tmp_path)
-    cfg = yaml.safe_load((ROOT / "configs/loops/rest_em.yaml").read_text())
+    cfg = yaml.safe_load((ROOT / "configs/loops/rest_em_smollm2.yaml").read_text())
     loop = cfg["trainer"]["callbacks"][0]["init_args"]
     loop["problems"]["init_args"].update(n=8, categories=["compare"])  # the instruct model's easiest category
     # 8 x 4 samples of 32 tokens: fewer (6 x 3 of 24 tokens) solved none, and a round without rows stops the loop
@@ -57,7 +57,7 @@ def test_one_rest_em_round_from_the_instruct_model(tmp_path, monkeypatch, smollm
     cfg["data"]["init_args"].update(batch_size=4, eval_batch_size=4, max_length=96)
     cfg["data"]["init_args"]["eval_prompts"]["init_args"].update(n=4, categories=["compare"])
     (tmp_path / "rest_em.yaml").write_text(yaml.safe_dump(cfg))
-    main(["fit", "--config", "rest_em.yaml", "--config", FRAGMENT])
+    main(["fit", "--config", "rest_em.yaml"])
     run = tmp_path / "runs/rest_em/version_0"
     (history,) = json.loads((run / "rounds/rounds.json").read_text())
     assert history["round"] == 0 and "held_out/exact_match" in history
