@@ -15,6 +15,9 @@ Studies (the protocol of each is in benchmarks/RESULTS.md, written before its ru
         480 questions' correct solutions (configs/objectives/sft.yaml), difficulty 1, 60 steps of 8 rows each.
   cut: configs/objectives/cut.yaml + smollm2.yaml, 60 steps of 8 judgment rows (half negative); control: the same run
         with alpha 0 (no unlikelihood term: MLE on Align-P and Align-N, the same rows and forwards).
+  ttrl: configs/objectives/ttrl.yaml + smollm2.yaml at test time (trains on the 200 evaluation prompts, labels
+        unused), 25 steps of 4 prompts x 8 votes; controls: placebo (pseudo-rewards shuffled within each group) and
+        GRPO with the verifier reward on the true answers (upper bound).
   rest_em: configs/loops/rest_em_smollm2.yaml (2 rounds from the instruct model; per-round figures in the record);
         control: SFT on the reference solutions of the prompts its last round kept, one row per kept row, 2 epochs.
   rlsc: configs/objectives/rlsc.yaml + smollm2.yaml on the categories with majority-vote headroom (add, compare, mul,
@@ -105,6 +108,19 @@ def reference_rows(seed: int, out: Path) -> list[str]:
             "--model.init_args.max_new_tokens=48"]  # fmt: skip
 
 
+STUDIES["ttrl"] = {  # test-time protocol: trains on the (unlabelled) evaluation prompts themselves
+    "config": ["configs/objectives/ttrl.yaml", "configs/models/smollm2.yaml"],
+    "flags": [*(f"--data.init_args.{s}={{class_path: ltune.datamodules.EmbeddedTasks, init_args: {ROOM1}}}"
+                for s in ("train", "val")),
+              "--trainer.max_steps=25", "--trainer.val_check_interval=25", "--data.init_args.batch_size=4",
+              "--model.init_args.max_completion_length=48", "--model.init_args.max_new_tokens=48"],
+    "arms": {
+        "ttrl": ["--model.init_args.num_votes=8"],
+        "placebo": ["--model.init_args.num_votes=8", "--model.init_args.placebo=true"],
+        "grpo_true": ["--model=ltune.GRPO"],  # the verifier reward on the true answers: the upper bound
+    },
+    "metrics": ["val/exact_match"],
+}  # fmt: skip
 STUDIES["rest_em"] = {
     "config": [],
     "flags": [],

@@ -37,17 +37,20 @@ class TTRL(GRPO):
 
     Args:
         num_votes: Samples per prompt for the vote (N_vote >= ``num_generations``).
+        placebo: The control of issue 16: each prompt's pseudo-rewards are shuffled among its samples (a random
+            permutation within the group), so every step has TTRL's reward counts and advantages' spread, but the
+            reward no longer says which sample agrees with the majority.
         **kwargs: Arguments of :class:`~ltune.objectives.grpo.GRPO` (``num_generations`` is N_train).
     """
 
-    def __init__(self, num_votes: int = 16, **kwargs) -> None:
+    def __init__(self, num_votes: int = 16, placebo: bool = False, **kwargs) -> None:
         super().__init__(**kwargs)
         if num_votes < self.num_generations:
             raise ValueError(
                 f"num_votes={num_votes} must be >= num_generations={self.num_generations}: "
                 "the update uses a subset of the voting samples"
             )
-        self.num_votes = num_votes
+        self.num_votes, self.placebo = num_votes, placebo
 
     @property
     def num_rollouts(self) -> int:
@@ -59,6 +62,8 @@ class TTRL(GRPO):
         stats: dict[str, list[float]] = {}
         for group, truth in answer_groups(texts, n, batch.get("answer") or [None] * len(batch["prompt_ids"])):
             pseudo, label, ratio = majority_rewards(group)
+            if self.placebo:
+                pseudo = [pseudo[j] for j in torch.randperm(n).tolist()]
             rewards += pseudo
             stats.setdefault("majority_ratio", []).append(ratio)
             stats.setdefault("majority_voting_reward", []).append(sum(pseudo) / n)

@@ -176,6 +176,21 @@ def test_ttrl_rewards_ignore_the_reference_answer_and_metrics_by_hand():
     assert m_blind == {"majority_ratio": 0.5, "majority_voting_reward": 0.5}
 
 
+def test_ttrl_placebo_shuffles_the_pseudo_rewards_within_each_group():
+    """The placebo gives each prompt's samples a permutation of TTRL's rewards: the same counts per group, detached
+    from which sample agrees with the majority."""
+    texts = ["4", "4", "4", "5", "7", "7", "8", "9"]  # prompt 0: majority 4 (3 of 4); prompt 1: majority 7
+    batch = {"prompt_ids": [[0], [0]], "answer": [None, None]}
+    true, _ = TTRL(backbone=micro_backbone(), num_votes=4, num_generations=2).rewards(texts, batch)
+    placebo = TTRL(backbone=micro_backbone(), num_votes=4, num_generations=2, placebo=True)
+    torch.manual_seed(0)
+    draws = [placebo.rewards(texts, batch)[0] for _ in range(20)]
+    assert true.tolist() == [1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0]
+    for d in draws:
+        assert d.view(2, 4).sum(1).tolist() == [3.0, 2.0]
+    assert any(d.tolist() != true.tolist() for d in draws)
+
+
 def test_bad_group_settings_name_both_numbers():
     with pytest.raises(ValueError, match="num_votes=4 must be >= num_generations=8"):
         TTRL(num_votes=4, num_generations=8)

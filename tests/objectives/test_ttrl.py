@@ -22,6 +22,7 @@ SMALL = [
 
 VARIANTS = {  # GRPO's loss variants and off-policy steps through the same config
     "grpo": [],
+    "placebo": ["--model.init_args.placebo=true"],
     "gspo_mu2": ["--model.init_args.importance_sampling_level=sequence", "--model.init_args.loss_type=grpo",
                  "--model.init_args.num_iterations=2"],
     "cispo_rloo": ["--model.init_args.loss_type=cispo", "--model.init_args.epsilon_high=5.0",
