@@ -15,6 +15,9 @@ Studies (the protocol of each is in benchmarks/RESULTS.md, written before its ru
         480 questions' correct solutions (configs/objectives/sft.yaml), difficulty 1, 60 steps of 8 rows each.
   cut: configs/objectives/cut.yaml + smollm2.yaml, 60 steps of 8 judgment rows (half negative); control: the same run
         with alpha 0 (no unlikelihood term: MLE on Align-P and Align-N, the same rows and forwards).
+  coin: configs/objectives/coin.yaml + smollm2.yaml (the paper's weight, 1000 with the rescale), 60 steps of 8 pairs
+        whose paraphrases are drawn from 2 of the 3 phrasings; evaluated on 50 problems x 4 phrasings (one never
+        trained on); control: contrastive weight 0 (SFT on the same pairs, both versions).
   ttrl: configs/objectives/ttrl.yaml + smollm2.yaml at test time (trains on the 200 evaluation prompts, labels
         unused), 25 steps of 4 prompts x 8 votes; controls: placebo (pseudo-rewards shuffled within each group) and
         GRPO with the verifier reward on the true answers (upper bound).
@@ -121,6 +124,30 @@ STUDIES["ttrl"] = {  # test-time protocol: trains on the (unlabelled) evaluation
     },
     "metrics": ["val/exact_match"],
 }  # fmt: skip
+COIN_EVAL = ROOT / "runs/effects/coin/phrasings.jsonl"
+
+
+def coin_eval_prompts() -> None:
+    """50 held-out problems (difficulty 1, fixed seed 0) in 4 phrasings: the original and paraphrases 0, 1, 2 as
+    categories phrasing0..3; training pairs draw paraphrases 0 and 1 only, so phrasing3 is never trained on."""
+    from ltune.datamodules import EmbeddedTasks
+
+    COIN_EVAL.parent.mkdir(parents=True, exist_ok=True)
+    rows = [{"prompt": q, "answer": p.answer, "category": f"phrasing{k}"}
+            for p in EmbeddedTasks(format="paraphrase", n=50, split="val", seed=0, difficulties=[1]).problems()
+            for k, q in enumerate((p.question, *p.paraphrases[:3]))]  # fmt: skip
+    COIN_EVAL.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+STUDIES["coin"] = {
+    "prepare": coin_eval_prompts,
+    "config": ["configs/objectives/coin.yaml", "configs/models/smollm2.yaml"],
+    "flags": [*SHORT, "--data.init_args.train.init_args.n=480", D1.format("train"), D1.format("val"),
+              "--data.init_args.train.init_args.paraphrases=[0,1]", f"--data.init_args.eval_prompts={COIN_EVAL}",
+              "--model.init_args.max_new_tokens=64"],
+    "arms": {"coin": [], "sft_pairs": ["--model.init_args.contrastive_weight=0"]},
+    "metrics": ["val/exact_match", *(f"val/exact_match/phrasing{k}" for k in range(4)), "val/retrieval_acc"],
+}  # fmt: skip
 STUDIES["rest_em"] = {
     "config": [],
     "flags": [],
@@ -163,6 +190,8 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     a = p.parse_args()
     spec, records = STUDIES[a.study], []
+    if "prepare" in spec:
+        spec["prepare"]()
     for seed in a.seeds:  # seed-major: an interrupted study has both arms of its first seeds
         for arm in spec["arms"]:
             records.append(run(a.study, arm, seed))
