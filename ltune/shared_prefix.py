@@ -63,9 +63,11 @@ def pair_groups(n_rows: int, device: torch.device | str | None = None) -> Tensor
     return torch.arange(n_rows, device=device).view(2, -1).T
 
 
-def sample_groups(n_rows: int, group_size: int, device: torch.device | str | None = None) -> Tensor:
-    """``[B, G]`` row indices of sampled groups laid out prompt-major (rows ``b*G .. b*G+G-1`` share prompt ``b``)."""
-    return torch.arange(n_rows, device=device).view(-1, group_size)
+def consecutive_groups(n_rows: int, size: int, device: torch.device | str | None = None) -> Tensor:
+    """``[ceil(N / size), size]`` row indices in order, -1 filling the last group: a prompt's ``G`` samples laid out
+    prompt-major (rows ``b*G .. b*G+G-1``), or SFT rows packed ``size`` at a time."""
+    rows = torch.arange(-(-n_rows // size) * size, device=device)
+    return torch.where(rows < n_rows, rows, -1).view(-1, size)
 
 
 def pack_groups(input_ids: Tensor, attention_mask: Tensor, groups: Tensor) -> Packed:
@@ -75,7 +77,7 @@ def pack_groups(input_ids: Tensor, attention_mask: Tensor, groups: Tensor) -> Pa
         input_ids: ``[N, T]`` token ids, padded anywhere (right for training pairs; left-padded prompt + right-padded
             completion for sampled groups): a row's tokens are its real ones, in order.
         attention_mask: ``[N, T]`` 1 for real tokens.
-        groups: ``[G, K]`` row indices; every row in exactly one group.
+        groups: ``[G, K]`` row indices, every row in exactly one group; -1 marks an empty slot (never the first).
     """
     n, t = input_ids.shape
     g, k = groups.shape
@@ -84,18 +86,19 @@ def pack_groups(input_ids: Tensor, attention_mask: Tensor, groups: Tensor) -> Pa
     lengths = real.sum(1)  # [N]
     pos = (real.cumsum(1) - 1).clamp_min(0)  # [N, T] each real token's position in its row
     order = torch.argsort((~real).to(torch.uint8), dim=1, stable=True)  # real tokens first, in order
-    ids_g, real_g = input_ids.gather(1, order)[groups], real.gather(1, order)[groups]  # [G, K, T]
+    valid = groups >= 0
+    filled = torch.where(valid, groups, groups[:, :1])  # an empty slot repeats the first row: no prefix changes
+    ids_g, real_g = input_ids.gather(1, order)[filled], real.gather(1, order)[filled]  # [G, K, T]
     agree = ((ids_g == ids_g[:, :1]) & real_g).all(1)  # [G, T]
     shared = agree.long().cumprod(1).sum(1)  # [G] longest common prefix of the group's rows
-    rest = lengths[groups] - shared[:, None]  # [G, K]
+    rest = torch.where(valid, lengths[filled] - shared[:, None], 0)  # [G, K]
     offset = shared[:, None] + rest.cumsum(1) - rest  # [G, K] where each row's rest starts in the packed row
     size = int((shared + rest.sum(1)).max())
-    rows = groups.reshape(-1)  # each row's group, slot and rest offset, in row order
-    row_group = torch.empty(n, dtype=torch.long, device=dev).index_put_(
-        (rows,), torch.arange(g, device=dev).repeat_interleave(k)
-    )
-    row_slot = torch.empty(n, dtype=torch.long, device=dev).index_put_((rows,), torch.arange(k, device=dev).repeat(g))
-    row_offset = torch.empty(n, dtype=torch.long, device=dev).index_put_((rows,), offset.reshape(-1))
+    rows = groups[valid]  # each row's group, slot and rest offset
+    slots = torch.arange(g * k, device=dev).view(g, k)[valid]
+    row_group = torch.empty(n, dtype=torch.long, device=dev).index_put_((rows,), slots // k)
+    row_slot = torch.empty(n, dtype=torch.long, device=dev).index_put_((rows,), slots % k)
+    row_offset = torch.empty(n, dtype=torch.long, device=dev).index_put_((rows,), offset[valid])
     in_prefix = pos < shared[row_group][:, None]  # [N, T]
     local = torch.where(in_prefix, pos, row_offset[:, None] + pos - shared[row_group][:, None])
     flat = torch.where(real, row_group[:, None] * size + local, torch.zeros_like(local))
@@ -113,22 +116,29 @@ def shared_prefix_hidden(
 ) -> Tensor:
     """``[N, T, H]`` final hidden states, equal to ``hidden_states(model, input_ids, attention_mask)`` at every real
     token, from one packed forward per group (see the module docstring). Falls back to the plain forward when the
-    model's attention cannot take a custom mask or packing saves less than ``min_saving`` of the tokens.
+    model's attention cannot take a custom mask or packing saves less than ``min_saving`` of the forward's FLOPs:
+    a sequence of length L costs about ``L (c + L)``, ``c = 2 d + 1.5 d_ff`` tokens being where a layer's attention
+    (4 d L per token) catches up with its linear layers (2 (4 d^2 + 3 d d_ff)), so long packed groups do not pay
+    back their attention.
 
     Args:
         model: A causal LM (optionally wrapped by peft).
         input_ids: ``[N, T]`` token ids (any padding, see :func:`pack_groups`).
         attention_mask: ``[N, T]`` 1 for real tokens.
         groups: ``[G, K]`` row indices of the groups whose rows share a prefix (:func:`pair_groups` for pairs,
-            :func:`sample_groups` for a prompt's samples).
-        min_saving: Pack only when it removes at least this fraction of the ``N x T`` tokens.
+            :func:`consecutive_groups` for a prompt's samples).
+        min_saving: Pack only when it removes at least this fraction of the forward's FLOPs.
     """
-    impl = getattr(unwrap(model).config, "_attn_implementation", None)
-    if impl not in MASKABLE:
+    config = unwrap(model).config
+    if getattr(config, "_attn_implementation", None) not in MASKABLE:
         return hidden_states(model, input_ids, attention_mask)
     packed = pack_groups(input_ids, attention_mask, groups)
-    if packed.input_ids.numel() > (1 - min_saving) * input_ids.numel():
+    d = config.hidden_size
+    c = 2 * d + 1.5 * getattr(config, "intermediate_size", 4 * d)
+    cost = lambda ids: ids.numel() * (c + ids.shape[1])  # noqa: E731  (rows padded to the batch's width)
+    if cost(packed.input_ids) > (1 - min_saving) * cost(input_ids):
         return hidden_states(model, input_ids, attention_mask)
+    impl = config._attn_implementation
     dtype = None if impl == "sdpa" else unwrap(model).get_input_embeddings().weight.dtype
     hidden = hidden_states(model, packed.input_ids, packed.attention_mask(dtype), packed.position_ids)
     return hidden.flatten(0, 1)[packed.index]

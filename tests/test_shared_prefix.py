@@ -7,7 +7,7 @@ import torch
 
 from ltune.backbone import hidden_states
 from ltune.objectives import DPO, ORPO, SimPO
-from ltune.shared_prefix import pack_groups, pair_groups, sample_groups, shared_prefix_hidden
+from ltune.shared_prefix import consecutive_groups, pack_groups, pair_groups, shared_prefix_hidden
 from tests.conftest import micro_backbone
 from tests.objectives.test_dpo import _batch
 
@@ -39,10 +39,10 @@ def test_layout_by_hand():
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_hidden_states_and_gradients_equal_each_row_alone(attn):
     """A group of 3 rows (one a prefix of the other two); pairs with a long shared prefix, nothing shared, and
-    identical rows; two sampled groups of 3 laid out as GRPO's (left-padded prompt, right-padded completion).
-    float64, so any difference beyond rounding is a wrong mask, position or gather (Llama's RMSNorm and eager
-    softmax compute in float32, so gradients summed over shared positions differ from per-row sums at float32
-    rounding: 1e-6 of the largest)."""
+    identical rows; 5 rows packed 2 at a time (the last group one row short); two sampled groups of 3 laid out as
+    GRPO's (left-padded prompt, right-padded completion). float64, so any difference beyond rounding is a wrong
+    mask, position or gather (Llama's RMSNorm and eager softmax compute in float32, so gradients summed over shared
+    positions differ from per-row sums at float32 rounding: 1e-6 of the largest)."""
     torch.manual_seed(0)
     model = micro_backbone(attn_implementation=attn).load_model().double()
     g = torch.Generator().manual_seed(1)
@@ -50,11 +50,12 @@ def test_hidden_states_and_gradients_equal_each_row_alone(attn):
     cases = [
         ([b[:20], b[:14] + [1, 2, 3, 4, 5, 6], b[:12]], [[0, 1, 2]]),
         ([b[:12] + [7, 8, 9], [4] + b[5:9], b[3:10], b[:20], b[10:15] + [9, 9], b[3:10]], pair_groups(6).tolist()),
+        ([b[:9] + [1], b[:9] + [2, 3], b[:4], b[:5] + [6], b[:8]], consecutive_groups(5, 2).tolist()),  # a -1 slot
     ]
     prompts = torch.tensor([[0, 0, 0, *b[20:23]]] * 3 + [b[:6]] * 3)  # [B*G, P] left-padded, B 2, G 3
     completions, cmask = _rows([[1, 2, 3], [1, 2, 5, 6], [7], [8, 9], [8, 9, 10, 11], [8]], t=5)
     sampled = (torch.cat([prompts, completions], 1), torch.cat([(prompts > 0).long(), cmask], 1))
-    for rows, groups in [*cases, (None, sample_groups(6, 3).tolist())]:
+    for rows, groups in [*cases, (None, consecutive_groups(6, 3).tolist())]:
         ids, mask = _rows(rows, t=24) if rows else sampled
         groups, real = torch.tensor(groups), mask.bool()
         w = torch.randn(*ids.shape, 32, dtype=torch.float64, generator=g) * real[..., None]
@@ -70,6 +71,11 @@ def test_hidden_states_and_gradients_equal_each_row_alone(attn):
             torch.testing.assert_close(p.grad, a, rtol=0, atol=1e-6 * a.abs().max().item())
 
 
+def test_consecutive_groups_fill_the_last_group():
+    assert consecutive_groups(5, 2).tolist() == [[0, 1], [2, 3], [4, -1]]
+    assert consecutive_groups(6, 3).tolist() == [[0, 1, 2], [3, 4, 5]]
+
+
 def test_packing_that_saves_too_little_is_skipped(monkeypatch):
     """With nothing shared, packing saves no token: the plain forward runs (one call, on the [N, T] batch)."""
     model = micro_backbone().load_model()
@@ -83,9 +89,13 @@ def test_packing_that_saves_too_little_is_skipped(monkeypatch):
 
 
 @pytest.mark.parametrize("cls", [ORPO, DPO, SimPO])
-def test_pair_objectives_equal_with_and_without_sharing(cls):
-    """Same weights, same batch (whose packing saves over 10% of the tokens): loss, metrics and every gradient agree
-    (float64 up to the float32 rounding of the norms, as above)."""
+def test_pair_objectives_equal_with_and_without_sharing(cls, monkeypatch):
+    """Same weights, same batch (which packs: the forward gets the 4D block mask): loss, metrics and every gradient
+    agree (float64 up to the float32 rounding of the norms, as above)."""
+    import ltune.shared_prefix as sp
+
+    masks = []
+    monkeypatch.setattr(sp, "hidden_states", lambda m, i, a, p=None: masks.append(a.dim()) or hidden_states(m, i, a, p))
     losses, grads, metrics = [], [], []
     for share in (True, False):
         torch.manual_seed(0)
@@ -93,13 +103,12 @@ def test_pair_objectives_equal_with_and_without_sharing(cls):
         model.configure_model()
         model.double()
         batch = _batch(model, n=6)
-        packed = pack_groups(batch["input_ids"], batch["attention_mask"], pair_groups(12))
-        assert packed.input_ids.numel() < 0.9 * batch["input_ids"].numel()
         loss, m = model.forward_loss(batch)
         loss.backward()
         losses.append(loss)
         metrics.append(m)
         grads.append([p.grad for p in model.model.parameters() if p.grad is not None])
+    assert masks == ([4, 4] if cls is DPO else [4])  # the policy's (and DPO's reference) forward packed
     torch.testing.assert_close(losses[0], losses[1], rtol=1e-10, atol=1e-10)
     for k in metrics[0]:
         torch.testing.assert_close(metrics[0][k], metrics[1][k], rtol=1e-9, atol=1e-9)
