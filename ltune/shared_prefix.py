@@ -1,4 +1,5 @@
-"""One forward for rows that share a prefix (a preference pair's prompt; a GRPO group's prompt).
+"""One forward for rows that share a prefix (a preference pair's prompt, a GRPO group's prompt, the chat template and
+system prompt of SFT rows).
 
 A chosen and a rejected answer to one prompt repeat the prompt (~40 of ~56 tokens per row with SmolLM2's chat
 template), and often the answer's first tokens too. Causal attention makes the hidden state at position ``t``
@@ -6,7 +7,7 @@ depend only on tokens ``0..t``, so rows that agree up to ``t`` have the same hid
 is packed into one sequence, ``[shared prefix][rest of row 1][rest of row 2]...``, where each rest attends to the
 prefix and to itself only (a block mask) and keeps its own position ids; the hidden states are then gathered back
 into the ``[N, T, H]`` layout of the unpacked batch. Exact (same math, same positions), with fewer tokens through
-the decoder. Attention implementations that take an arbitrary mask (``sdpa``, ``eager``) pack; others fall back to
+the decoder; with dropout on, a shared token draws one dropout mask for all of its rows. Attention implementations that take an arbitrary mask (``sdpa``, ``eager``) pack; others fall back to
 the plain forward.
 
     index     0  1  2  3 | 4  5 | 6  7  8        packed row of a pair with a 4-token shared prefix
