@@ -13,6 +13,10 @@ reference), one optimizer step per generation (on-policy), loss_type dapo, tempe
 checkpointing, fused AdamW lr 1e-5 (TRL's default). The compute floor of a step: 2N FLOPs per prompt and generated
 token (sampling) + kN per token of the update (k = 6 full, 4 LoRA), real tokens only, at the machine's measured
 float32 matmul rate; phases: generation, reward, update forward, backward, optimizer, rest.
+
+ltune shares each prompt across its G samples (its defaults): one prefill per prompt in generation
+(``HFSampler.share_prefill``) and one packed sequence per prompt in the update (``GRPO.share_prompt``);
+``--no_share`` turns both off. Completions/s and the compute floor count the work as TRL's side does it.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ def run_ltune(a: argparse.Namespace) -> dict:
     import torch
 
     from ltune.datamodules import EmbeddedTasks, PromptData
+    from ltune.generation import HFSampler
     from ltune.objectives import GRPO, TTRL
 
     torch.manual_seed(0)
@@ -60,8 +65,10 @@ def run_ltune(a: argparse.Namespace) -> dict:
         temperature=1.0,
         loss_type="dapo",
         beta=0.0,
+        share_prompt=not a.no_share,
     )
     model = TTRL(num_votes=a.generations, **common) if a.objective == "ttrl" else GRPO(**common)
+    model.sampler = HFSampler(share_prefill=not a.no_share)
     rows = EmbeddedTasks(format="prompts", n=a.prompts * a.steps, split="train", seed=0)  # the prompts TRL gets
     data = PromptData(train=rows, batch_size=a.prompts, max_length=128)
     phases, tokens = Phases(), {"sampled": 0, "update": 0}
@@ -207,6 +214,9 @@ def main() -> None:
     p.add_argument("--prompts", type=int, default=8, help="prompts per step")
     p.add_argument("--generations", type=int, default=8, help="G, completions per prompt")
     p.add_argument("--max_new_tokens", type=int, default=32)
+    p.add_argument("--no_share", action="store_true",
+                   help="ltune prefills every sample's prompt and scores the B x G rows as they are (its prompt "
+                        "sharing in generation and update off)")  # fmt: skip
     p.add_argument("--steps", type=int, default=6, help="optimizer steps (the first is warm-up)")
     p.add_argument("--threads", type=int, default=2, help="torch threads per side")
     p.add_argument("--repeats", type=int, default=2, help="runs per side, alternated; medians reported")
@@ -226,7 +236,8 @@ def main() -> None:
         f"{a.objective} {a.model} {tuning}; {a.prompts} prompts x G {a.generations}, {a.max_new_tokens} new tokens, "
         f"{a.steps} steps (1 warm-up), {a.threads} threads; float32 matmul {peak:.0f} GFLOP/s; {load_average()}"
     )
-    args = [f"--{k}={v}" for k, v in vars(a).items() if k not in ("json", "side")]
+    args = [f"--{k}" if v is True else f"--{k}={v}" for k, v in vars(a).items()
+            if k not in ("json", "side") and v is not False]  # fmt: skip
     runs = alternate(__file__, args, ("ltune", "trl"), a.repeats)
     print(f"{'side':6s} {'completions/s (min-max)':>26s} {'s/step':>7s} {'peak RSS MiB':>13s} {'of floor':>9s}  phases")
     for side, rs in runs.items():

@@ -6,12 +6,16 @@ per-token log-probs. ``HFSampler`` uses ``transformers``' ``generate`` (KV cache
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
+from transformers.generation import utils as generation_utils
 
 from ltune.kernels import IGNORE_INDEX
+
+# generate's name for a precomputed KV cache: `cache` from transformers 5.x, `past_key_values` before
+CACHE_KWARG = "cache" if "cache" in getattr(generation_utils, "ALL_CACHE_NAMES", ()) else "past_key_values"
 
 
 @dataclass
@@ -56,12 +60,16 @@ class HFSampler:
     Besides the :class:`Sampler` arguments it takes ``top_k`` (sample among the ``top_k`` most likely tokens; None
     or 0 = no top-k filter, also overriding ``transformers``' default of 50).
 
+    With ``num_samples`` > 1 each prompt is prefilled once and its KV cache copied to its samples (``generate`` alone
+    prefills every copy): the same samples, ``num_samples`` times fewer prompt tokens through the model.
+
     Args:
         with_logprobs: Also return the per-token log-probs of the sampled tokens (tempered, top-p/top-k not applied).
+        share_prefill: Prefill each prompt once for its ``num_samples`` samples (False: ``generate`` repeats it).
     """
 
-    def __init__(self, with_logprobs: bool = False) -> None:
-        self.with_logprobs = with_logprobs
+    def __init__(self, with_logprobs: bool = False, share_prefill: bool = True) -> None:
+        self.with_logprobs, self.share_prefill = with_logprobs, share_prefill
 
     @torch.no_grad()
     def __call__(
@@ -81,15 +89,16 @@ class HFSampler:
         was_training = model.training
         model.eval()
         sampling = temperature > 0
+        inputs = dict(input_ids=prompt_ids, attention_mask=prompt_mask, num_return_sequences=num_samples)
+        if self.share_prefill and num_samples > 1 and prompt_ids.shape[1] > 1:
+            inputs = prefilled(model, prompt_ids, prompt_mask, num_samples)
         out = model.generate(
-            input_ids=prompt_ids,
-            attention_mask=prompt_mask,
+            **inputs,
             max_new_tokens=max_new_tokens,
             do_sample=sampling,
             temperature=temperature if sampling else None,
             top_p=top_p if sampling else None,
             top_k=top_k if sampling else None,
-            num_return_sequences=num_samples,
             eos_token_id=eos_token_id,
             pad_token_id=pad_token_id,
             return_dict_in_generate=True,
@@ -112,6 +121,25 @@ class HFSampler:
             mask,
             logprobs,
         )
+
+
+def prefilled(model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, copies: int) -> dict[str, Any]:
+    """``generate`` inputs for ``copies`` samples of each left-padded prompt, with a KV cache of all but each prompt's
+    last token computed once per prompt and repeated per sample (``generate`` then runs the last token and decodes)."""
+    position_ids = (prompt_mask.long().cumsum(-1) - 1).clamp_min(0)  # as generate numbers left-padded positions
+    out = model(
+        input_ids=prompt_ids[:, :-1],
+        attention_mask=prompt_mask[:, :-1],
+        position_ids=position_ids[:, :-1],
+        use_cache=True,
+    )
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(copies)
+    return {
+        "input_ids": prompt_ids.repeat_interleave(copies, 0),
+        "attention_mask": prompt_mask.repeat_interleave(copies, 0),
+        CACHE_KWARG: cache,
+    }
 
 
 def completion_mask(ids: Tensor, eos_token_id: int) -> Tensor:

@@ -13,7 +13,6 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from ltune.backbone import completion_logprobs
 from ltune.generation import HFSampler, Sampler, decode, sample_groups, select, terminated, training_inputs
 from ltune.losses.grpo import (
     ImportanceLevel,
@@ -25,6 +24,7 @@ from ltune.losses.grpo import (
 )
 from ltune.objectives.base import Objective
 from ltune.rewards import verifier_reward
+from ltune.shared_prefix import consecutive_groups, grouped_logprobs
 
 
 class GRPO(Objective):
@@ -72,6 +72,8 @@ class GRPO(Objective):
         num_iterations: Optimizer steps per generation (mu; 1 = on-policy).
         advantage_estimator: ``grpo`` (group-normalised, ``scale_rewards``) or ``rloo`` (leave-one-out baseline).
         normalize_advantages: With ``rloo``, standardise the advantages over the batch (TRL's RLOO option).
+        share_prompt: Score each prompt's completions as one sequence around the prompt they share (exact, fewer
+            tokens through the decoder: :mod:`ltune.shared_prefix`); False scores the ``B x G`` rows as they are.
         **kwargs: Arguments of :class:`~ltune.objectives.base.Objective` (backbone, optimizer, scheduler, ...).
     """
 
@@ -91,6 +93,7 @@ class GRPO(Objective):
         num_iterations: int = 1,
         advantage_estimator: Literal["grpo", "rloo"] = "grpo",
         normalize_advantages: bool = False,
+        share_prompt: bool = True,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -108,6 +111,7 @@ class GRPO(Objective):
             raise ValueError(f"num_iterations={num_iterations} must be >= 1 and advantage_estimator 'grpo' or 'rloo'")
         self.importance_sampling_level, self.num_iterations = importance_sampling_level, num_iterations
         self.advantage_estimator, self.normalize_advantages = advantage_estimator, normalize_advantages
+        self.share_prompt = share_prompt
         self._rollout: list | None = None  # [samples, advantages, metrics, old log-probs] reused over num_iterations
         self._updates = 0
         self.sampler: Sampler = HFSampler()
@@ -157,14 +161,22 @@ class GRPO(Objective):
         return torch.tensor(verifier_reward(texts, refs)), {}
 
     # ---- the step -------------------------------------------------------------------------------------------------
+    def groups(self, inputs: dict) -> Tensor | None:
+        """The update's rows grouped by prompt for the shared-prefix forward (None: ``share_prompt`` off)."""
+        ids = inputs["input_ids"]
+        return consecutive_groups(len(ids), self.num_generations, ids.device) if self.share_prompt else None
+
     def policy_logprobs(self, inputs: dict, width: int, with_entropy: bool = False):
-        lp = completion_logprobs(self.model, **inputs, temperature=self.temperature, with_entropy=with_entropy)
+        lp = grouped_logprobs(
+            self.model, **inputs, groups=self.groups(inputs), temperature=self.temperature, with_entropy=with_entropy
+        )
         entropy = lp.entropy[:, width - 1 :] if with_entropy else None
         return lp.logprobs[:, width - 1 :], entropy
 
     def reference_logprobs(self, inputs: dict, width: int) -> Tensor:
         with self.reference() as ref:
-            return completion_logprobs(ref, **inputs, temperature=self.temperature).logprobs[:, width - 1 :]
+            lp = grouped_logprobs(ref, **inputs, groups=self.groups(inputs), temperature=self.temperature)
+            return lp.logprobs[:, width - 1 :]
 
     def generate_and_score(self, batch: dict) -> list:
         """Sample, reward and compute advantages: ``[samples, advantages, metrics, None]`` (pi_old to come)."""

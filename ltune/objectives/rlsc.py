@@ -8,11 +8,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ltune.backbone import completion_logprobs
 from ltune.generation import HFSampler, Sampler, decode, sample_groups, training_inputs
 from ltune.losses.rlsc import rlsc_loss
 from ltune.objectives.base import Objective
 from ltune.rewards import answer_groups, is_equivalent, majority_vote
+from ltune.shared_prefix import consecutive_groups, grouped_logprobs
 
 
 class RLSC(Objective):
@@ -37,6 +37,8 @@ class RLSC(Objective):
         placebo: The control of issue 16: each completion is weighted by the confidence of another completion of its
             prompt (a random permutation within every group), so the steps, samples and weights are RLSC's but the
             weight no longer says which answer the model is sure of.
+        share_prompt: Score each prompt's samples as one sequence around the prompt they share (exact, fewer tokens
+            through the decoder: :mod:`ltune.shared_prefix`); False scores the rows as they are.
         **kwargs: Arguments of :class:`~ltune.objectives.base.Objective` (backbone, optimizer, scheduler, ...).
     """
 
@@ -50,6 +52,7 @@ class RLSC(Objective):
         length_normalized_weight: bool = False,
         generation_batch_size: int | None = None,
         placebo: bool = False,
+        share_prompt: bool = True,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -58,7 +61,7 @@ class RLSC(Objective):
         self.num_samples, self.max_completion_length = num_samples, max_completion_length
         self.temperature, self.top_p, self.alpha = temperature, top_p, alpha
         self.length_normalized_weight, self.generation_batch_size = length_normalized_weight, generation_batch_size
-        self.placebo = placebo
+        self.placebo, self.share_prompt = placebo, share_prompt
         self.sampler: Sampler = HFSampler()
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
@@ -77,9 +80,9 @@ class RLSC(Objective):
             pad_token_id=tok.pad_token_id,
         )
         width, mask = samples.prompt_ids.shape[1], samples.completion_mask
-        lp = completion_logprobs(
-            self.model, **training_inputs(samples), temperature=self.temperature, with_entropy=True
-        )
+        inputs = training_inputs(samples)
+        groups = consecutive_groups(len(mask), n, mask.device) if self.share_prompt else None
+        lp = grouped_logprobs(self.model, **inputs, groups=groups, temperature=self.temperature, with_entropy=True)
         logprobs, entropy = lp.logprobs[:, width - 1 :], lp.entropy[:, width - 1 :]
         order = None
         if self.placebo:  # a permutation within each prompt's group of n

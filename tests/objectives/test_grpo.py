@@ -247,3 +247,36 @@ def test_num_iterations_refuses_gradient_accumulation():
     model = GRPO(backbone=micro_backbone(), num_generations=2, max_completion_length=4, num_iterations=2)
     with pytest.raises(ValueError, match="num_iterations=2 .* accumulation"):
         quiet_trainer(limit_val_batches=0, max_steps=1, accumulate_grad_batches=2).fit(model, _data(batch_size=2))
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.04])
+def test_update_packs_each_prompts_samples_and_equals_the_plain_update(beta, monkeypatch):
+    """The update's policy (and reference) forward packs each prompt's G samples around their prompt (4D block mask)
+    and gives the loss, metrics and gradients of ``share_prompt=False`` (float64, up to the float32 rounding of the
+    norms) on the same samples and advantages."""
+    import ltune.shared_prefix as sp
+    from ltune.backbone import hidden_states
+
+    masks = []
+    monkeypatch.setattr(sp, "hidden_states", lambda m, i, a, p=None: masks.append(a.dim()) or hidden_states(m, i, a, p))
+    out, samples = [], None
+    for share in (True, False):
+        torch.manual_seed(0)
+        model = GRPO(backbone=micro_backbone(), num_generations=4, max_completion_length=8, beta=beta, loss_type="bnpo",
+                     share_prompt=share)  # fmt: skip
+        model.configure_model()
+        model.double()
+        if samples is None:
+            samples = model.rollout(_prompt_batch(model.backbone))
+            advantages = torch.randn(samples.completion_ids.shape[0], dtype=torch.float64)
+        loss, metrics = GRPO.update_loss(model, samples, advantages)
+        loss.backward()
+        out.append((loss, metrics, [p.grad for p in model.model.parameters() if p.grad is not None]))
+    assert masks == ([4, 4] if beta else [4])
+    (l1, m1, g1), (l0, m0, g0) = out
+    torch.testing.assert_close(l1, l0, rtol=1e-9, atol=1e-10)
+    for k in m1:
+        torch.testing.assert_close(m1[k], m0[k], rtol=1e-9, atol=1e-9)
+    assert len(g1) == len(g0) > 0
+    for a, b in zip(g1, g0, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6 * b.abs().max().item())
