@@ -2,13 +2,13 @@
 system prompt of SFT rows).
 
 A chosen and a rejected answer to one prompt repeat the prompt (~40 of ~56 tokens per row with SmolLM2's chat
-template), and often the answer's first tokens too. Causal attention makes the hidden state at position ``t``
-depend only on tokens ``0..t``, so rows that agree up to ``t`` have the same hidden states there: each group of rows
-is packed into one sequence, ``[shared prefix][rest of row 1][rest of row 2]...``, where each rest attends to the
+template), and often the answer's first tokens too. Causal attention makes the hidden state at position ``t`` depend
+only on tokens ``0..t``, so rows that agree up to ``t`` have the same hidden states there: each group of rows is
+packed into one sequence, ``[shared prefix][rest of row 1][rest of row 2]...``, where each rest attends to the
 prefix and to itself only (a block mask) and keeps its own position ids; the hidden states are then gathered back
 into the ``[N, T, H]`` layout of the unpacked batch. Exact (same math, same positions), with fewer tokens through
-the decoder; with dropout on, a shared token draws one dropout mask for all of its rows. Attention implementations that take an arbitrary mask (``sdpa``, ``eager``) pack; others fall back to
-the plain forward.
+the decoder; with dropout on, a shared token draws one dropout mask for all of its rows. Attention implementations
+that take an arbitrary mask (``sdpa``, ``eager``) pack; others fall back to the plain forward.
 
     index     0  1  2  3 | 4  5 | 6  7  8        packed row of a pair with a 4-token shared prefix
     segment   0  0  0  0 | 1  1 | 2  2  2        (chosen rest 2 tokens, rejected rest 3 tokens)
