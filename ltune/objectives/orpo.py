@@ -13,8 +13,9 @@ from ltune.objectives.preference import PAIR_METRICS, PairObjective
 class ORPO(PairObjective):
     """Odds Ratio Preference Optimization on ``PreferenceData`` batches (chosen and rejected stacked).
 
-    One forward scores the ``2B`` stacked sequences; the odds use the length-normalised log-likelihood of each
-    response, the SFT term the chosen sequences. Log-probs and the odds ratio go through :mod:`ltune.kernels`
+    One forward scores the ``2B`` stacked sequences (each pair's two rows packed around their shared prompt unless
+    ``share_prompt`` is off); the odds use the length-normalised log-likelihood of each response, the SFT term the
+    chosen sequences. Log-probs and the odds ratio go through :mod:`ltune.kernels`
     (Triton on CUDA, the exact torch path elsewhere; ``$LTUNE_KERNELS`` overrides).
 
     Logs TRL's ORPO metric names under ``train/`` and ``val/``: ``loss``, ``nll_loss``,
