@@ -23,6 +23,10 @@ Studies (the protocol of each is in benchmarks/RESULTS.md, written before its ru
         GRPO with the verifier reward on the true answers (upper bound).
   rest_em: configs/loops/rest_em_smollm2.yaml (2 rounds from the instruct model; per-round figures in the record);
         control: SFT on the reference solutions of the prompts its last round kept, one row per kept row, 2 epochs.
+  rlaif: per seed, stage 1+2 (`reward_model`: the instruct model labels 800 training pairs, both orders, and a LoRA
+        reward model from it fits the soft labels; held-out pairs carry the true label), stage 3 (`rlaif`: GRPO update
+        on that reward model) and the control `grpo_verifier` (the same RL on the verifier reward); the labeler's
+        accuracy against the true labels (response_a is always the correct answer) is read from its labels file.
   rlsc: configs/objectives/rlsc.yaml + smollm2.yaml on the categories with majority-vote headroom (add, compare, mul,
         sub; difficulty 1), 20 steps of 2 prompts x 16 samples; control: the same run with `placebo=true` (each
         completion weighted by another sample's confidence).
@@ -154,6 +158,66 @@ STUDIES["rest_em"] = {
     "arms": {"rest_em": ["--config", "configs/loops/rest_em_smollm2.yaml"], "sft_reference": reference_rows},
     "metrics": ["val/exact_match"],
 }
+RLAIF_VAL = ROOT / "runs/effects/rlaif/val_pairs.jsonl"
+RL_FLAGS = ["--trainer.max_steps=25", "--trainer.val_check_interval=25", "--data.init_args.batch_size=4",
+            "--model.init_args.max_completion_length=48", "--model.init_args.max_new_tokens=48",
+            "--model.init_args.temperature=0.6", f"--data.init_args.train.init_args.categories={ROOM}",
+            D1.format("train"),
+            f"--data.init_args.val={{class_path: ltune.datamodules.EmbeddedTasks, init_args: {ROOM1}}}"]  # fmt: skip
+RLAIF = ["--config", "configs/objectives/rlaif.yaml", "--config", "configs/models/smollm2.yaml"]
+
+
+def rlaif_val_pairs() -> None:
+    """200 held-out preference pairs (fixed seed 0, the RL arms' four categories, difficulty 1) with their true label
+    (preference 1: ``chosen`` is the correct answer), so the reward model's ``val/accuracy`` is against the truth."""
+    from ltune.datamodules import EmbeddedTasks
+
+    RLAIF_VAL.parent.mkdir(parents=True, exist_ok=True)
+    rows = EmbeddedTasks(format="preference", n=200, split="val", seed=0, categories=["add", "compare", "mul", "sub"],
+                         difficulties=[1]).rows()  # fmt: skip
+    RLAIF_VAL.write_text("".join(json.dumps({**r, "preference": 1.0}) + "\n" for r in rows))
+
+
+def reward_model_args(seed: int, out: Path) -> list[str]:
+    return ["--config", "configs/objectives/rlaif_reward_model.yaml", "--config", "configs/models/smollm2.yaml",
+            f"--data.init_args.labels_path={out / 'labels/train.jsonl'}", f"--data.init_args.val={RLAIF_VAL}",
+            f"--data.init_args.train.init_args.categories={ROOM}", D1.format("train"),
+            "--trainer.max_steps=100", "--trainer.val_check_interval=100"]  # fmt: skip
+
+
+def rlaif_args(seed: int, out: Path) -> list[str]:
+    ckpts = sorted((ROOT / "runs/effects/rlaif/reward_model" / f"seed{seed}").rglob("last.ckpt"))
+    if not ckpts:
+        sys.exit(f"rlaif/reward_model/seed{seed} has no checkpoint yet: run that arm first")
+    return [*RLAIF, f"--model.init_args.reward_model={ckpts[-1]}", *RL_FLAGS]
+
+
+def labeler_accuracy(out: Path) -> dict:
+    """The AI labeler against the true labels: response_a is the correct answer of every pair, so a soft label > 0.5
+    is a right judgment; per category too."""
+    rows = [json.loads(line) for f in out.rglob("labels/train.jsonl") for line in f.read_text().splitlines() if line]
+    if not rows:
+        return {}
+    by: dict[str, list[float]] = {}
+    for r in rows:
+        by.setdefault(r.get("category", "all"), []).append(r["preference"])
+    acc = {c: sum(p > 0.5 for p in ps) / len(ps) for c, ps in sorted(by.items())}
+    return {"pairs": len(rows), "accuracy": sum(r["preference"] > 0.5 for r in rows) / len(rows),
+            "mean_label": statistics.mean(r["preference"] for r in rows), "accuracy_by_category": acc}  # fmt: skip
+
+
+STUDIES["rlaif"] = {
+    "prepare": rlaif_val_pairs,
+    "config": [],
+    "flags": [],
+    "arms": {
+        "reward_model": reward_model_args,
+        "rlaif": rlaif_args,
+        "grpo_verifier": [*RLAIF, "--model=ltune.GRPO", *RL_FLAGS],
+    },  # fmt: skip
+    "metrics": ["val/exact_match", "val/accuracy"],
+    "extra": {"reward_model": labeler_accuracy},
+}
 LINE = re.compile(r"^\s+(\S+)\s+(-?[\d.]+|nan)\s+->\s+(-?[\d.]+|nan)$")
 
 
@@ -178,6 +242,8 @@ def run(study: str, arm: str, seed: int) -> dict:
         sys.exit(f"{study}/{arm}/seed{seed} failed; see {out / 'stdout.txt'}")
     moved = {m.group(1): (float(m.group(2)), float(m.group(3))) for m in map(LINE.match, proc.stdout.splitlines()) if m}
     record = {"study": study, "arm": arm, "seed": seed, "command": cmd, "before_after": moved}
+    if arm in spec.get("extra", {}):  # figures a study reads from the run's files
+        record["extra"] = spec["extra"][arm](out)
     for path in out.rglob("rounds/rounds.json"):  # rounds callbacks: every round's figures
         record["rounds"] = json.loads(path.read_text())
     result.write_text(json.dumps(record, indent=1))
