@@ -31,7 +31,7 @@ from ltune.seeding import run_seed
 if TYPE_CHECKING:
     import datasets
 
-Format = Literal["instruction", "preference", "critique", "judgment", "paraphrase", "prompts", "pool"]
+Format = Literal["instruction", "preference", "critique", "judgment", "paraphrase", "prompts", "phrasings", "pool"]
 FORMATS: tuple[str, ...] = get_args(Format)
 _PARAPHRASES = min(len(v) for v in PHRASINGS.values()) - 1  # per problem: every phrasing but the question
 
@@ -48,6 +48,9 @@ class EmbeddedTasks(Source):
     * ``judgment`` (CUT): instruction, response, judgment, label (``"positive"``/``"negative"``), answer, category.
     * ``paraphrase`` (CoIN): instruction, paraphrase, input (empty), output, answer, category.
     * ``prompts`` (RL and evaluation): prompt, answer, category.
+    * ``phrasings`` (robustness evaluation): prompt, answer, category ``"phrasing<k>"``: each problem in its every
+      phrasing in turn (k = 0 the canonical question, 1.. its paraphrases; ``n`` rows cover ``n / 4`` problems),
+      so exact match per category compares phrasings on the same problems.
     * ``pool`` (data selection): prompt, response, answer, category, and the diagnostics quality
       (``"good"``/``"noisy"``), duplicate (bool), difficulty (int). Noisy rows have a wrong answer or a
       garbled response; duplicate rows repeat another row exactly or with a paraphrased prompt.
@@ -129,6 +132,11 @@ class EmbeddedTasks(Source):
         rng = random.Random(f"ltune.tasks.rows:{self.seed}:{self.split}:{self.format}")
         if self.format == "pool":
             return self._pool_rows(rng)
+        if self.format == "phrasings":
+            phrasings = 1 + _PARAPHRASES
+            return [{"prompt": q, "answer": p.answer, "category": f"phrasing{k}"}
+                    for p in self.problems(-(-self.n // phrasings))
+                    for k, q in enumerate((p.question, *p.paraphrases[:_PARAPHRASES]))][: self.n]  # fmt: skip
         problems = self.problems()
         negatives = set(rng.sample(range(len(problems)), round(self.negative_fraction * len(problems))))
         return [self._row(p, rng, negative=i in negatives) for i, p in enumerate(problems)]

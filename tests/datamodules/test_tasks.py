@@ -22,6 +22,7 @@ COLUMNS = {
     "judgment": {"instruction", "response", "judgment", "label", "answer", "category"},
     "paraphrase": {"instruction", "paraphrase", "input", "output", "answer", "category"},
     "prompts": {"prompt", "answer", "category"},
+    "phrasings": {"prompt", "answer", "category"},
     "pool": {"prompt", "response", "answer", "category", "quality", "duplicate", "difficulty"},
 }
 
@@ -249,3 +250,16 @@ def test_paraphrase_rows_draw_only_the_named_paraphrases():
     } == {0, 1, 2}
     with pytest.raises(ValueError, match="paraphrases"):
         EmbeddedTasks(format="paraphrase", paraphrases=[3])
+
+
+def test_phrasings_rows_give_every_problem_in_every_phrasing_in_turn():
+    rows = EmbeddedTasks(format="phrasings", n=10, split="val").rows()
+    problems = EmbeddedTasks(format="paraphrase", n=3, split="val").problems()  # 10 rows need 3 problems
+    expected = [
+        {"prompt": q, "answer": p.answer, "category": f"phrasing{k}"}
+        for p in problems
+        for k, q in enumerate((p.question, *p.paraphrases))
+    ][:10]
+    assert rows == expected
+    assert [r["category"] for r in rows[:4]] == ["phrasing0", "phrasing1", "phrasing2", "phrasing3"]
+    assert len({r["answer"] for r in rows[:4]}) == 1 and len({r["prompt"] for r in rows[:4]}) == 4
