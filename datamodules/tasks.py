@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 
 Format = Literal["instruction", "preference", "critique", "judgment", "paraphrase", "prompts", "phrasings", "pool"]
 FORMATS: tuple[str, ...] = get_args(Format)
+NoiseKind = Literal["wrong", "garbled", "truncated", "off_task"]
+NOISE_KINDS: tuple[str, ...] = get_args(NoiseKind)
 _PARAPHRASES = min(len(v) for v in PHRASINGS.values()) - 1  # per problem: every phrasing but the question
 
 
@@ -67,6 +69,10 @@ class EmbeddedTasks(Source):
         negative_fraction: Fraction of wrong candidates in ``critique`` rows and of negative ``judgment`` rows.
         noise_fraction: Fraction of noisy rows among the distinct rows of a ``pool``.
         duplicate_fraction: Fraction of a ``pool``'s rows that duplicate another row.
+        noise_kinds: What a noisy ``pool`` row's response is, each kind equally likely: ``"wrong"`` (a worked
+            answer with a wrong result), ``"garbled"`` (that answer's characters shuffled), ``"truncated"`` (the
+            right worked answer cut off before its result), ``"off_task"`` (the worked answer of another problem,
+            of another category where there is one). The row's ``noise`` column names its kind (``"none"`` if good).
         paraphrases: Which of each problem's paraphrases ``paraphrase`` rows draw from, as 0-based indices (default:
             all). Leaving one out keeps a phrasing for evaluation that training never saw (CoIN's unseen
             perturbations).
@@ -84,6 +90,7 @@ class EmbeddedTasks(Source):
         noise_fraction: float = 0.2,
         duplicate_fraction: float = 0.1,
         paraphrases: Sequence[int] | None = None,
+        noise_kinds: Sequence[NoiseKind] = ("wrong", "garbled"),
     ) -> None:
         if format not in FORMATS:
             raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
@@ -108,6 +115,9 @@ class EmbeddedTasks(Source):
                 f"paraphrases must be a non-empty list of indices in 0..{_PARAPHRASES - 1}, got {list(paraphrases)}"
             )
         self.paraphrases = None if paraphrases is None else list(paraphrases)
+        if not noise_kinds or not set(noise_kinds) <= set(NOISE_KINDS):
+            raise ValueError(f"noise_kinds must be a non-empty list of {NOISE_KINDS}, got {list(noise_kinds)}")
+        self.noise_kinds = list(noise_kinds)
 
     @property
     def name(self) -> str:
@@ -175,7 +185,7 @@ class EmbeddedTasks(Source):
         noisy = set(rng.sample(range(len(problems)), round(self.noise_fraction * len(problems))))
         rows = []
         for i, p in enumerate(problems):
-            response = _noisy_response(p, rng) if i in noisy else p.solution
+            kind, response = _noisy_response(p, rng, self.noise_kinds, problems) if i in noisy else ("none", p.solution)
             rows.append(
                 {
                     "prompt": p.question,
@@ -183,6 +193,7 @@ class EmbeddedTasks(Source):
                     "answer": p.answer,
                     "category": p.category,
                     "quality": "noisy" if i in noisy else "good",
+                    "noise": kind,
                     "duplicate": False,
                     "difficulty": p.difficulty,
                 }
@@ -199,19 +210,30 @@ class EmbeddedTasks(Source):
         return rows
 
 
-def _noisy_response(p: Problem, rng: random.Random) -> str:
-    """A wrong-answer solution, or (half the time) its characters shuffled into a garbled response.
-
-    A garbled response never contains the right answer as a substring, so it cannot verify.
-    """
+def _noisy_response(
+    p: Problem, rng: random.Random, kinds: Sequence[str], problems: Sequence[Problem]
+) -> tuple[str, str]:
+    """A noisy response of one of ``kinds`` (equally likely) and its kind. None contains the right answer where it
+    could verify: a garbled or truncated response never holds it as a substring (else the wrong answer is used).
+    With the default kinds the random draws are those of the first pools (rows reproduce)."""
     wrong = p.solution_for(p.wrong_answer(rng))
-    if rng.random() < 0.5:
-        return wrong
-    for _ in range(10):
-        garbled = "".join(rng.sample(wrong, len(wrong)))
-        if p.answer.lower() not in garbled.lower():
-            return garbled
-    return wrong
+    kind = kinds[min(int(rng.random() * len(kinds)), len(kinds) - 1)]
+    if kind == "garbled":
+        for _ in range(10):
+            garbled = "".join(rng.sample(wrong, len(wrong)))
+            if p.answer.lower() not in garbled.lower():
+                return kind, garbled
+    elif kind == "truncated":  # cut inside the worked expression, before its result ("11+16=27..." -> "11+1")
+        end = p.solution.find("=")
+        end = end + 1 if end > 0 else len(p.solution) // 2
+        cut = p.solution[: rng.randint(max(1, end // 2), end)]
+        if cut and p.answer.lower() not in cut.lower():
+            return kind, cut
+    elif kind == "off_task":
+        others = [q for q in problems if q.category != p.category] or [q for q in problems if q.answer != p.answer]
+        if others:
+            return kind, rng.choice(others).solution
+    return "wrong", wrong
 
 
 __all__ = [

@@ -23,7 +23,7 @@ COLUMNS = {
     "paraphrase": {"instruction", "paraphrase", "input", "output", "answer", "category"},
     "prompts": {"prompt", "answer", "category"},
     "phrasings": {"prompt", "answer", "category"},
-    "pool": {"prompt", "response", "answer", "category", "quality", "duplicate", "difficulty"},
+    "pool": {"prompt", "response", "answer", "category", "quality", "noise", "duplicate", "difficulty"},
 }
 
 
@@ -263,3 +263,28 @@ def test_phrasings_rows_give_every_problem_in_every_phrasing_in_turn():
     assert rows == expected
     assert [r["category"] for r in rows[:4]] == ["phrasing0", "phrasing1", "phrasing2", "phrasing3"]
     assert len({r["answer"] for r in rows[:4]}) == 1 and len({r["prompt"] for r in rows[:4]}) == 4
+
+
+def test_pool_noise_kinds_are_what_they_say():
+    kinds = ["wrong", "garbled", "truncated", "off_task"]
+    tasks = EmbeddedTasks(format="pool", n=800, noise_fraction=0.5, duplicate_fraction=0.0, noise_kinds=kinds)
+    rows = tasks.rows()
+    by_prompt = {p.question: p for p in tasks.problems(800)}
+    solutions = {p.solution: p for p in by_prompt.values()}
+    seen = set()
+    for r in rows:
+        p = by_prompt[r["prompt"]]
+        assert (r["quality"] == "good") == (r["noise"] == "none")
+        if r["noise"] != "none":
+            assert not is_equivalent(extract_answer(r["response"]) or "", p.answer), r  # never verifies
+            seen.add(r["noise"])
+        if r["noise"] == "truncated":
+            assert p.solution.startswith(r["response"]) and p.answer not in r["response"]
+        if r["noise"] == "off_task":
+            assert solutions[r["response"]].category != p.category
+        if r["noise"] == "garbled":
+            assert sorted(r["response"]) != sorted(p.solution) and p.answer.lower() not in r["response"].lower()
+    assert seen == set(kinds)
+    assert {r["noise"] for r in EmbeddedTasks(format="pool", n=400).rows()} == {"none", "wrong", "garbled"}  # default
+    with pytest.raises(ValueError, match="noise_kinds"):
+        EmbeddedTasks(format="pool", noise_kinds=["typo"])
