@@ -23,6 +23,9 @@ command), plus one flag for the control:
         fits the soft labels; its held-out pairs carry the true label), `rlaif` (GRPO update on that reward model)
         and the control `grpo_verifier` (the same RL on the verifier reward); the labeler's accuracy against the
         true labels (response_a is always the correct answer) is read from its labels file.
+  selection (issue 17): IFD, Superfiltering (an 8-layer cut of the real model scores), DEITA and LIMA keep 400 of a
+        2,000-row noisy pool (configs/real/selection.yaml after each strategy's config), vs a random 400 and the full
+        pool; each run's record holds the kept set's noise kinds, duplicates and scoring cost.
   rest_em: configs/loops/rest_em_smollm2.yaml (2 rounds from the instruct model; per-round figures in the record);
         control: SFT on the reference solutions of the prompts its last round kept, one row per kept row, 2 epochs.
 """
@@ -170,6 +173,77 @@ STUDIES["rlaif"] = {
     "metrics": ["val/exact_match", "val/accuracy"],
     "extra": {"reward_model": labeler_accuracy},
 }
+SELECTION = ROOT / "runs/effects/selection"
+SMALL_SCORER = SELECTION / "smollm2-135m-instruct-8layers"
+POOL = {
+    "format": "pool",
+    "n": 2000,
+    "seed": 0,
+    "split": "train",
+    "difficulties": [1],
+    "noise_fraction": 0.4,
+    "noise_kinds": ["wrong", "garbled", "truncated", "off_task"],
+    "duplicate_fraction": 0.1,
+}  # configs/real/selection.yaml
+
+
+def small_scorer() -> None:
+    """Superfiltering's small scorer: the real model cut to its first 8 of 30 layers (no smaller pretrained LM with its
+    tokenizer is available offline), saved once as a Hugging Face folder."""
+    if (SMALL_SCORER / "config.json").is_file():
+        return
+    from ltune.backbone import Backbone
+
+    backbone = Backbone("smollm2-135m-instruct")
+    model = backbone.load_frozen()
+    model.model.layers = model.model.layers[:8]
+    model.config.num_hidden_layers = 8
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = model.config.layer_types[:8]
+    model.save_pretrained(SMALL_SCORER)
+    backbone.tokenizer.save_pretrained(SMALL_SCORER)
+
+
+def strategy(name: str, *flags: str, budget: str = "400") -> list[str]:
+    """A selection arm: the strategy's config, the model fragment, the study's fragment, its budget and shared cache."""
+    return [f"configs/selection/{name}.yaml", SMOL, "configs/real/selection.yaml", f"--data.init_args.budget={budget}",
+            f"--data.init_args.cache_dir={SELECTION / 'cache'}", *flags]  # fmt: skip
+
+
+def kept_rows(out: Path) -> dict:
+    """What a strategy kept: rows, noise kinds, duplicates (from its selection.csv and the pool's diagnostics), and the
+    scoring cost (scoring.json)."""
+    from ltune.datamodules import EmbeddedTasks
+
+    reports = sorted(out.rglob("selection/selection.csv"))
+    if not reports:
+        return {}
+    import pandas as pd
+
+    pool = EmbeddedTasks(**POOL).rows()
+    kept = [pool[i] for i in pd.read_csv(reports[-1]).query("selected")["index"]]
+    kinds: dict[str, int] = {}
+    for r in kept:
+        kinds[r["noise"]] = kinds.get(r["noise"], 0) + 1
+    cost = [json.loads(f.read_text()) for f in sorted(out.rglob("selection/scoring.json"))]
+    return {"kept": len(kept), "noisy_share": sum(r["quality"] == "noisy" for r in kept) / max(len(kept), 1),
+            "noise_kinds": kinds, "duplicates": sum(r["duplicate"] for r in kept), "scoring": cost}  # fmt: skip
+
+
+STUDIES["selection"] = {
+    "prepare": small_scorer,
+    "config": [],
+    "arms": {
+        "random": lambda seed, out: strategy("random", f"--data.init_args.seed={seed}"),
+        "ifd": strategy("ifd"),
+        "superfiltering": strategy("superfiltering", f"--data.init_args.scorer.name_or_path={SMALL_SCORER}"),
+        "deita": strategy("deita"),
+        "lima": strategy("random", "--data=ltune.datamodules.LIMA", "--data.init_args.min_chars=20"),
+        "full": strategy("random", "--trainer.max_epochs=1", budget="1.0"),
+    },
+    "metrics": ["val/exact_match"],
+    "extra": {arm: kept_rows for arm in ("random", "ifd", "superfiltering", "deita", "lima", "full")},
+}
 LINE = re.compile(r"^\s+(\S+)\s+(-?[\d.]+|nan)\s+->\s+(-?[\d.]+|nan)$")
 
 
@@ -184,8 +258,8 @@ def run(study: str, arm: str, seed: int) -> dict:
     arm_configs = [a for a in arm_args if a.endswith(".yaml") and not a.startswith("--")]
     arm_flags = [a for a in arm_args if a not in arm_configs and a != "--config"]
     configs = [a for c in (*spec["config"], *arm_configs) for a in ("--config", c)]
-    cmd = ["ltune", "fit", *configs, *arm_flags, f"--seed_everything={seed}", "--validate_around_fit=true",
-           f"--trainer.default_root_dir={out}", "--trainer.enable_progress_bar=false"]  # fmt: skip
+    cmd = ["ltune", "fit", *configs, f"--seed_everything={seed}", "--validate_around_fit=true",
+           f"--trainer.default_root_dir={out}", "--trainer.enable_progress_bar=false", *arm_flags]  # fmt: skip
     print(" ".join(cmd), flush=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": os.environ.get("WANDB_MODE", "offline")}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)

@@ -16,7 +16,9 @@ IFD) are counted in the report, never given a default score.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +31,7 @@ from ltune.datamodules.selection.cache import ScoreCache, config_key, fingerprin
 from ltune.datamodules.selection.report import write_selection_report
 from ltune.datamodules.selection.scoring import SKIPPED, ScoringError, batched, gather_shards, rank, score_in_chunks
 from ltune.datamodules.sources import DataError, as_source
+from ltune.io import atomic_write_text
 
 if TYPE_CHECKING:
     from ltune.backbone import Backbone
@@ -158,8 +161,10 @@ class Selection(LTuneData):
         key = config_key(fingerprint(rows), config) if self.cached else None
         size = self.score_chunk if self.sharded else max(n, 1)  # unsharded scores depend on the whole pool
         meta = {"source": source.name, "rows": n, "scorer": config}
+        start = time.perf_counter()
         scores = score_in_chunks(n, lambda idx: self._score_sharded(rows, idx), size, self.cache, key,
                                  self._check_finite, meta)  # fmt: skip
+        seconds = time.perf_counter() - start  # the scoring cost (near 0 when every chunk came from the cache)
         k = resolve_budget(self.budget, n)
         selected = np.asarray(self.choose(scores, k), dtype=np.int64)
         self.scores, self.selected = scores, selected.tolist()
@@ -168,6 +173,9 @@ class Selection(LTuneData):
                         len(selected), k)  # fmt: skip
         if rank()[0] == 0:
             self.report(scores, selected, n)
+            cost = {"rows": n, "seconds": round(seconds, 2), "rows_per_s": round(n / max(seconds, 1e-9), 1)}
+            atomic_write_text(self.output_dir() / "scoring.json", json.dumps(cost) + "\n")
+            log.info("%s scored %d rows in %.1f s (%.1f rows/s)", type(self).__name__, n, seconds, cost["rows_per_s"])
         if not len(selected):
             name, threshold = self.cut(scores, selected)
             values = scores[name][np.isfinite(scores[name])]

@@ -83,6 +83,10 @@ def test_selects_by_score_sets_train_rows_and_writes_report(tmp_path, tokenizer)
     assert list(df.columns) == ["index", "length", "selected"]
     assert df["length"].tolist() == lengths and df.index[df["selected"]].tolist() == sorted(expect)
     assert (tmp_path / "report/selection.png").stat().st_size > 1000
+    import json
+
+    cost = json.loads((tmp_path / "report/scoring.json").read_text())  # the scoring cost, for reports
+    assert cost["rows"] == 20 and cost["seconds"] >= 0 and cost["rows_per_s"] > 0
 
 
 def test_cache_is_reused_and_invalidated_by_data_or_config(tmp_path, tokenizer):
