@@ -23,9 +23,12 @@ command), plus one flag for the control:
         fits the soft labels; its held-out pairs carry the true label), `rlaif` (GRPO update on that reward model)
         and the control `grpo_verifier` (the same RL on the verifier reward); the labeler's accuracy against the
         true labels (response_a is always the correct answer) is read from its labels file.
-  selection (issue 17): IFD, Superfiltering (an 8-layer cut of the real model scores), DEITA and LIMA keep 400 of a
-        2,000-row noisy pool (configs/real/selection.yaml after each strategy's config), vs a random 400 and the full
-        pool; each run's record holds the kept set's noise kinds, duplicates and scoring cost.
+  selection (issue 17): IFD, Cherry (pre-experienced IFD), Superfiltering (an 8-layer cut of the real model scores),
+        DEITA, MoDS (the instruct model judges), LESS (count-sketch projection) and LIMA keep 400 of a 2,000-row
+        noisy pool (configs/real/selection.yaml after each strategy's config), vs a random 400 and the full pool;
+        each run's record holds the kept set's noise kinds, duplicates and scoring cost.
+  scaling (issue 17): `ltune scaling` with configs/real/scaling.yaml: nested random subsets of 50 to 1,600 clean
+        rows, 100 steps each, held-out exact match per category after each budget.
   rest_em: configs/loops/rest_em_smollm2.yaml (2 rounds from the instruct model; per-round figures in the record);
         control: SFT on the reference solutions of the prompts its last round kept, one row per kept row, 2 epochs.
 """
@@ -33,6 +36,7 @@ command), plus one flag for the control:
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import re
@@ -210,18 +214,36 @@ def strategy(name: str, *flags: str, budget: str = "400") -> list[str]:
             f"--data.init_args.cache_dir={SELECTION / 'cache'}", *flags]  # fmt: skip
 
 
-def kept_rows(out: Path) -> dict:
-    """What a strategy kept: rows, noise kinds, duplicates (from its selection.csv and the pool's diagnostics), and the
-    scoring cost (scoring.json)."""
-    from ltune.datamodules import EmbeddedTasks
+def less_args(seed: int, out: Path) -> list[str]:
+    warm = sorted((SELECTION / "less_warmup" / f"seed{seed}").rglob("less/epoch_*.pt"))
+    if not warm:
+        sys.exit(f"selection/less_warmup/seed{seed} has no LESS checkpoints yet: run that arm first")
+    return strategy(
+        "less", f"--data.init_args.checkpoints={warm[0].parent}", "--data.init_args.projection=count_sketch"
+    )
 
-    reports = sorted(out.rglob("selection/selection.csv"))
-    if not reports:
-        return {}
+
+def kept_rows(out: Path) -> dict:
+    """What a strategy trained on last: rows, noise kinds, duplicates (matched to the pool's diagnostics), and the
+    scoring cost of each selection (``selection/scoring.json``). Round-based strategies (Cherry, MoDS): the last
+    round's ``train.jsonl``; the others: their ``selection.csv``."""
     import pandas as pd
 
+    from ltune.datamodules import EmbeddedTasks
+
     pool = EmbeddedTasks(**POOL).rows()
-    kept = [pool[i] for i in pd.read_csv(reports[-1]).query("selected")["index"]]
+    rounds = sorted(out.rglob("rounds/round_*/train.jsonl"))
+    reports = sorted(out.rglob("selection/selection.csv"))
+    if rounds:
+        unused: dict[tuple, list[dict]] = {}
+        for r in pool:
+            unused.setdefault((r["prompt"], r["response"]), []).append(r)
+        rows = [json.loads(line) for line in rounds[-1].read_text().splitlines() if line.strip()]
+        kept = [unused[(r["prompt"], r["response"])].pop(0) for r in rows]
+    elif reports:
+        kept = [pool[i] for i in pd.read_csv(reports[-1]).query("selected")["index"]]
+    else:
+        return {}
     kinds: dict[str, int] = {}
     for r in kept:
         kinds[r["noise"]] = kinds.get(r["noise"], 0) + 1
@@ -239,10 +261,35 @@ STUDIES["selection"] = {
         "superfiltering": strategy("superfiltering", f"--data.init_args.scorer.name_or_path={SMALL_SCORER}"),
         "deita": strategy("deita"),
         "lima": strategy("random", "--data=ltune.datamodules.LIMA", "--data.init_args.min_chars=20"),
+        "cherry": strategy(
+            "cherry",
+            "--data.init_args.clusters=10",
+            "--data.init_args.per_cluster=10",
+            "--trainer.callbacks.init_args.budget=400",
+            "--trainer.callbacks.init_args.epochs_per_round=2",
+            budget="1.0",
+        ),  # the pre-experience rows: 10 per cluster; the IFD round keeps 400
+        "mods": strategy(
+            "mods",
+            "--data.init_args.augment_size=200",
+            "--trainer.callbacks.init_args.epochs_per_round=2",
+            "--data.init_args.reward={class_path: ltune.judges.LMJudge, init_args: {backbone: null}}",
+            budget="200",
+        ),  # 200 seed rows + at most 200 necessary ones; the instruct model judges
+        "less_warmup": strategy("less_warmup", "--trainer.max_epochs=4", "--validate_around_fit=false", budget="0.05"),
+        "less": less_args,  # the warm-up's 4 checkpoints; a count-sketch projection (the dense one is 80 GFLOP a row)
         "full": strategy("random", "--trainer.max_epochs=1", budget="1.0"),
     },
     "metrics": ["val/exact_match"],
-    "extra": {arm: kept_rows for arm in ("random", "ifd", "superfiltering", "deita", "lima", "full")},
+    "extra": {
+        arm: kept_rows for arm in ("random", "ifd", "superfiltering", "deita", "lima", "cherry", "mods", "less", "full")
+    },
+}
+STUDIES["scaling"] = {
+    "verb": "scaling",
+    "config": ["configs/selection/scaling.yaml", SMOL, "configs/real/scaling.yaml"],
+    "arms": {"sft": lambda seed, out: ["--budgets=50,100,200,400,800,1600", f"--output={out / 'scaling'}"]},
+    "metrics": [],
 }
 LINE = re.compile(r"^\s+(\S+)\s+(-?[\d.]+|nan)\s+->\s+(-?[\d.]+|nan)$")
 
@@ -258,7 +305,7 @@ def run(study: str, arm: str, seed: int) -> dict:
     arm_configs = [a for a in arm_args if a.endswith(".yaml") and not a.startswith("--")]
     arm_flags = [a for a in arm_args if a not in arm_configs and a != "--config"]
     configs = [a for c in (*spec["config"], *arm_configs) for a in ("--config", c)]
-    cmd = ["ltune", "fit", *configs, f"--seed_everything={seed}", "--validate_around_fit=true",
+    cmd = ["ltune", spec.get("verb", "fit"), *configs, f"--seed_everything={seed}", "--validate_around_fit=true",
            f"--trainer.default_root_dir={out}", "--trainer.enable_progress_bar=false", *arm_flags]  # fmt: skip
     print(" ".join(cmd), flush=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": os.environ.get("WANDB_MODE", "offline")}
@@ -270,6 +317,8 @@ def run(study: str, arm: str, seed: int) -> dict:
     record = {"study": study, "arm": arm, "seed": seed, "command": cmd, "before_after": moved}
     if arm in spec.get("extra", {}):  # figures a study reads from the run's files
         record["extra"] = spec["extra"][arm](out)
+    for path in out.rglob("scaling.csv"):  # `ltune scaling`: held-out exact match per budget and category
+        record["scaling"] = list(csv.DictReader(path.open()))
     for path in out.rglob("rounds/rounds.json"):  # rounds callbacks: every round's figures
         record["rounds"] = json.loads(path.read_text())
     result.write_text(json.dumps(record, indent=1))
@@ -300,6 +349,15 @@ def main() -> None:
             }
             print(f"{arm:12s} {metric:26s} start {pairs[0][0] if pairs and pairs[0] else float('nan'):.3f} "
                   f"end per seed {', '.join(f'{e:.3f}' for e in ends)}")  # fmt: skip
+    for arm in spec["arms"]:  # scaling studies: mean and spread per (rows, category) over the seeds
+        points: dict[str, list[float]] = {}
+        for r in (r for r in records if r["arm"] == arm):
+            for row in r.get("scaling", []):
+                points.setdefault(f"{row['rows']} {row['category']}", []).append(float(row["exact_match"]))
+        for key, values in points.items():
+            summary[f"{arm} scaling {key}"] = {"per_seed": values, "mean": statistics.mean(values),
+                                               "sd": statistics.stdev(values) if len(values) > 1 else None}  # fmt: skip
+            print(f"{arm:12s} rows/category {key:18s} exact match per seed {', '.join(f'{v:.3f}' for v in values)}")
     out = ROOT / "benchmarks/results/effects" / f"{a.study}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"seeds": a.seeds, "summary": summary, "runs": records}, indent=1))

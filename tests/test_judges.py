@@ -130,3 +130,29 @@ def test_rlaif_binds_its_judge_to_the_policy_backbone():
     model = RLAIF(backbone=micro_backbone(), judge=LMJudge())
     model.configure_model()
     assert model.judge.backbone is model.backbone
+
+
+def test_option_scores_share_each_context_and_equal_one_forward_per_option(monkeypatch):
+    """The K options of a context run as one packed sequence (the context once): the same log-probs, in float64, as
+    a separate forward of every context + option."""
+    import ltune.shared_prefix as sp
+    from ltune.backbone import completion_logprobs
+    from ltune.judges.local import _next_token_logprobs
+    from ltune.kernels import IGNORE_INDEX
+
+    bb = micro_backbone()
+    model, tok = bb.load_frozen().double(), bb.tokenizer
+    packed = []
+    real = sp.shared_prefix_hidden
+    monkeypatch.setattr(sp, "shared_prefix_hidden", lambda *a, **k: packed.append(real(*a, **k)) or packed[-1])
+    contexts = [f"Rate the response.\n\nQuestion: {q}\nResponse: {r}\nRating: " for q, r in zip(PROMPTS, A + B)]
+    options = [f"{k}/10" for k in range(1, 11)]
+    got = _next_token_logprobs(model, tok, contexts, options)
+    assert packed and packed[0] is not None  # the packed forward ran
+    for i, ctx in enumerate(contexts):
+        for j, opt in enumerate(options):
+            c, o = (tok(t, add_special_tokens=False)["input_ids"] for t in (ctx, opt))
+            ids = torch.tensor([c + o])
+            labels = torch.tensor([[IGNORE_INDEX] * len(c) + o])
+            want = completion_logprobs(model, ids, torch.ones_like(ids), labels).logprobs.sum()
+            assert got[i, j].item() == pytest.approx(want.item(), abs=1e-9)

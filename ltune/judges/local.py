@@ -8,14 +8,16 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ltune.backbone import Backbone, completion_logprobs
+from ltune.backbone import Backbone
 from ltune.generation import HFSampler, decode, terminated
 from ltune.judges.base import COT_REQUEST, ENDING, PREAMBLE, RATING_PREAMBLE, PairJudge
 from ltune.kernels import IGNORE_INDEX
+from ltune.shared_prefix import consecutive_groups, grouped_logprobs
 
 
 def _next_token_logprobs(model, tokenizer, contexts: list[str], options: list[str]) -> Tensor:
-    """``[N, K]`` log P(option_k | context_n), summed over the option's tokens (one batched forward)."""
+    """``[N, K]`` log P(option_k | context_n), summed over the option's tokens (one batched forward; a context's K
+    rows share it as a prefix, so it runs once for all K options: :mod:`ltune.shared_prefix`)."""
     ids, labels = [], []
     for ctx in contexts:
         c = tokenizer(ctx, add_special_tokens=False)["input_ids"]
@@ -28,8 +30,9 @@ def _next_token_logprobs(model, tokenizer, contexts: list[str], options: list[st
     lab = lab.masked_fill(batch["attention_mask"] == 0, IGNORE_INDEX)
     device = next(model.parameters()).device
     with torch.no_grad():
-        lp = completion_logprobs(
-            model, batch["input_ids"].to(device), batch["attention_mask"].to(device), lab.to(device)
+        groups = consecutive_groups(len(ids), len(options), device) if len(options) > 1 else None
+        lp = grouped_logprobs(
+            model, batch["input_ids"].to(device), batch["attention_mask"].to(device), lab.to(device), groups
         )
     return lp.logprobs.sum(1).view(len(contexts), len(options)).cpu()
 

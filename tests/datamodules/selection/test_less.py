@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
 from ltune.backbone import LoRA, completion_logprobs
 from ltune.cli import main
 from ltune.datamodules import LESS, InstructionData
 from ltune.datamodules.batching import pad_right
-from ltune.datamodules.selection.less import RademacherProjector, influence, per_example_grads
+from ltune.datamodules.selection.less import CountSketchProjector, RademacherProjector, influence, per_example_grads
 from tests.conftest import ROOT, micro_backbone, write_jsonl
 from tests.datamodules.selection.conftest import SHRINK
 
@@ -70,6 +71,27 @@ def test_rademacher_projection_is_seeded_blockwise_and_plus_minus_one():
     assert not torch.equal(RademacherProjector(16, seed=4, block=5)(x), p(x))
 
 
+def test_count_sketch_is_a_seeded_sparse_signed_matrix():
+    p = CountSketchProjector(8, seed=3)
+    x = torch.randn(4, 30, dtype=torch.float64)
+    bucket, sign = p.hash(30, x.device)
+    dense = torch.zeros(30, 8, dtype=torch.float64)
+    dense[torch.arange(30), bucket] = sign.double()  # one signed 1 per input coordinate
+    torch.testing.assert_close(p(x).double(), x @ dense, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(CountSketchProjector(8, seed=3)(x), p(x))  # another process / checkpoint / rank
+    assert not torch.equal(CountSketchProjector(8, seed=4)(x), p(x))
+
+
+def test_count_sketch_keeps_inner_products_like_the_dense_projection():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 20_000, generator=g)
+    y = 0.6 * x + 0.8 * torch.randn(64, 20_000, generator=g)  # cosine 0.6 with x
+    cos = torch.nn.functional.cosine_similarity
+    for proj in (CountSketchProjector(4096, seed=1), RademacherProjector(4096, seed=1)):
+        got = cos(proj(x), proj(y))
+        assert abs(got.mean().item() - 0.6) < 0.01 and got.std().item() < 0.03, type(proj).__name__
+
+
 def test_influence_is_the_lr_weighted_subtask_mean_max_by_hand():
     t1, t2 = np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([[0.0, 1.0], [1.0, 0.0]])
     v = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])  # val rows 0, 1 in subtask 0; row 2 in subtask 1
@@ -101,7 +123,8 @@ def test_adam_preconditioned_feature_of_one_row_by_hand(tmp_path):
         np.testing.assert_allclose(got, expect.numpy(), rtol=1e-3, atol=1e-5)
 
 
-def test_warmup_then_less_through_the_cli(tmp_path, monkeypatch):
+@pytest.mark.parametrize("projection", ["rademacher", "count_sketch"])
+def test_warmup_then_less_through_the_cli(tmp_path, monkeypatch, projection):
     monkeypatch.chdir(tmp_path)
     args = [a for a in SHRINK if "max_steps" not in a and "val_check" not in a]
     main(["fit", "--config", str(ROOT / "configs/selection/less_warmup.yaml"), *args, "--trainer.max_epochs=2",
@@ -113,7 +136,7 @@ def test_warmup_then_less_through_the_cli(tmp_path, monkeypatch):
     assert c["lr"] > 0 and (c["exp_avg_sq"][next(iter(c["params"]))] > 0).any()
     main(["select", "--config", str(ROOT / "configs/selection/less.yaml"), *args, "--output", "kept.jsonl",
           "--data.init_args.checkpoints=runs/less_warmup/version_0/less", "--data.init_args.projection_dim=64",
-          "--data.init_args.target.init_args.n=6"])  # fmt: skip
+          "--data.init_args.target.init_args.n=6", f"--data.init_args.projection={projection}"])  # fmt: skip
     report = pd.read_csv(next(tmp_path.glob("runs/less/version_*/selection/selection.csv")))
     assert report["selected"].sum() == 3 and report["influence"].between(-1, 1).all()  # 5% of 60
     top = report.sort_values("influence", ascending=False, kind="stable")["index"][:3]
