@@ -3,7 +3,8 @@
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from ltune.backbone import LoRA, completion_logprobs, export_hf, reference_model
+from ltune.backbone import LoRA, completion_logprobs, reference_model
+from ltune.export import export_hf
 from ltune.objectives import SFT
 from tests.conftest import micro_backbone
 

@@ -14,7 +14,8 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
-from ltune.backbone import Backbone, export_hf, fully_shard_model, reference_model
+from ltune.backbone import Backbone, fully_shard_model, reference_model
+from ltune.export import export_hf
 from ltune.generation import HFSampler, decode
 from ltune.metrics import ExactMatch
 
