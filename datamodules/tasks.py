@@ -54,8 +54,8 @@ class EmbeddedTasks(Source):
       phrasing in turn (k = 0 the canonical question, 1.. its paraphrases; ``n`` rows cover ``n / 4`` problems),
       so exact match per category compares phrasings on the same problems.
     * ``pool`` (data selection): prompt, response, answer, category, and the diagnostics quality
-      (``"good"``/``"noisy"``), duplicate (bool), difficulty (int). Noisy rows have a wrong answer or a
-      garbled response; duplicate rows repeat another row exactly or with a paraphrased prompt.
+      (``"good"``/``"noisy"``), noise (its kind, see ``noise_kinds``), duplicate (bool), difficulty (int).
+      Duplicate rows repeat another row exactly or with a paraphrased prompt.
 
     Args:
         format: Which row format to produce.
