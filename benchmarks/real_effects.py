@@ -12,7 +12,7 @@ command), plus one flag for the control:
   orpo: 60 steps of 8 pairs; control beta 0 (the loss is then exactly the NLL on the chosen sequences: SFT on chosen).
   dpo_family: DPO (live reference: the LoRA-disabled model) and SimPO with ORPO's fragment; `orpo` is their comparison.
   cft: CFT (critiques of candidate solutions, half of them wrong) vs SFT on the same 480 questions' correct solutions.
-  cut: 60 steps of 8 judgment rows (half negative); control alpha 0 (no unlikelihood: MLE on Align-P and Align-N).
+  cut: 60 steps of 8 judgment rows (half negative); control alpha 0 (no unlikelihood on flagged tokens, else as CUT).
   coin: 60 steps of 8 pairs whose paraphrases come from 2 of the 3 phrasings; evaluated on 50 problems x 4
         phrasings (one never trained on); control contrastive weight 0 (SFT on the same pairs, both versions).
   ttrl: at test time (trains on the 200 evaluation prompts, labels unused), 25 steps of 4 prompts x 8 votes;
