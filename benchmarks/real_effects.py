@@ -29,6 +29,8 @@ command), plus one flag for the control:
         each run's record holds the kept set's noise kinds, duplicates and scoring cost.
   scaling (issue 17): `ltune scaling` with configs/real/scaling.yaml: nested random subsets of 50 to 1,600 clean
         rows, 100 steps each, held-out exact match per category after each budget.
+  lion (issue 17): configs/loops/lion_smollm2.yaml (student: the instruct model; teacher and referee: the quickstart's
+        LoRA SFT export, made once by the driver); control: imitation alone on as many instructions as Lion ended with.
   rest_em: configs/loops/rest_em_smollm2.yaml (2 rounds from the instruct model; per-round figures in the record);
         control: SFT on the reference solutions of the prompts its last round kept, one row per kept row, 2 epochs.
 """
@@ -290,6 +292,41 @@ STUDIES["scaling"] = {
     "config": ["configs/selection/scaling.yaml", SMOL, "configs/real/scaling.yaml"],
     "arms": {"sft": lambda seed, out: ["--budgets=50,100,200,400,800,1600", f"--output={out / 'scaling'}"]},
     "metrics": [],
+}
+LION = ROOT / "runs/effects/lion"
+LION_TEACHER = LION / "teacher/runs/quickstart_smollm2/version_0/hf"
+
+
+def lion_teacher() -> None:
+    """Lion's teacher and referee: the quickstart's LoRA SFT of the instruct model (seed 0), exported merged."""
+    if (LION_TEACHER / "config.json").is_file():
+        return
+    cmd = ["ltune", "fit", "--config", "configs/quickstart_smollm2.yaml",
+           f"--trainer.default_root_dir={LION / 'teacher'}", "--trainer.enable_progress_bar=false"]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": os.environ.get("WANDB_MODE", "offline")}
+    subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True)
+
+
+def lion_control(seed: int, out: Path) -> list[str]:
+    """Imitation alone (round 0 only) on as many original instructions as the seed's Lion run ended with."""
+    rounds = sorted((LION / "lion" / f"seed{seed}").rglob("rounds/rounds.json"))
+    if not rounds:
+        sys.exit(f"lion/lion/seed{seed} has no rounds.json yet: run that arm first")
+    pool = int(max(h.get("train_pool", 0) for h in json.loads(rounds[-1].read_text())))
+    return [*lion_args(seed, out), "--trainer.callbacks.init_args.rounds=1",
+            f"--trainer.callbacks.init_args.instructions.init_args.n={pool}"]  # fmt: skip
+
+
+def lion_args(seed: int, out: Path) -> list[str]:
+    return ["--config", "configs/loops/lion_smollm2.yaml",
+            f"--trainer.callbacks.init_args.teacher.init_args.backbone.name_or_path={LION_TEACHER}"]  # fmt: skip
+
+
+STUDIES["lion"] = {
+    "prepare": lion_teacher,
+    "config": [],
+    "arms": {"lion": lion_args, "imitation": lion_control},
+    "metrics": ["val/exact_match"],
 }
 LINE = re.compile(r"^\s+(\S+)\s+(-?[\d.]+|nan)\s+->\s+(-?[\d.]+|nan)$")
 
