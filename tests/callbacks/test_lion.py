@@ -247,9 +247,11 @@ def test_api_rating_reads_a_leading_integer_from_1_to_10():
 
 def test_every_loop_config_has_a_cli_run_test():
     # rest_em.yaml: test_rest_em.py (and the SIGKILL resume test); lion.yaml: the two CLI runs above
-    # lion_sum.yaml: the verifier-referee run above; rest_em_smollm2.yaml: tests/real/test_smollm2_runs.py (shrunk)
+    # lion_sum.yaml: the verifier-referee run above; rest_em_smollm2.yaml and lion_smollm2.yaml:
+    # tests/real/test_smollm2_runs.py (shrunk)
     assert sorted(p.name for p in (ROOT / "configs/loops").glob("*.yaml")) == [
         "lion.yaml",
+        "lion_smollm2.yaml",
         "lion_sum.yaml",
         "rest_em.yaml",
         "rest_em_smollm2.yaml",

@@ -1,5 +1,5 @@
 """SmolLM2-135M-Instruct in ltune's longer paths: IFD and DEITA scoring through `ltune select`, one ReST-EM round,
-and export then reload with identical logits."""
+two Lion rounds, and export then reload with identical logits."""
 
 from __future__ import annotations
 
@@ -64,6 +64,31 @@ def test_one_rest_em_round_from_the_instruct_model(tmp_path, monkeypatch, smollm
     rows = [json.loads(line) for line in open(run / "rounds/round_0/train.jsonl")]
     assert len(rows) == history["kept"] >= 1  # the instruct model solves some comparisons when sampled
     assert all(is_equivalent(extract_answer(r["response"]), r["answer"]) for r in rows)
+
+
+def test_lion_rounds_with_the_real_model(tmp_path, monkeypatch, smollm2_dir):
+    """The Lion recipe, shrunk: the instruct model stands in for the exported teacher and referee (the recipe's teacher
+    is the quickstart's export); imitation, one adversarial round, held-out evaluation after each."""
+    monkeypatch.chdir(tmp_path)
+    cfg = yaml.safe_load((ROOT / "configs/loops/lion_smollm2.yaml").read_text())
+    loop = cfg["trainer"]["callbacks"][0]["init_args"]
+    loop["instructions"]["init_args"].update(n=4, categories=["compare"])
+    loop["teacher"]["init_args"]["backbone"]["name_or_path"] = NAME
+    loop.update(rounds=2, num_new=2, answer_tokens=16, instruction_tokens=16, epochs_per_round=1, chunk_size=4)
+    cfg["trainer"]["logger"] = [{"class_path": "lightning.pytorch.loggers.CSVLogger",
+                                 "init_args": {"save_dir": "runs", "name": "lion"}}]  # fmt: skip
+    cfg["trainer"]["enable_progress_bar"] = False
+    cfg["model"]["init_args"]["max_new_tokens"] = 16
+    cfg["data"]["init_args"].update(batch_size=4, eval_batch_size=4)
+    cfg["data"]["init_args"]["eval_prompts"]["init_args"].update(n=4, categories=["compare"])
+    (tmp_path / "lion.yaml").write_text(yaml.safe_dump(cfg))
+    main(["fit", "--config", "lion.yaml"])
+    history = json.loads((tmp_path / "runs/lion/version_0/rounds/rounds.json").read_text())
+    assert [h["round"] for h in history] == [0, 1] and all("held_out/exact_match" in h for h in history)
+    judged = history[1]
+    assert judged["hard"] + judged["easy"] + judged["unjudged"] == 4  # every Cache Pool instruction was refereed
+    assert 1 <= judged["referee_teacher"] <= 10 and 1 <= judged["referee_student"] <= 10
+    assert judged["train_pool"] >= 4
 
 
 def test_export_then_reload_gives_identical_logits(tmp_path, smollm2_dir):
