@@ -47,8 +47,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 SMOL = "configs/models/smollm2.yaml"
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": os.environ.get("WANDB_MODE", "offline")}
 
 
 def recipe(objective: str, real: str) -> list[str]:
@@ -98,7 +101,7 @@ STUDIES = {
     },
 }
 ROOM = ["add", "compare", "mul", "sub"]  # where the instruct model has majority-vote headroom (RESULTS, issue 14)
-ROOM_PROMPTS = "{format: prompts, n: 200, split: val, categories: [add, compare, mul, sub], difficulties: [1]}"
+ROOM_PROMPTS = f"{{format: prompts, n: 200, split: val, categories: [{', '.join(ROOM)}], difficulties: [1]}}"
 
 
 def reference_rows(seed: int, out: Path) -> list[str]:
@@ -116,7 +119,7 @@ def reference_rows(seed: int, out: Path) -> list[str]:
     out.mkdir(parents=True, exist_ok=True)
     rows = [reference[k["prompt"]] for k in kept]
     (out / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return ["--config", "configs/objectives/sft.yaml", "--config", SMOL,
+    return ["configs/objectives/sft.yaml", SMOL,
             f"--data.init_args.train={out / 'train.jsonl'}", "--data.init_args.val=null",
             f"--data.init_args.eval_prompts={{class_path: ltune.datamodules.EmbeddedTasks, init_args: {ROOM_PROMPTS}}}",
             "--data.init_args.batch_size=8", "--trainer.max_steps=-1", "--trainer.max_epochs=2",
@@ -126,7 +129,7 @@ def reference_rows(seed: int, out: Path) -> list[str]:
 
 STUDIES["rest_em"] = {
     "config": [],
-    "arms": {"rest_em": ["--config", "configs/loops/rest_em_smollm2.yaml"], "sft_reference": reference_rows},
+    "arms": {"rest_em": ["configs/loops/rest_em_smollm2.yaml"], "sft_reference": reference_rows},
     "metrics": ["val/exact_match"],
 }
 RLAIF_VAL = ROOT / "runs/effects/rlaif/val_pairs.jsonl"
@@ -181,16 +184,9 @@ STUDIES["rlaif"] = {
 }
 SELECTION = ROOT / "runs/effects/selection"
 SMALL_SCORER = SELECTION / "smollm2-135m-instruct-8layers"
-POOL = {
-    "format": "pool",
-    "n": 2000,
-    "seed": 0,
-    "split": "train",
-    "difficulties": [1],
-    "noise_fraction": 0.4,
-    "noise_kinds": ["wrong", "garbled", "truncated", "off_task"],
-    "duplicate_fraction": 0.1,
-}  # configs/real/selection.yaml
+POOL = {"format": "pool", "split": "train",  # the strategies' pool; its sizes and noise from the study's recipe
+        **yaml.safe_load((ROOT / "configs/real/selection.yaml").read_text())["data"]["init_args"]["pool"]["init_args"]
+        ["train"]["init_args"]}  # fmt: skip
 
 
 def small_scorer() -> None:
@@ -303,8 +299,7 @@ def lion_teacher() -> None:
         return
     cmd = ["ltune", "fit", "--config", "configs/quickstart_smollm2.yaml",
            f"--trainer.default_root_dir={LION / 'teacher'}", "--trainer.enable_progress_bar=false"]  # fmt: skip
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": os.environ.get("WANDB_MODE", "offline")}
-    subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True)
+    subprocess.run(cmd, cwd=ROOT, env=ENV, check=True, capture_output=True)
 
 
 def lion_control(seed: int, out: Path) -> list[str]:
@@ -318,7 +313,7 @@ def lion_control(seed: int, out: Path) -> list[str]:
 
 
 def lion_args(seed: int, out: Path) -> list[str]:
-    return ["--config", "configs/loops/lion_smollm2.yaml",
+    return ["configs/loops/lion_smollm2.yaml",
             f"--trainer.callbacks.init_args.teacher.init_args.backbone.name_or_path={LION_TEACHER}"]  # fmt: skip
 
 
@@ -339,14 +334,13 @@ def run(study: str, arm: str, seed: int) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     arm_args = spec["arms"][arm]
     arm_args = arm_args(seed, out) if callable(arm_args) else arm_args  # built from an earlier arm's outputs
-    arm_configs = [a for a in arm_args if a.endswith(".yaml") and not a.startswith("--")]
-    arm_flags = [a for a in arm_args if a not in arm_configs and a != "--config"]
+    arm_configs = [a for a in arm_args if not a.startswith("--")]  # config paths; the rest are flags
+    arm_flags = [a for a in arm_args if a.startswith("--")]
     configs = [a for c in (*spec["config"], *arm_configs) for a in ("--config", c)]
     cmd = ["ltune", spec.get("verb", "fit"), *configs, f"--seed_everything={seed}", "--validate_around_fit=true",
            f"--trainer.default_root_dir={out}", "--trainer.enable_progress_bar=false", *arm_flags]  # fmt: skip
     print(" ".join(cmd), flush=True)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": os.environ.get("WANDB_MODE", "offline")}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True)
     (out / "stdout.txt").write_text(proc.stdout + proc.stderr)
     if proc.returncode:
         sys.exit(f"{study}/{arm}/seed{seed} failed; see {out / 'stdout.txt'}")

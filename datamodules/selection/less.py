@@ -205,6 +205,7 @@ class LESS(Selection):
                 "target": target, "subtask": self.subtask_field, "d": self.projection_dim,
                 "seed": self.projection_seed, "adam": self.adam, "max_length": self.pool.max_length,
                 **({"projection": self.projection} if self.projection != "rademacher" else {})}  # fmt: skip
+        # (the default projection adds no key, so score caches written before the option existed stay valid)
 
     def _encode(self, rows: list[dict], names: list[str], tok) -> tuple[list[dict | None], np.ndarray]:
         fmt = self.renderer(tok)
