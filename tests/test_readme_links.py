@@ -22,3 +22,9 @@ def test_readme_links_into_results_resolve():
     known = anchors((ROOT / "benchmarks/RESULTS.md").read_text())
     links = re.findall(r"benchmarks/RESULTS\.md#([\w\-]+)", (ROOT / "README.md").read_text())
     assert links and [a for a in links if a not in known] == []
+
+
+def test_results_links_within_itself_resolve():
+    text = (ROOT / "benchmarks/RESULTS.md").read_text()
+    links = re.findall(r"\]\(#([\w\-]+)\)", text)
+    assert links and [a for a in links if a not in anchors(text)] == []
