@@ -167,8 +167,11 @@ def labeler_accuracy(out: Path) -> dict:
     for r in rows:
         by.setdefault(r.get("category", "all"), []).append(r["preference"])
     acc = {c: sum(p > 0.5 for p in ps) / len(ps) for c, ps in sorted(by.items())}
+    # the judge's position bias and label entropy, when the labeling run wrote them (since 2026-12-01, session 12)
+    judge = {k: v for f in out.rglob("labels/train.metrics.json") for k, v in json.loads(f.read_text()).items()}
     return {"pairs": len(rows), "accuracy": sum(r["preference"] > 0.5 for r in rows) / len(rows),
-            "mean_label": statistics.mean(r["preference"] for r in rows), "accuracy_by_category": acc}  # fmt: skip
+            "mean_label": statistics.mean(r["preference"] for r in rows), "accuracy_by_category": acc,
+            "judge": judge}  # fmt: skip
 
 
 STUDIES["rlaif"] = {

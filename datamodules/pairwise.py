@@ -20,8 +20,9 @@ class PairwiseData(LTuneData):
     Rows without ``preference`` are labeled at setup by ``judge`` (RLAIF's AI labeler, e.g. ``ltune.judges.LMJudge``)
     and the labeled rows are written to ``labels_path`` (jsonl, atomically; the train split's, other splits beside it
     as ``<stem>.<split>.jsonl``), which later runs read back instead of asking the judge again when they hold the
-    same pairs. Map other column names with ``columns``, e.g.
-    ``{response_a: chosen, response_b: rejected}`` for preference rows.
+    same pairs. The judge's figures (``labeled`` rows, ``p_first_position``: its position bias before debiasing,
+    ``entropy`` of the labels) go to the trainer's loggers as ``labeler/<name>`` and to ``<stem>.metrics.json``.
+    Map other column names with ``columns``, e.g. ``{response_a: chosen, response_b: rejected}`` for preference rows.
 
     Args:
         judge: AI labeler for unlabeled rows; None requires a ``preference`` on every row.
@@ -77,8 +78,13 @@ class PairwiseData(LTuneData):
         rows = [dict(r) for r in rows]
         for i, value in zip(todo, p.tolist()):
             rows[i]["preference"] = value
+        self.judge_metrics = {"labeled": float(len(todo)), **self.judge_metrics}
+        if self.trainer is not None:  # the labeler's position bias and label entropy, beside the run's other metrics
+            for logger in self.trainer.loggers:
+                logger.log_metrics({f"labeler/{k}": v for k, v in self.judge_metrics.items()}, step=0)
         if path and (self.trainer is None or self.trainer.is_global_zero):
             atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+            atomic_write_text(path.with_suffix(".metrics.json"), json.dumps(self.judge_metrics))
         return rows
 
     def encode(self, row: dict) -> dict[str, Any]:

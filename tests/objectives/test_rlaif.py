@@ -53,8 +53,12 @@ def test_rlaif_label_then_reward_model_then_rl_in_order(tmp_path, monkeypatch):
     dm = _label(tmp_path, judge)
     rows = [json.loads(line) for line in (tmp_path / "l.jsonl").read_text().splitlines()]
     raw = EmbeddedTasks(**PAIRS).rows()
-    expected, _ = judge.preference([r["prompt"] for r in raw], [r["chosen"] for r in raw], [r["rejected"] for r in raw])
+    expected, figures = judge.preference(
+        [r["prompt"] for r in raw], [r["chosen"] for r in raw], [r["rejected"] for r in raw]
+    )
     torch.testing.assert_close(torch.tensor([r["preference"] for r in rows]), expected)
+    # the judge's own figures (position bias, label entropy) are kept beside the labels
+    assert json.loads((tmp_path / "l.metrics.json").read_text()) == pytest.approx({"labeled": 8.0, **figures})
     assert [b["preference"] for b in dm.data["train"]] == [r["preference"] for r in rows]
     _label(tmp_path, _NoJudge())  # a second run reads the cache instead of asking the judge
     # a labeled val split gets its own cache beside the train one (it used to overwrite the train labels)
@@ -80,6 +84,26 @@ def test_rlaif_label_then_reward_model_then_rl_in_order(tmp_path, monkeypatch):
     rewards = [float(r["train/reward"]) for r in rows if r.get("train/reward")]
     assert rewards and all(math.isfinite(x) for x in rewards)
     assert any(r.get("train/kl") for r in rows) and any(r.get("val/exact_match") for r in rows)
+
+
+class _Logger:
+    def __init__(self):
+        self.logged = []
+
+    def log_metrics(self, metrics, step):
+        self.logged.append((metrics, step))
+
+
+def test_labeler_figures_reach_the_trainers_loggers(tmp_path):
+    logger, judge = _Logger(), LMJudge(backbone=micro_backbone())
+    dm = PairwiseData(train=EmbeddedTasks(**PAIRS), columns=COLUMNS, judge=judge)
+    dm.tokenizer = micro_backbone().tokenizer
+    dm.trainer = type("T", (), {"loggers": [logger], "is_global_zero": True, "lightning_module": None})()
+    dm.setup()
+    ((metrics, step),) = logger.logged
+    assert step == 0 and set(metrics) == {"labeler/labeled", "labeler/p_first_position", "labeler/entropy"}
+    assert metrics["labeler/labeled"] == 8 and 0 <= metrics["labeler/p_first_position"] <= 1
+    assert 0 < metrics["labeler/entropy"] <= math.log(2) + 1e-6  # float32
 
 
 def test_direct_rlaif_config_runs(tmp_path, monkeypatch):
