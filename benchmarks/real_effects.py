@@ -392,6 +392,12 @@ def main() -> None:
             summary[f"{arm} scaling {key}"] = {"per_seed": values, "mean": statistics.mean(values),
                                                "sd": statistics.stdev(values) if len(values) > 1 else None}  # fmt: skip
             print(f"{arm:12s} rows/category {key:18s} exact match per seed {', '.join(f'{v:.3f}' for v in values)}")
+        if points:  # the curves of the seeds' means: benchmarks/results/effects/<study>/scaling.{csv,png}
+            from ltune.datamodules.selection.report import write_scaling_report
+
+            means = [{"rows": int(key.split()[0]), "category": key.split()[1], "exact_match": statistics.mean(v),
+                      "seeds": len(v)} for key, v in points.items()]  # fmt: skip
+            write_scaling_report(means, ROOT / "benchmarks/results/effects" / a.study)
     out = ROOT / "benchmarks/results/effects" / f"{a.study}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"seeds": a.seeds, "summary": summary, "runs": records}, indent=1))
