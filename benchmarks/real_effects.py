@@ -383,6 +383,15 @@ def main() -> None:
             }
             print(f"{arm:12s} {metric:26s} start {pairs[0][0] if pairs and pairs[0] else float('nan'):.3f} "
                   f"end per seed {', '.join(f'{e:.3f}' for e in ends)}")  # fmt: skip
+    for arm in spec["arms"]:  # selection studies: the kept sets' composition and the scoring cost (seed-major)
+        kept = [r["extra"] for r in records if r["arm"] == arm and "noisy_share" in r.get("extra", {})]
+        if kept:
+            cost = [c["rows_per_s"] for e in kept for c in e["scoring"] if c["seconds"] > 0]  # 0 s: read from cache
+            shares = [e["noisy_share"] for e in kept]
+            summary[f"{arm} kept"] = {"noisy_share": shares, "duplicates": [e["duplicates"] for e in kept],
+                                      "scoring_rows_per_s": cost}  # fmt: skip
+            print(f"{arm:12s} noisy share per seed {', '.join(f'{s:.3f}' for s in shares)}; "
+                  f"scoring rows/s {', '.join(f'{c:.1f}' for c in cost) or 'none (cached or no scorer)'}")  # fmt: skip
     for arm in spec["arms"]:  # scaling studies: mean and spread per (rows, category) over the seeds
         points: dict[str, list[float]] = {}
         for r in (r for r in records if r["arm"] == arm):
