@@ -363,13 +363,20 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("study", choices=sorted(STUDIES))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--arms", nargs="+", help="run only these arms (two processes can share a study's arms); the "
+                   "summary still holds every finished arm of the seeds")  # fmt: skip
     a = p.parse_args()
-    spec, records = STUDIES[a.study], []
+    spec = STUDIES[a.study]
+    if unknown := set(a.arms or []) - set(spec["arms"]):
+        sys.exit(f"{a.study} has no arm(s) {sorted(unknown)}; its arms: {', '.join(spec['arms'])}")
     if "prepare" in spec:
         spec["prepare"]()
     for seed in a.seeds:  # seed-major: an interrupted study has both arms of its first seeds
-        for arm in spec["arms"]:
-            records.append(run(a.study, arm, seed))
+        for arm in a.arms or spec["arms"]:
+            run(a.study, arm, seed)
+    done = [ROOT / "runs/effects" / a.study / arm / f"seed{seed}" / "result.json" for seed in a.seeds
+            for arm in spec["arms"]]  # fmt: skip
+    records = [json.loads(f.read_text()) for f in done if f.is_file()]
     summary = {}
     for metric in spec["metrics"]:
         for arm in spec["arms"]:
