@@ -1,8 +1,9 @@
 """Effect runs on the real model (issue 16): each method and its matched control through the real CLI, per seed,
 resumable across sessions. A run's outputs land in ``runs/effects/<study>/<arm>/seed<S>/`` (its
-``--trainer.default_root_dir``); its before -> after validation metrics in ``result.json`` there; a finished run
-(``result.json`` present) is never repeated. The summary (per seed, mean and spread) is printed and written to
-``benchmarks/results/effects/<study>.json``.
+``--trainer.default_root_dir``); its before -> after validation metrics in ``result.json`` there. The summary (per
+seed, mean and spread, and every run's record) is printed and written to ``benchmarks/results/effects/<study>.json``
+(committed). A finished run (its ``result.json`` or its record in that summary) is never repeated; ``--summary``
+rewrites the summary alone; ``--arms`` lets two processes share a study.
 
     python benchmarks/real_effects.py orpo --seeds 0 1 2          # ORPO vs SFT on the chosen answers (beta 0)
 
@@ -217,8 +218,9 @@ def strategy(name: str, *flags: str, budget: str = "400") -> list[str]:
 
 def less_args(seed: int, out: Path) -> list[str]:
     warm = sorted((SELECTION / "less_warmup" / f"seed{seed}").rglob("less/epoch_*.pt"))
-    if not warm:
-        sys.exit(f"selection/less_warmup/seed{seed} has no LESS checkpoints yet: run that arm first")
+    if not warm:  # recorded in an earlier session, whose machine kept the checkpoints: warm up again
+        run("selection", "less_warmup", seed, reuse=False)
+        warm = sorted((SELECTION / "less_warmup" / f"seed{seed}").rglob("less/epoch_*.pt"))
     return strategy(
         "less", f"--data.init_args.checkpoints={warm[0].parent}", "--data.init_args.projection=count_sketch"
     )
@@ -329,11 +331,24 @@ STUDIES["lion"] = {
 LINE = re.compile(r"^\s+(\S+)\s+(-?[\d.]+|nan)\s+->\s+(-?[\d.]+|nan)$")
 
 
-def run(study: str, arm: str, seed: int) -> dict:
-    spec, out = STUDIES[study], ROOT / "runs/effects" / study / arm / f"seed{seed}"
-    result = out / "result.json"
+def finished(study: str, arm: str, seed: int) -> dict | None:
+    """A finished run's record: its ``result.json``, else the one in the study's committed summary (run folders are
+    not committed, so a later session on a fresh machine reuses the record instead of repeating the run)."""
+    result = ROOT / "runs/effects" / study / arm / f"seed{seed}" / "result.json"
     if result.is_file():
         return json.loads(result.read_text())
+    summary = ROOT / "benchmarks/results/effects" / f"{study}.json"
+    records = json.loads(summary.read_text())["runs"] if summary.is_file() else []
+    return next((r for r in records if r["arm"] == arm and r["seed"] == seed), None)
+
+
+def run(study: str, arm: str, seed: int, reuse: bool = True) -> dict:
+    """Run one arm of a study for one seed through the CLI and record it; a finished run is reused unless not
+    ``reuse``."""
+    spec, out = STUDIES[study], ROOT / "runs/effects" / study / arm / f"seed{seed}"
+    result = out / "result.json"
+    if reuse and (record := finished(study, arm, seed)):
+        return record
     out.mkdir(parents=True, exist_ok=True)
     arm_args = spec["arms"][arm]
     arm_args = arm_args(seed, out) if callable(arm_args) else arm_args  # built from an earlier arm's outputs
@@ -363,20 +378,19 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("study", choices=sorted(STUDIES))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--summary", action="store_true", help="write the summary of the finished runs; run nothing")
     p.add_argument("--arms", nargs="+", help="run only these arms (two processes can share a study's arms); the "
                    "summary still holds every finished arm of the seeds")  # fmt: skip
     a = p.parse_args()
     spec = STUDIES[a.study]
     if unknown := set(a.arms or []) - set(spec["arms"]):
         sys.exit(f"{a.study} has no arm(s) {sorted(unknown)}; its arms: {', '.join(spec['arms'])}")
-    if "prepare" in spec:
+    if "prepare" in spec and not a.summary:
         spec["prepare"]()
-    for seed in a.seeds:  # seed-major: an interrupted study has both arms of its first seeds
+    for seed in [] if a.summary else a.seeds:  # seed-major: an interrupted study has both arms of its first seeds
         for arm in a.arms or spec["arms"]:
             run(a.study, arm, seed)
-    done = [ROOT / "runs/effects" / a.study / arm / f"seed{seed}" / "result.json" for seed in a.seeds
-            for arm in spec["arms"]]  # fmt: skip
-    records = [json.loads(f.read_text()) for f in done if f.is_file()]
+    records = list(filter(None, (finished(a.study, arm, seed) for seed in a.seeds for arm in spec["arms"])))
     summary = {}
     for metric in spec["metrics"]:
         for arm in spec["arms"]:
@@ -416,7 +430,8 @@ def main() -> None:
             write_scaling_report(means, ROOT / "benchmarks/results/effects" / a.study)
     out = ROOT / "benchmarks/results/effects" / f"{a.study}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"seeds": a.seeds, "summary": summary, "runs": records}, indent=1))
+    seeds = sorted({r["seed"] for r in records})  # those with a finished run
+    out.write_text(json.dumps({"seeds": seeds, "summary": summary, "runs": records}, indent=1))
 
 
 if __name__ == "__main__":
