@@ -162,9 +162,9 @@ class Selection(LTuneData):
         size = self.score_chunk if self.sharded else max(n, 1)  # unsharded scores depend on the whole pool
         meta = {"source": source.name, "rows": n, "scorer": config}
         start = time.perf_counter()
-        scores = score_in_chunks(n, lambda idx: self._score_sharded(rows, idx), size, self.cache, key,
-                                 self._check_finite, meta)  # fmt: skip
-        seconds = time.perf_counter() - start  # the scoring cost (near 0 when every chunk came from the cache)
+        scores, scored = score_in_chunks(n, lambda idx: self._score_sharded(rows, idx), size, self.cache, key,
+                                         self._check_finite, meta)  # fmt: skip
+        seconds = time.perf_counter() - start  # the cost of scoring the `scored` rows not found in the cache
         k = resolve_budget(self.budget, n)
         selected = np.asarray(self.choose(scores, k), dtype=np.int64)
         self.scores, self.selected = scores, selected.tolist()
@@ -173,9 +173,11 @@ class Selection(LTuneData):
                         len(selected), k)  # fmt: skip
         if rank()[0] == 0:
             self.report(scores, selected, n)
-            cost = {"rows": n, "seconds": round(seconds, 2), "rows_per_s": round(n / max(seconds, 1e-9), 1)}
+            rate = round(scored / max(seconds, 1e-9), 1) if scored else None  # None: every score came from the cache
+            cost = {"rows": n, "scored": scored, "seconds": round(seconds, 2), "rows_per_s": rate}
             atomic_write_text(self.output_dir() / "scoring.json", json.dumps(cost) + "\n")
-            log.info("%s scored %d rows in %.1f s (%.1f rows/s)", type(self).__name__, n, seconds, cost["rows_per_s"])
+            log.info("%s scored %d of %d rows in %.1f s (%s rows/s; the rest from the cache)", type(self).__name__,
+                     scored, n, seconds, rate)  # fmt: skip
         if not len(selected):
             name, threshold = self.cut(scores, selected)
             values = scores[name][np.isfinite(scores[name])]

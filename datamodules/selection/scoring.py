@@ -42,9 +42,10 @@ def agreed(arrays: dict[str, np.ndarray] | None) -> dict[str, np.ndarray] | None
 
 def score_in_chunks(n: int, score: Callable[[list[int]], dict[str, np.ndarray]], size: int, cache: ScoreCache,
                     key: str | None, check: Callable[[dict[str, np.ndarray], int], None],
-                    meta: dict[str, Any]) -> dict[str, np.ndarray]:  # fmt: skip
-    """Scores of rows ``0..n-1``: the cache entry ``key`` when every rank reads it, else computed ``size`` rows at a
-    time (chunk bounds do not depend on the rank layout) and then cached whole, with ``meta`` beside them.
+                    meta: dict[str, Any]) -> tuple[dict[str, np.ndarray], int]:  # fmt: skip
+    """Scores of rows ``0..n-1`` and how many of them were scored now (the rest came from the cache): the cache entry
+    ``key`` when every rank reads it, else computed ``size`` rows at a time (chunk bounds do not depend on the rank
+    layout) and then cached whole, with ``meta`` beside them.
 
     Each finished chunk is checked (``check(arrays, start)``) and written atomically by rank 0 as
     ``cache.chunk_path(key, start, stop)``; a run killed mid-way and started again loads the chunks already written
@@ -62,7 +63,7 @@ def score_in_chunks(n: int, score: Callable[[list[int]], dict[str, np.ndarray]],
     """
     if key is not None and (scores := agreed(cache.load(key))) is not None:
         log.info("selection scores read from the cache %s", cache.path(key))
-        return scores
+        return scores, 0
     parts, reused = [], 0
     for start in range(0, max(n, 1), size if key is not None else max(n, 1)):
         stop = min(start + size, n)
@@ -79,7 +80,7 @@ def score_in_chunks(n: int, score: Callable[[list[int]], dict[str, np.ndarray]],
     scores = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
     if key is not None and rank()[0] == 0:
         cache.save(key, scores, meta)  # the whole entry replaces the chunks
-    return scores
+    return scores, n - reused
 
 
 def batched(n: int, lengths: list[int], fn: Callable[[list[int]], dict[str, np.ndarray]], names: list[str], desc: str,

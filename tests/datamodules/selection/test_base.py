@@ -86,7 +86,11 @@ def test_selects_by_score_sets_train_rows_and_writes_report(tmp_path, tokenizer)
     import json
 
     cost = json.loads((tmp_path / "report/scoring.json").read_text())  # the scoring cost, for reports
-    assert cost["rows"] == 20 and cost["seconds"] >= 0 and cost["rows_per_s"] > 0
+    assert cost["rows"] == 20 and cost["scored"] == 20 and cost["seconds"] >= 0 and cost["rows_per_s"] > 0
+    sel = make(tmp_path, tokenizer=tokenizer, budget=0.5)  # the same scores, read from the cache: no rate
+    sel.select()
+    cost = json.loads((tmp_path / "report/scoring.json").read_text())
+    assert cost["rows"] == 20 and cost["scored"] == 0 and cost["rows_per_s"] is None
 
 
 def test_cache_is_reused_and_invalidated_by_data_or_config(tmp_path, tokenizer):
