@@ -21,6 +21,7 @@ def _run(tmp_path: Path, solver_dir: Path, *extra: str) -> tuple[Path, str]:
     config = rest_em_config(tmp_path, solver_dir, rounds=2)
     cfg = yaml.safe_load(config.read_text())
     cfg["trainer"]["callbacks"][0]["init_args"]["problems"]["init_args"]["n"] = 40  # 5 chunks of 8: uneven shards
+    cfg["trainer"]["callbacks"][0]["init_args"]["num_samples"] = 8  # the micro solver must solve some of 40 problems
     cfg["model"]["init_args"]["optimizer"]["init_args"]["lr"] = 0.0  # the same weights at every E-step, any world
     config.write_text(yaml.safe_dump(cfg))
     done = subprocess.run([sys.executable, "-m", "ltune.cli", "fit", "--config", str(config), *extra], cwd=tmp_path,
