@@ -407,8 +407,8 @@ def main() -> None:
     for arm in spec["arms"]:  # selection studies: the kept sets' composition and the scoring cost (seed-major)
         kept = [r["extra"] for r in records if r["arm"] == arm and "noisy_share" in r.get("extra", {})]
         if kept:
-            cost = [c["rows_per_s"] for e in kept for c in e["scoring"]
-                    if c.get("scored", c["rows"] if c["seconds"] >= 1 else 0)]  # fmt: skip  # else read from the cache
+            # a run that read its scores from the cache has no rate (older records: under a second)
+            cost = [c["rows_per_s"] for e in kept for c in e["scoring"] if c.get("scored", c["seconds"] >= 1)]
             shares = [e["noisy_share"] for e in kept]
             summary[f"{arm} kept"] = {"noisy_share": shares, "duplicates": [e["duplicates"] for e in kept],
                                       "scoring_rows_per_s": cost}  # fmt: skip
