@@ -31,6 +31,7 @@ from ltune.backbone import Backbone, completion_logprobs
 from ltune.datamodules.base import LTuneData
 from ltune.datamodules.batching import pad_right
 from ltune.datamodules.selection.base import Selection, pair_text
+from ltune.datamodules.selection.cache import fingerprint
 from ltune.datamodules.selection.scoring import SKIPPED, ScoringError, render_each
 from ltune.datamodules.sources import SourceLike, as_source
 from ltune.kernels import IGNORE_INDEX
@@ -200,7 +201,7 @@ class LESS(Selection):
 
     def scorer_config(self) -> dict[str, Any]:
         stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in self.checkpoint_files()]
-        target = as_source(self.target).name
+        target = [as_source(self.target).name, fingerprint(self.target_rows())]  # its rows, not only its name
         return {**super().scorer_config(), "scorer": dataclasses.asdict(self.scorer_backbone()), "checkpoints": stats,
                 "target": target, "subtask": self.subtask_field, "d": self.projection_dim,
                 "seed": self.projection_seed, "adam": self.adam, "max_length": self.pool.max_length,
@@ -232,11 +233,15 @@ class LESS(Selection):
 
         return self.batched(len(enc), [len(e["input_ids"]) for e in enc], fn, names, desc)["f"]
 
+    def target_rows(self) -> list[dict]:
+        """The target validation rows, validated like the pool's (with the subtask field)."""
+        pool = self.pool
+        return pool.load_rows(self.target, pool.fields, {**pool.optional, self.subtask_field: str}, pool.check)
+
     def score(self, rows: list[dict], names: list[str]) -> dict[str, np.ndarray]:
         bb = self.scorer_backbone()
         tok = bb.tokenizer
-        pool = self.pool
-        val = pool.load_rows(self.target, pool.fields, {**pool.optional, self.subtask_field: str}, pool.check)
+        val = self.target_rows()
         subtasks = sorted({r.get(self.subtask_field, "all") for r in val})
         sub_idx = np.array([subtasks.index(r.get(self.subtask_field, "all")) for r in val])
         enc, skipped = self._encode(rows, names, tok)

@@ -11,7 +11,7 @@ import torch
 
 from ltune.backbone import LoRA, completion_logprobs
 from ltune.cli import main
-from ltune.datamodules import LESS, InstructionData
+from ltune.datamodules import LESS, EmbeddedTasks, InstructionData
 from ltune.datamodules.batching import pad_right
 from ltune.datamodules.selection.less import CountSketchProjector, RademacherProjector, influence, per_example_grads
 from tests.conftest import ROOT, micro_backbone, write_jsonl
@@ -141,3 +141,19 @@ def test_warmup_then_less_through_the_cli(tmp_path, monkeypatch, projection):
     assert report["selected"].sum() == 3 and report["influence"].between(-1, 1).all()  # 5% of 60
     top = report.sort_values("influence", ascending=False, kind="stable")["index"][:3]
     assert sorted(top) == sorted(report.index[report["selected"]])
+
+
+def test_the_score_cache_key_follows_the_target_rows_not_only_their_name(tmp_path):
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt/epoch_0.pt").write_bytes(b"")  # the key reads the checkpoints' names, sizes and times only
+    pool = InstructionData(train=write_jsonl(tmp_path / "p.jsonl", ROWS), max_length=128)
+    bb = micro_backbone(lora=LoRA(r=4, alpha=8, dropout=0.0))
+
+    def key(n: int) -> dict:
+        target = EmbeddedTasks(format="instruction", n=n, split="val", categories=["add", "sub"])
+        sel = LESS(pool, target=target, checkpoints=str(tmp_path / "ckpt"), scorer=bb, progress=False)
+        sel.tokenizer = pool.tokenizer = bb.tokenizer
+        return sel.scorer_config()
+
+    assert key(6)["target"][0] == key(8)["target"][0]  # one source name for both target sets
+    assert key(6) != key(8) and key(6) == key(6)  # 6 or 8 target rows: another key; the same rows: the same key
