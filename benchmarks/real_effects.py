@@ -2,8 +2,9 @@
 resumable across sessions. A run's outputs land in ``runs/effects/<study>/<arm>/seed<S>/`` (its
 ``--trainer.default_root_dir``); its before -> after validation metrics in ``result.json`` there. The summary (per
 seed, mean and spread, and every run's record) is printed and written to ``benchmarks/results/effects/<study>.json``
-(committed). A finished run (its ``result.json`` or its record in that summary) is never repeated; ``--summary``
-rewrites the summary alone; ``--arms`` lets two processes share a study.
+(committed); it holds the seeds asked for and every seed it already recorded. A finished run (its ``result.json`` or
+its record in that summary) is never repeated; ``--summary`` rewrites the summary alone; ``--arms`` lets two processes
+share a study.
 
     python benchmarks/real_effects.py orpo --seeds 0 1 2          # ORPO vs SFT on the chosen answers (beta 0)
 
@@ -390,7 +391,10 @@ def main() -> None:
     for seed in [] if a.summary else a.seeds:  # seed-major: an interrupted study has both arms of its first seeds
         for arm in a.arms or spec["arms"]:
             run(a.study, arm, seed)
-    records = list(filter(None, (finished(a.study, arm, seed) for seed in a.seeds for arm in spec["arms"])))
+    out = ROOT / "benchmarks/results/effects" / f"{a.study}.json"
+    recorded = {r["seed"] for r in json.loads(out.read_text())["runs"]} if out.is_file() else set()
+    seeds = sorted(recorded | set(a.seeds))  # a run over some seeds keeps the other seeds' records
+    records = list(filter(None, (finished(a.study, arm, seed) for seed in seeds for arm in spec["arms"])))
     summary = {}
     for metric in spec["metrics"]:
         for arm in spec["arms"]:
@@ -429,7 +433,6 @@ def main() -> None:
             means = [{"rows": int(key.split()[0]), "category": key.split()[1], "exact_match": statistics.mean(v),
                       "seeds": len(v)} for key, v in points.items()]  # fmt: skip
             write_scaling_report(means, ROOT / "benchmarks/results/effects" / a.study)
-    out = ROOT / "benchmarks/results/effects" / f"{a.study}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     seeds = sorted({r["seed"] for r in records})  # those with a finished run
     out.write_text(json.dumps({"seeds": seeds, "summary": summary, "runs": records}, indent=1))
