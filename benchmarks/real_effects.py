@@ -227,15 +227,31 @@ def less_args(seed: int, out: Path) -> list[str]:
     )
 
 
-def kept_rows(out: Path) -> dict:
+def target_pool() -> list[dict]:
+    """The pool's rows of LESS's target categories (add, sub, mul: 557 of the 2,000), in the pool's order."""
+    from ltune.datamodules import EmbeddedTasks
+
+    return [r for r in EmbeddedTasks(**POOL).rows() if r["category"] in ("add", "sub", "mul")]
+
+
+def random_target_args(seed: int, out: Path) -> list[str]:
+    """LESS's category control: a random 400 of the pool's add/sub/mul rows (LESS's category mix, the rows within it
+    drawn at random), written to a JSONL pool (atomically: two processes may write it at once)."""
+    from ltune.io import atomic_write_jsonl
+
+    path = atomic_write_jsonl(SELECTION / "target_categories.jsonl", target_pool())
+    return strategy("random", f"--data.init_args.pool.init_args.train={path}", f"--data.init_args.seed={seed}")
+
+
+def kept_rows(out: Path, pool: list[dict] | None = None) -> dict:
     """What a strategy trained on last: rows, noise kinds, duplicates (matched to the pool's diagnostics), and the
     scoring cost of each selection (``selection/scoring.json``). Round-based strategies (Cherry, MoDS): the last
-    round's ``train.jsonl``; the others: their ``selection.csv``."""
+    round's ``train.jsonl``; the others: their ``selection.csv`` (indices into ``pool``, by default the study's)."""
     import pandas as pd
 
     from ltune.datamodules import EmbeddedTasks
 
-    pool = EmbeddedTasks(**POOL).rows()
+    pool = EmbeddedTasks(**POOL).rows() if pool is None else pool
     rounds = sorted(out.rglob("rounds/round_*/train.jsonl"))
     reports = sorted(out.rglob("selection/selection.csv"))
     if rounds:
@@ -282,11 +298,16 @@ STUDIES["selection"] = {
         ),  # 200 seed rows + at most 200 necessary ones; the instruct model judges
         "less_warmup": strategy("less_warmup", "--trainer.max_epochs=4", "--validate_around_fit=false", budget="0.05"),
         "less": less_args,  # the warm-up's 4 checkpoints; a count-sketch projection (the dense one is 80 GFLOP a row)
+        "random_target": random_target_args,  # LESS's category mix without its choice (added after LESS's results)
         "full": strategy("random", "--trainer.max_epochs=1", budget="1.0"),
     },
     "metrics": ["val/exact_match"],
     "extra": {
-        arm: kept_rows for arm in ("random", "ifd", "superfiltering", "deita", "lima", "cherry", "mods", "less", "full")
+        **{
+            arm: kept_rows
+            for arm in ("random", "ifd", "superfiltering", "deita", "lima", "cherry", "mods", "less", "full")
+        },
+        "random_target": lambda out: kept_rows(out, target_pool()),
     },
 }
 STUDIES["scaling"] = {
