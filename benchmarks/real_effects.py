@@ -414,8 +414,8 @@ def main() -> None:
             run(a.study, arm, seed)
     out = ROOT / "benchmarks/results/effects" / f"{a.study}.json"
     recorded = {r["seed"] for r in json.loads(out.read_text())["runs"]} if out.is_file() else set()
-    seeds = sorted(recorded | set(a.seeds))  # a run over some seeds keeps the other seeds' records
-    records = list(filter(None, (finished(a.study, arm, seed) for seed in seeds for arm in spec["arms"])))
+    wanted = sorted(recorded | set(a.seeds))  # a run over some seeds keeps the other seeds' records
+    records = list(filter(None, (finished(a.study, arm, seed) for seed in wanted for arm in spec["arms"])))
     summary = {}
     for metric in spec["metrics"]:
         for arm in spec["arms"]:
