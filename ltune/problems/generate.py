@@ -1,20 +1,10 @@
-"""The problems behind the embedded tasks: a seeded generator of short arithmetic and string problems.
-
-Every problem has one checkable answer and a worked solution in a single regular format,
-``"{expression}={answer}. The answer is {answer}."`` (e.g. ``"23+58=81. The answer is 81."``). The ``sum`` category
-(requested by name) writes a running-sum trace as its expression, in an order drawn per problem
-(``"12+5=17, 17+7=24. The answer is 24."``): the one category where samples can reach an answer along different paths.
-
-Splits are disjoint by construction: a problem belongs to ``train``, ``val`` or ``test`` according to
-a stable hash (SHA-256) of its category and question, whatever the seed. The seed only decides which
-problems of that split are drawn and in what order. :class:`ltune.datamodules.EmbeddedTasks` turns them into rows.
-"""
+"""The generator of the embedded problems: categories, phrasings, difficulties, disjoint splits (see the package
+docstring)."""
 
 from __future__ import annotations
 
 import hashlib
 import random
-import re
 import string
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,7 +25,7 @@ _SUM_TERMS = {1: (3, (1, 20)), 2: (4, (1, 30)), 3: (4, (10, 99))}  # number of t
 _FRACTIONS = tuple(str(i) for i in range(1, 10)) + tuple(f"{i:02d}" for i in range(1, 100) if i % 10)
 
 
-# Phrasings of each category, the first being the canonical question; ``solve`` reads them back (fields below).
+# Phrasings of each category, the first being the canonical question; ``solve`` (solve.py) reads them back.
 PHRASINGS: dict[str, tuple[str, ...]] = {
     "add": ("What is {a}+{b}?", "Compute {a}+{b}.", "Add {a} and {b}.", "Find the sum of {a} and {b}."),
     "sub": ("What is {a}-{b}?", "Compute {a}-{b}.", "Subtract {b} from {a}.", "What is {a} minus {b}?"),
@@ -265,38 +255,3 @@ def generate_problems(
         seen.add(key)
         problems.append(problem)
     return problems
-
-
-# ---- solving a question from its text (an oracle for judges: also reads questions no generator drew) ----------------
-_FIELDS = {"a": r"\d+", "b": r"\d+", "x": r"\d+(?:\.\d+)?", "y": r"\d+(?:\.\d+)?", "w": "[a-z]+",
-           "terms": r"(?:\d+, )*\d+ and \d+", "plus": r"(?:\d+\+)+\d+"}  # fmt: skip
-_ANSWERS: dict[str, Callable[..., str]] = {
-    "add": lambda a, b: str(int(a) + int(b)),
-    "sub": lambda a, b: str(int(a) - int(b)),
-    "mul": lambda a, b: str(int(a) * int(b)),
-    "compare": lambda x, y: x if Decimal(x) > Decimal(y) else y,
-    "sum": lambda terms=None, plus=None: str(sum(int(t) for t in re.findall(r"\d+", terms or plus))),
-    "reverse": lambda w: w[::-1],
-    "sort": lambda w: "".join(sorted(w)),
-}
-
-
-def _pattern(phrasing: str) -> re.Pattern:
-    parts = re.split(r"\{(\w+)\}", phrasing)  # literal, field, literal, field, ..., literal
-    return re.compile("".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>{_FIELDS[p]})" for i, p in enumerate(parts)))
-
-
-_SOLVERS = [(_pattern(phrasing), _ANSWERS[c]) for c, phrasings in PHRASINGS.items() for phrasing in phrasings]
-
-
-def solve(question: str) -> str | None:
-    """The answer of a question written in any phrasing of the embedded tasks, computed from its text alone, so it
-    also answers questions that a model wrote (Lion's new instructions); None when the text matches no phrasing.
-
-    Example: ``solve("Add up 3, 12 and 7.") == "22"``; ``solve("Write kcab backwards.") == "back"``.
-    """
-    text = question.strip()
-    for pattern, fn in _SOLVERS:
-        if m := pattern.fullmatch(text):
-            return fn(**m.groupdict())
-    return None
