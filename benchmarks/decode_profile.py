@@ -4,6 +4,7 @@ KV cache with a compiled forward, LoRA merged into the weights while sampling), 
 
     python benchmarks/decode_profile.py                     # ~4 minutes on 2 cores, the first compile included
     python benchmarks/decode_profile.py --json out.json
+    python benchmarks/decode_profile.py --model tiny --rows 2 --prompt 8 --new 4 --repeats 1    # smoke, ~1 minute
 
 Sampling runs at temperature 1 with ``min_new_tokens = max_new_tokens``, so every variant decodes the same number of
 steps; prompts are random token ids of one length (no padding). Medians over ``--repeats`` after one warm-up.
@@ -31,9 +32,15 @@ def _timed(fn) -> float:
     return time.perf_counter() - t
 
 
+def prompt_ids(model, rows: int, prompt: int) -> torch.Tensor:
+    """Random ``[rows, prompt]`` token ids of ordinary tokens (ids 100-999, or 10 to the vocabulary's end)."""
+    vocab = model.config.vocab_size
+    return torch.randint(100, 1000, (rows, prompt)) if vocab > 1000 else torch.randint(10, vocab, (rows, prompt))
+
+
 def decode_step_ms(model, rows: int, prompt: int, repeats: int) -> float:
     """Median wall time of one cached decode step (``rows`` x 1 token after a ``prompt``-token prefill)."""
-    ids = torch.randint(100, 1000, (rows, prompt))
+    ids = prompt_ids(model, rows, prompt)
     with torch.no_grad():
         out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, logits_to_keep=1)
         cache, nxt, mask = out.past_key_values, out.logits[:, -1:].argmax(-1), torch.ones_like(ids)
@@ -48,7 +55,7 @@ def decode_step_ms(model, rows: int, prompt: int, repeats: int) -> float:
 
 
 def generate_s(model, rows: int, prompt: int, new: int, repeats: int, **kwargs) -> float:
-    ids = torch.randint(100, 1000, (rows, prompt))
+    ids = prompt_ids(model, rows, prompt)
 
     def run():
         torch.manual_seed(0)

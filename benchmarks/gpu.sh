@@ -26,7 +26,7 @@ case "${1:-}" in
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/device.txt"
     python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/device.txt"
     timeout 150 python3 -m pytest -q -p no:cacheprovider tests/kernels/test_triton_gpu.py 2>&1 | tee "$OUT/kernel_tests.log" || true
-    timeout 240 python3 benchmarks/kernels.py --json "$OUT/kernels.json" 2>&1 | tee "$OUT/kernels.log" || true
+    timeout 240 python3 benchmarks/kernel_speed.py --json "$OUT/kernels.json" 2>&1 | tee "$OUT/kernels.log" || true
     timeout 150 python3 benchmarks/selection.py 2>&1 | tee "$OUT/selection.log" || true ;;
   *) echo "usage: bash benchmarks/gpu.sh wheels|run" >&2; exit 2 ;;
 esac

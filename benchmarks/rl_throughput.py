@@ -6,6 +6,8 @@ is its own; sides alternate over ``--repeats`` in one invocation; medians, sprea
     python benchmarks/rl_throughput.py --model smollm2-135m-instruct --lora 16 --prompts 8 --generations 8 \
         --max_new_tokens 64
     python benchmarks/rl_throughput.py --model tiny --objective ttrl --steps 6        # framework overhead
+    python benchmarks/rl_throughput.py --model tiny --objective ttrl --prompts 2 --generations 2 --max_new_tokens 8 \
+        --steps 2 --repeats 1                                                           # smoke, ~30 s
 
 Completions/s counts the completions that enter the update (prompts x G) per second of wall time, over the steps after
 the first (warm-up). Both sides: full fine-tuning or LoRA (``--lora r``, all linear layers), float32, beta = 0 (no

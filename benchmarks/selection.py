@@ -8,6 +8,7 @@
 
     python benchmarks/selection.py                       # issue sizes (200k x 768 k-center, 200k x 384 filter)
     python benchmarks/selection.py --n 50000 --k 100     # smaller, for a CPU
+    python benchmarks/selection.py --n 2000 --k 10 --filter_budget 100 --rows 8 --batch_size 4   # smoke, ~15 s
 """
 
 from __future__ import annotations

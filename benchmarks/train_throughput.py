@@ -6,6 +6,7 @@ full fine-tuning or LoRA; each side in its own process, sides alternated over ``
     python benchmarks/train_throughput.py --method orpo --model smollm2-135m-instruct --repeats 3
     python benchmarks/train_throughput.py --method sft --lora 16 --model smollm2-135m-instruct --repeats 3
     python benchmarks/train_throughput.py --method orpo --model tiny --batch 8 --steps 8     # framework overhead
+    python benchmarks/train_throughput.py --method orpo --model tiny --batch 2 --steps 3 --warmup 1 --repeats 1  # smoke
     python benchmarks/train_throughput.py --method dpo --lora 16 --precompute --repeats 3   # both sides cache the
                                                                                            # reference log-probs
 

@@ -89,6 +89,10 @@ class Backbone:
         system_prompt: This model's prompt style: a system message put before every prompt whose data names none
             (``LTuneData(system=...)`` wins), e.g. asking an instruct model to end with its answer. ``None``: the
             chat template's own default.
+        hub_kernels: Let ``transformers`` swap layers for Hugging Face Hub kernels (``from_pretrained``'s
+            ``use_kernels``; needs the ``kernels`` package and the Hub or its cache). Off by default, whatever the
+            environment says: ltune's own kernels compute the head's log-probs, and every model ltune loads (the
+            policy, its reference, both sides of a benchmark) loads the same way on every machine.
         tiny: Shape of the ``tiny`` preset (ignored otherwise).
     """
 
@@ -100,6 +104,7 @@ class Backbone:
     trust_remote_code: bool = False
     revision: str | None = None
     system_prompt: str | None = None
+    hub_kernels: bool = False
     tiny: Tiny = field(default_factory=Tiny)
 
     def __post_init__(self) -> None:
@@ -175,10 +180,12 @@ class Backbone:
                 model = LlamaForCausalLM(config)
             if dtype is not None:
                 model = model.to(dtype)
+            if self.hub_kernels:
+                model.set_use_kernels(True)
         else:
             from transformers import AutoModelForCausalLM
 
-            kwargs = {"dtype": dtype} if dtype is not None else {"dtype": "auto"}
+            kwargs = {"dtype": dtype if dtype is not None else "auto", "use_kernels": self.hub_kernels}
             if self.attn_implementation:
                 kwargs["attn_implementation"] = self.attn_implementation
             with loading(self.path):

