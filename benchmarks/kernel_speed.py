@@ -8,7 +8,7 @@ GPU (CUDA events, bf16, the issue's shapes; Liger/CCE rows appear only where tho
 CPU (the exact torch path vs eager on smaller shapes; wall clock, peak RSS measured in a fresh subprocess per row)::
 
     python benchmarks/kernel_speed.py --cpu
-    python benchmarks/kernel_speed.py --cpu --shapes 256x4096x64 --reps 1 --methods ltune eager   # smoke, ~30 s
+    python benchmarks/kernel_speed.py --cpu --shapes 256x4096x64 --reps 1 --kernels b --methods ltune eager  # smoke
 
 Kernels: (a) ``token_logprobs`` from existing logits; (b) ``linear_token_logprobs`` from hidden states and the
 lm_head weight. Modes: ``fwd`` (no grad) and ``fwd+bwd`` (an arbitrary upstream gradient, as ORPO/GRPO need).
