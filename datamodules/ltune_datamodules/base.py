@@ -5,8 +5,10 @@ sources, column mapping, validation errors that name the source, row and field, 
 resume mid-epoch and shard across ranks, and padding.
 
 Length policy (``overlong``): with ``"truncate_prompt"`` a row longer than ``max_length`` tokens loses tokens from
-the left of its prompt; a row whose completion alone does not fit is skipped. With ``"skip"`` every over-long row
-is skipped. Both are counted and logged per split.
+the left of its prompt (a conversation: from the left of the turns after its system message, which stays); a row
+whose completion alone does not fit is skipped. With ``"keep_start"`` a conversation or text row loses its end.
+With ``"skip"`` every over-long row is skipped. A row left with no trained token is skipped. Truncated and skipped
+rows are counted and logged per split.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ltune.datamodules.batching import ResumableLoader, ResumableSampler, Shard, pad_left, pad_right
+from ltune.datamodules.chat import LossOn, encode_conversation, render
 from ltune.datamodules.sources import DataError, SourceLike, as_source
 from ltune.kernels import IGNORE_INDEX
 from ltune.seeding import run_seed
@@ -42,7 +45,8 @@ class LTuneData(L.LightningDataModule):
         template: ``"chat"`` renders through the tokenizer's chat template (plain when it has none).
         system: Optional system message put before every prompt (default: the backbone's ``system_prompt``).
         max_length: Longest sequence in tokens.
-        overlong: Length policy: ``"truncate_prompt"`` (from the left) or ``"skip"``.
+        overlong: Length policy: ``"truncate_prompt"`` (keep the end, cutting from the left after the system
+            message), ``"keep_start"`` (conversations and text: cut the end) or ``"skip"``.
         batch_size: Rows per batch per device.
         eval_batch_size: Rows per validation batch (defaults to ``batch_size``).
         num_workers: DataLoader worker processes.
@@ -61,7 +65,7 @@ class LTuneData(L.LightningDataModule):
         template: Literal["chat", "plain"] = "chat",
         system: str | None = None,
         max_length: int = 1024,
-        overlong: Literal["truncate_prompt", "skip"] = "truncate_prompt",
+        overlong: Literal["truncate_prompt", "keep_start", "skip"] = "truncate_prompt",
         batch_size: int = 8,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
@@ -171,6 +175,39 @@ class LTuneData(L.LightningDataModule):
             p = p[len(p) + len(c) - self.max_length :]
             self._truncated += 1
         return {"input_ids": p + c, "labels": [IGNORE_INDEX] * len(p) + c}
+
+    def encode_chat(
+        self, messages: list[dict], loss_on: LossOn = "assistant", tools: list | None = None, first_trained: int = 0
+    ) -> dict[str, list[int]]:
+        """Token ids and labels of a whole conversation (:func:`ltune.datamodules.chat.encode_conversation`), after
+        the length policy; a leading system message is never cut."""
+        if not self.tokenizer.chat_template:
+            raise DataError("conversation rows need a tokenizer with a chat template")
+        enc = encode_conversation(self.tokenizer, messages, loss_on, tools, first_trained)
+        system = messages[:1] if messages[0]["role"] == "system" else []
+        keep = (lambda: len(self.tokens(render(self.tokenizer, system, tools=tools)))) if system else (lambda: 0)
+        return self.fit_length(enc["input_ids"], enc["labels"], keep)
+
+    def fit_length(
+        self, ids: list[int], labels: list[int], keep: Callable[[], int] = lambda: 0
+    ) -> dict[str, list[int]]:
+        """``ids``/``labels`` within ``max_length`` by the length policy (``keep()``: leading tokens never cut);
+        raises ``Overlong`` for a row to skip."""
+        excess = len(ids) - self.max_length
+        if excess > 0:
+            if self.overlong == "skip":
+                raise Overlong
+            if self.overlong == "keep_start":
+                ids, labels = ids[: self.max_length], labels[: self.max_length]
+            else:
+                k = keep()
+                if k + excess >= len(ids):
+                    raise Overlong
+                ids, labels = ids[:k] + ids[k + excess :], labels[:k] + labels[k + excess :]
+            if all(t == IGNORE_INDEX for t in labels):
+                raise Overlong
+            self._truncated += 1
+        return {"input_ids": ids, "labels": labels}
 
     def encode_prompt(self, prompt: str | list[dict]) -> list[int]:
         """Token ids of a prompt for generation (left-truncated to ``max_length``)."""

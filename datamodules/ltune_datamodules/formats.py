@@ -2,42 +2,107 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from ltune.datamodules.base import LTuneData, with_input
+from ltune.datamodules.chat import LossOn, chat_messages
 
 
 class InstructionData(LTuneData):
-    """Instruction tuning rows: ``prompt`` + ``response``, or a chat ``messages`` list ending with the assistant turn.
+    """Supervised fine-tuning rows in every layout of TRL's dataset formats, with TRL's column names:
 
-    An optional ``input`` field is appended to the prompt after a blank line (Alpaca layout: map ``prompt`` to
-    ``instruction`` and ``response`` to ``output`` with ``columns``). With ``messages``, the loss covers the last
-    assistant turn; earlier turns are context. Constructor arguments are those of :class:`LTuneData`.
+    * conversational ``messages`` (any number of turns; system and tool turns go to the model's template), or
+      ShareGPT ``conversations`` (``{from, value}`` messages, roles ``human``/``gpt``: mapped by ``message_keys``
+      and ``roles``, ShareGPT's by default): by default every assistant turn is trained (``loss_on``);
+    * prompt-completion: ``prompt`` + ``completion`` (or ``response``), strings or message lists; the completion
+      is trained. String rows are wrapped in the model's chat template (the prompt as a user turn);
+    * language modelling: ``text``, every token trained, tokenized raw with the EOS appended (no template).
+
+    An optional ``input`` is appended to a string prompt after a blank line (Alpaca: ``columns: {prompt:
+    instruction, completion: output}``); an optional ``tools`` list (or its JSON string) goes to the template.
+
+    Args:
+        loss_on: Which tokens of a conversation carry loss: ``"assistant"`` (every assistant turn; TRL's
+            ``assistant_only_loss``), ``"last_assistant"`` (the last one), or ``"all"`` (the whole sequence, TRL's
+            default). A prompt-completion row trains its completion (``"all"``: the whole row).
+        message_keys: Role and content keys of your messages, e.g. ``{"role": "from", "content": "value"}``
+            (ShareGPT's, used by default for messages that have ``from``/``value``).
+        roles: Your role names mapped onto the template's, e.g. ``{"human": "user", "gpt": "assistant"}`` (the
+            default covers ShareGPT's).
+        **kwargs: Arguments of :class:`LTuneData`.
     """
 
     fields = {}
-    optional = {"prompt": str, "response": str, "input": str, "messages": list, "answer": str, "category": str}
+    optional = {"prompt": (str, list), "completion": (str, list), "response": (str, list), "input": str,
+                "messages": list, "conversations": list, "text": str, "tools": (list, str), "answer": str,
+                "category": str}  # fmt: skip
+
+    def __init__(
+        self,
+        *args: Any,
+        loss_on: LossOn = "assistant",
+        message_keys: dict[str, str] | None = None,
+        roles: dict[str, str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.loss_on, self.message_keys, self.roles = loss_on, message_keys, roles
 
     def check(self, row: dict) -> str | None:
-        if "messages" in row:
-            msgs = row["messages"]
-            for j, m in enumerate(msgs):
-                if not isinstance(m, dict) or not isinstance(m.get("content"), str) or "role" not in m:
-                    return f"field 'messages' item {j} is not a {{role, content}} object"
-            if len(msgs) < 2 or msgs[-1]["role"] != "assistant" or not msgs[-1]["content"].strip():
-                return "field 'messages' must end with a non-empty assistant turn after at least one user turn"
-            return None
-        for name in ("prompt", "response"):
-            if not isinstance(row.get(name), str) or not row[name].strip():
-                col = self.columns.get(name, name)
-                return f"field '{name}' (column '{col}') is missing or empty (or give a 'messages' list)"
+        """Validate a row and bring its messages to ``{role, content}`` (ShareGPT's mapped, ``conversations``
+        moved to ``messages``); ``response`` stays as given (ltune's older name of ``completion``)."""
+        conv = "messages" if "messages" in row else "conversations" if "conversations" in row else None
+        try:
+            if conv:
+                row["messages"] = chat_messages(row.pop(conv), self.message_keys, self.roles)
+                if not any(m["role"] == "assistant" and m["content"].strip() for m in row["messages"]):
+                    return f"field '{conv}' has no non-empty assistant turn to train on"
+                return None
+            if "text" in row and "prompt" not in row:
+                return None if row["text"].strip() else f"field 'text' (column '{self._col('text')}') is empty"
+            reply = (
+                "response"
+                if "response" in row or ("completion" not in row and "response" in self.columns)
+                else "completion"
+            )
+            for name in ("prompt", reply):
+                value = row.get(name)
+                if isinstance(value, list):
+                    row[name] = chat_messages(value, self.message_keys, self.roles)
+                elif not isinstance(value, str) or not value.strip():
+                    return (f"field '{name}' (column '{self._col(name)}') is missing or empty (or give 'messages', "
+                            "'conversations' or 'text')")  # fmt: skip
+        except ValueError as e:
+            return f"field '{conv or name}' {e}"
+        if isinstance(completion_of(row), list) and not any(m["role"] == "assistant" for m in completion_of(row)):
+            return f"field '{name}' (column '{self._col(name)}') has no assistant turn"
         return None
 
+    def _col(self, name: str) -> str:
+        return self.columns.get(name, name)
+
     def encode(self, row: dict) -> dict[str, Any]:
+        tools = json.loads(row["tools"]) if isinstance(row.get("tools"), str) else row.get("tools")
         if "messages" in row:
-            return self.encode_pair(row["messages"][:-1], row["messages"][-1]["content"])
-        prompt = with_input(row["prompt"], row)
-        return self.encode_pair(prompt, row["response"])
+            return self.encode_chat(self.messages(row["messages"]), loss_on=self.loss_on, tools=tools)
+        if "prompt" not in row:  # language modelling
+            ids = self.tokenizer(row["text"] + (self.tokenizer.eos_token or ""))["input_ids"]
+            return self.fit_length(ids, list(ids))
+        prompt, completion = row["prompt"], completion_of(row)
+        if isinstance(prompt, str) and isinstance(completion, str):
+            if self.loss_on == "all":
+                pair = self.encode_pair(with_input(prompt, row), completion)
+                return {**pair, "labels": list(pair["input_ids"])}
+            return self.encode_pair(with_input(prompt, row), completion)
+        msgs = self.messages(prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}])
+        reply = completion if isinstance(completion, list) else [{"role": "assistant", "content": completion}]
+        return self.encode_chat(msgs + reply, loss_on=self.loss_on, tools=tools, first_trained=len(msgs))
+
+
+def completion_of(row: dict) -> str | list[dict]:
+    """A prompt-completion row's completion: TRL's ``completion`` column, or ltune's older ``response``."""
+    return row["completion"] if "completion" in row else row["response"]
 
 
 CRITIQUE_INSTRUCTION = "Please critique whether the following solution to the question is correct."

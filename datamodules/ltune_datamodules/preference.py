@@ -7,23 +7,25 @@ from typing import Any
 
 from ltune.datamodules.base import LTuneData, Overlong
 from ltune.datamodules.batching import pad_right
+from ltune.datamodules.chat import chat_messages
+from ltune.datamodules.sources import DataError
 from ltune.kernels import IGNORE_INDEX
 
 
 class PreferenceData(LTuneData):
-    """Rows of ``prompt`` + ``chosen`` + ``rejected`` responses, or chat-style rows.
+    """Preference pairs in TRL's layouts: a prompt, a chosen and a rejected response.
 
-    Two row layouts are read:
+    * explicit prompt: ``{"prompt": str | messages, "chosen": str | [assistant message], "rejected": ...}``;
+    * implicit prompt, conversations (UltraFeedback-binarized): ``chosen`` and ``rejected`` are whole conversations
+      that share every turn but the last, the assistant's answer (a string ``prompt`` beside them is ignored);
+    * implicit prompt, strings: ``chosen`` and ``rejected`` are whole texts; the prompt is their longest common
+      prefix, cut back to the last whitespace so that no word is split (TRL's ``extract_prompt`` can cut mid-word).
 
-    * strings: ``{"prompt": str | messages, "chosen": str, "rejected": str}``;
-    * conversations (UltraFeedback-binarized's ``chosen``/``rejected`` columns): ``chosen`` and ``rejected`` are
-      ``messages`` lists that share every turn but the last, which is the assistant's answer. ``prompt`` is then
-      optional and ignored (the shared turns are the prompt).
-
-    A row whose chosen and rejected responses are equal, or whose response is empty, stops loading with an error
-    naming the source, row and field. Both responses share the prompt's tokens: when a pair is longer than
-    ``max_length`` the prompt loses the same tokens from the left for both (``truncate_prompt``), and a pair whose
-    longer response alone does not fit is skipped; both are counted and logged.
+    Message lists may use ShareGPT's ``from``/``value`` keys and ``human``/``gpt`` roles. A row whose chosen and
+    rejected responses are equal, or whose response is empty, stops loading with an error naming the source, row and
+    field. Both responses share the prompt's tokens: when a pair is longer than ``max_length`` the prompt loses the
+    same tokens from the left for both (``truncate_prompt``), and a pair whose longer response alone does not fit is
+    skipped; both are counted and logged.
 
     Batches stack the pair so that one forward scores both: ``input_ids``/``attention_mask``/``labels`` are
     ``[2B, T]`` with the B chosen sequences first and the B rejected ones after, right-padded to one length;
@@ -38,29 +40,41 @@ class PreferenceData(LTuneData):
         if isinstance(chosen, list) != isinstance(rejected, list):
             return "fields 'chosen' and 'rejected' must both be strings or both be messages lists"
         if isinstance(chosen, list):
+            try:
+                name = "prompt"
+                prompt = chat_messages(row["prompt"]) if isinstance(row.get("prompt"), list) else []
+                name = "chosen"
+                chosen = chat_messages(chosen)
+                name = "rejected"
+                rejected = chat_messages(rejected)
+            except ValueError as e:
+                return f"field '{name}' {e}"
             for name, msgs in (("chosen", chosen), ("rejected", rejected)):
-                for j, m in enumerate(msgs):
-                    if not isinstance(m, dict) or not isinstance(m.get("content"), str) or "role" not in m:
-                        return f"field '{name}' item {j} is not a {{role, content}} object"
-                if len(msgs) < 2 or msgs[-1]["role"] != "assistant" or not msgs[-1]["content"].strip():
-                    return f"field '{name}' must end with a non-empty assistant turn after at least one user turn"
+                if msgs[-1]["role"] != "assistant" or not msgs[-1]["content"].strip():
+                    return f"field '{name}' must end with a non-empty assistant turn"
             if chosen[:-1] != rejected[:-1]:
                 return "fields 'chosen' and 'rejected' must share every turn before the last (one prompt per pair)"
-        elif "prompt" not in row or (isinstance(row["prompt"], str) and not row["prompt"].strip()):
-            return f"field 'prompt' (column '{self.columns.get('prompt', 'prompt')}') is missing or empty"
-        if self._response(chosen).strip() == self._response(rejected).strip():
+            if not any(m["role"] == "user" for m in prompt + chosen[:-1]):
+                return "the pair has no user turn: give 'prompt' messages, or whole conversations in chosen/rejected"
+            row.update(prompt=prompt + chosen[:-1], chosen=chosen[-1]["content"], rejected=rejected[-1]["content"])
+        elif "prompt" not in row:
+            cut = common_prefix(chosen, rejected)
+            if not cut.strip():
+                return "fields 'chosen' and 'rejected' share no prompt: give a 'prompt' column (explicit prompt)"
+            row.update(prompt=cut, chosen=chosen[len(cut) :], rejected=rejected[len(cut) :])
+        elif isinstance(row["prompt"], str) and not row["prompt"].strip():
+            return f"field 'prompt' (column '{self.columns.get('prompt', 'prompt')}') is empty"
+        if row["chosen"].strip() == row["rejected"].strip():
             return "fields 'chosen' and 'rejected' have the same response: a pair needs two different responses"
         return None
 
-    @staticmethod
-    def _response(value: str | list[dict]) -> str:
-        return value[-1]["content"] if isinstance(value, list) else value
-
     def encode(self, row: dict) -> dict[str, Any]:
-        chosen, rejected = row["chosen"], row["rejected"]
-        prompt = chosen[:-1] if isinstance(chosen, list) else row["prompt"]
-        ptext, ctext = self.render(prompt, self._response(chosen))
-        _, rtext = self.render(prompt, self._response(rejected))
+        if isinstance(row["chosen"], list) or "prompt" not in row:  # a row handed over unchecked (set_train_rows)
+            if err := self.check(row):
+                raise DataError(err)
+        prompt = row["prompt"]
+        ptext, ctext = self.render(prompt, row["chosen"])
+        _, rtext = self.render(prompt, row["rejected"])
         p, c, r = self.tokens(ptext), self.tokens(ctext), self.tokens(rtext)
         longest = max(len(c), len(r))
         if len(p) + longest > self.max_length:
@@ -86,3 +100,14 @@ class PreferenceData(LTuneData):
             "labels": pad_right(labels, IGNORE_INDEX)[0],
             "category": [e["category"] for e in examples],
         }
+
+
+def common_prefix(a: str, b: str) -> str:
+    """The longest common prefix of two texts, cut back to end at whitespace (so that no word is split)."""
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    if n < min(len(a), len(b)) or len(a) != len(b):
+        while n > 0 and not a[n - 1].isspace():
+            n -= 1
+    return a[:n]

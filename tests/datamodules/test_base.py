@@ -75,19 +75,32 @@ def test_malformed_json_line_is_named(tmp_path, tokenizer):
         _setup(InstructionData(train=str(path)), tokenizer)
 
 
-def test_messages_format_trains_on_last_assistant_turn(tmp_path, tokenizer):
+def test_messages_train_every_assistant_turn_by_default_or_the_last_or_all(tmp_path, tokenizer):
     msgs = [
         {"role": "user", "content": "a"},
         {"role": "assistant", "content": "b"},
         {"role": "user", "content": "c"},
         {"role": "assistant", "content": "dd"},
     ]
-    dm = _setup(InstructionData(train=write_jsonl(tmp_path / "c.jsonl", [{"messages": msgs}])), tokenizer)
-    ex = dm.data["train"][0]
-    assert tokenizer.decode([t for t, lab in zip(ex["input_ids"], ex["labels"]) if lab != -100]) == "dd</s>"
-    assert ex["input_ids"] == tokenizer("Q: a\nA: b</s>\nQ: c\nA: dd</s>", add_special_tokens=False).input_ids
-    bad = [{"messages": msgs[:3]}]
-    with pytest.raises(DataError, match="row 1: field 'messages' must end with a non-empty assistant turn"):
+    path = write_jsonl(tmp_path / "c.jsonl", [{"messages": msgs}])
+
+    def trained(**kwargs) -> list[str]:
+        ex = _setup(InstructionData(train=path, **kwargs), tokenizer).data["train"][0]
+        # the sequence is the whole render, the template's newline after the last turn included
+        assert tokenizer.decode(ex["input_ids"]) == "Q: a\nA: b</s>\nQ: c\nA: dd</s>\n"
+        runs, run = [], []
+        for t, lab in zip(ex["input_ids"], ex["labels"]):
+            if lab != -100:
+                run.append(t)
+            elif run:
+                runs, run = [*runs, tokenizer.decode(run)], []
+        return runs + ([tokenizer.decode(run)] if run else [])
+
+    assert trained() == ["b</s>", "dd</s>"]  # every assistant reply and its end-of-turn token, no template glue
+    assert trained(loss_on="last_assistant") == ["dd</s>"]
+    assert trained(loss_on="all") == ["Q: a\nA: b</s>\nQ: c\nA: dd</s>\n"]
+    bad = [{"messages": msgs[:1] + [{"role": "assistant", "content": " "}]}]
+    with pytest.raises(DataError, match="row 1: field 'messages' has no non-empty assistant turn"):
         _setup(InstructionData(train=write_jsonl(tmp_path / "b.jsonl", bad)), tokenizer)
 
 

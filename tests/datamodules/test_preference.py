@@ -55,9 +55,16 @@ def test_chat_rows_like_ultrafeedback_binarized(tmp_path, tokenizer):
         ({"prompt": "p", "chosen": "same", "rejected": "same"}, "row 2: fields 'chosen' and 'rejected' have the same"),
         ({"prompt": "p", "chosen": "a", "rejected": "  "}, "row 2: field 'rejected' (column 'rejected') is empty"),
         ({"prompt": "p", "chosen": "a"}, "row 2: field 'rejected' (column 'rejected') is missing"),
-        ({"chosen": "a", "rejected": "b"}, "row 2: field 'prompt' (column 'prompt') is missing or empty"),
+        ({"chosen": "a", "rejected": "b"}, "row 2: fields 'chosen' and 'rejected' share no prompt"),
         (
             {"chosen": [{"role": "user", "content": "x"}, {"role": "assistant", "content": ""}], "rejected": []},
+            "row 2: field 'rejected' is not a non-empty list of messages",
+        ),
+        (
+            {
+                "chosen": [{"role": "user", "content": "x"}, {"role": "assistant", "content": ""}],
+                "rejected": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "b"}],
+            },
             "row 2: field 'chosen' must end with a non-empty assistant turn",
         ),
         (

@@ -63,7 +63,7 @@ def pair_text(row: dict) -> tuple[str | list[dict], str]:
             return chosen[:-1], chosen[-1]["content"]
         return row["prompt"], chosen
     prompt = with_input(row["prompt"], row)
-    return prompt, row["response"]
+    return prompt, row["completion"] if "completion" in row else row["response"]
 
 
 def instruction_text(row: dict) -> str:

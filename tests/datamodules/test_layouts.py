@@ -1,0 +1,139 @@
+"""Every layout of TRL's dataset-formats guide, as a user's jsonl: what each row trains, the length policy on
+conversations, and short runs through ``ltune fit`` (the tiny preset)."""
+
+from __future__ import annotations
+
+import pytest
+
+from ltune.cli import main
+from ltune.datamodules import InstructionData, PreferenceData
+from ltune.datamodules.sources import DataError
+from ltune.kernels import IGNORE_INDEX as IGNORE
+from tests.conftest import MICRO, ROOT, read_metrics, write_jsonl
+
+U, A = "user", "assistant"
+SFT_LAYOUTS = {
+    "language modelling": ({"text": "The sky is blue."}, ["The sky is blue.</s>"]),
+    "conversational": (
+        {"messages": [{"role": U, "content": "1+2?"}, {"role": A, "content": "3"}, {"role": U, "content": "x2?"},
+                      {"role": A, "content": "6"}]},
+        ["3</s>", "6</s>"],
+    ),
+    "sharegpt": (
+        {"conversations": [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "Hi"},
+                           {"from": "gpt", "value": "Hello"}]},
+        ["Hello</s>"],
+    ),
+    "prompt-completion": ({"prompt": "2+2?", "completion": "4"}, ["4</s>"]),
+    "prompt-completion, conversational": (
+        {"prompt": [{"role": U, "content": "2+2?"}], "completion": [{"role": A, "content": "4"}]},
+        ["4</s>"],
+    ),
+    "prompt-response (ltune's older name)": ({"prompt": "2+2?", "response": "4"}, ["4</s>"]),
+}  # fmt: skip
+
+
+def trained_runs(tok, ex: dict) -> list[str]:
+    """The decoded runs of consecutive trained tokens."""
+    runs, run = [], []
+    for t, lab in zip(ex["input_ids"], ex["labels"]):
+        if lab != IGNORE:
+            run.append(t)
+        elif run:
+            runs, run = [*runs, tok.decode(run)], []
+    return runs + ([tok.decode(run)] if run else [])
+
+
+def setup(dm, tokenizer):
+    dm.tokenizer = tokenizer
+    dm.setup("fit")
+    return dm
+
+
+@pytest.mark.parametrize("layout", list(SFT_LAYOUTS))
+def test_each_sft_layout_trains_what_trl_trains(layout, tmp_path, tokenizer):
+    row, expected = SFT_LAYOUTS[layout]
+    dm = setup(InstructionData(train=write_jsonl(tmp_path / "d.jsonl", [row])), tokenizer)
+    assert trained_runs(tokenizer, dm.data["train"][0]) == expected
+
+
+def test_sharegpt_system_and_roles_reach_the_template(tmp_path, tokenizer):
+    row, _ = SFT_LAYOUTS["sharegpt"]
+    ex = setup(InstructionData(train=write_jsonl(tmp_path / "d.jsonl", [row])), tokenizer).data["train"][0]
+    assert tokenizer.decode(ex["input_ids"]) == "Be brief.\nQ: Hi\nA: Hello</s>\n"
+    other = {"conversations": [{"speaker": "client", "text": "Hi"}, {"speaker": "bot", "text": "Yo"}]}
+    keys, roles = {"role": "speaker", "content": "text"}, {"client": U, "bot": A}
+    dm = InstructionData(train=write_jsonl(tmp_path / "o.jsonl", [other]), message_keys=keys, roles=roles)
+    assert trained_runs(tokenizer, setup(dm, tokenizer).data["train"][0]) == ["Yo</s>"]
+
+
+def test_a_row_that_is_no_layout_names_the_field(tmp_path, tokenizer):
+    for row, message in [
+        ({"messages": [{"role": U, "content": "hi"}]}, "row 1: field 'messages' has no non-empty assistant turn"),
+        ({"messages": [{"role": U}]}, "row 1: field 'messages' item 0 is not a {role, content} message"),
+        ({"prompt": [{"role": U, "content": "q"}], "completion": [{"role": U, "content": "a"}]},
+         "row 1: field 'completion' (column 'completion') has no assistant turn"),
+        ({"prompt": "q"}, "row 1: field 'completion' (column 'completion') is missing or empty"),
+    ]:  # fmt: skip
+        with pytest.raises(DataError, match=message.replace("{", r"\{").replace("(", r"\(").replace(")", r"\)")):
+            setup(InstructionData(train=write_jsonl(tmp_path / "b.jsonl", [row])), tokenizer)
+
+
+def test_over_long_conversations_keep_the_system_message_or_the_start_and_are_counted(tmp_path, tokenizer):
+    row = {"messages": [{"role": "system", "content": "SYS"}, {"role": U, "content": "u" * 40},
+                        {"role": A, "content": "a" * 10}]}  # fmt: skip
+    path = write_jsonl(
+        tmp_path / "l.jsonl", [row, {"messages": [{"role": U, "content": "q"}, {"role": A, "content": "r"}]}]
+    )
+    end = setup(InstructionData(train=path, max_length=30), tokenizer)
+    ex = end.data["train"][0]
+    assert len(ex["input_ids"]) == 30 and tokenizer.decode(ex["input_ids"]).startswith("SYS\n")
+    assert trained_runs(tokenizer, ex) == ["a" * 10 + "</s>"] and end.stats["train"]["truncated"] == 1
+    start = setup(InstructionData(train=path, max_length=30, overlong="keep_start"), tokenizer)
+    assert start.stats["train"] == {"rows": 2, "kept": 1, "skipped": 1, "truncated": 0}  # its reply was cut off
+
+
+PREFERENCE_LAYOUTS = {
+    "explicit, strings": {"prompt": "Sky?", "chosen": "Blue.", "rejected": "Green."},
+    "explicit, conversational": {"prompt": [{"role": U, "content": "Sky?"}],
+                                 "chosen": [{"role": A, "content": "Blue."}],
+                                 "rejected": [{"role": A, "content": "Green."}]},
+    "implicit, conversational": {"chosen": [{"role": U, "content": "Sky?"}, {"role": A, "content": "Blue."}],
+                                 "rejected": [{"role": U, "content": "Sky?"}, {"role": A, "content": "Green."}]},
+    "implicit, strings": {"chosen": "Sky? Blue.", "rejected": "Sky? Green."},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("layout", list(PREFERENCE_LAYOUTS))
+def test_each_preference_layout_reads_one_prompt_and_two_responses(layout, tmp_path, tokenizer):
+    dm = setup(PreferenceData(train=write_jsonl(tmp_path / "p.jsonl", [PREFERENCE_LAYOUTS[layout]])), tokenizer)
+    ex = dm.data["train"][0]
+    chosen = {"input_ids": ex["input_ids"][0], "labels": ex["labels"][0]}
+    rejected = {"input_ids": ex["input_ids"][1], "labels": ex["labels"][1]}
+    assert trained_runs(tokenizer, chosen) == ["Blue.</s>"] and trained_runs(tokenizer, rejected) == ["Green.</s>"]
+    prompt = "Q: Sky? \nA: " if layout == "implicit, strings" else "Q: Sky?\nA: "  # the common prefix ends at a space
+    assert tokenizer.decode([t for t, lab in zip(chosen["input_ids"], chosen["labels"]) if lab == IGNORE]) == prompt
+
+
+def _fit(config: str, train: str, tmp_path, *extra: str) -> list[dict]:
+    main(["fit", "--config", str(ROOT / config), *MICRO, f"--data.init_args.train={train}",
+          "--data.init_args.val=null", "--data.init_args.eval_prompts=null", "--validate_around_fit=false",
+          "--trainer.max_steps=2", "--trainer.log_every_n_steps=1", "--trainer.enable_progress_bar=false",
+          f"--trainer.default_root_dir={tmp_path}", "--data.init_args.batch_size=2", *extra])  # fmt: skip
+    (run,) = (tmp_path / "runs").glob("*/version_0")
+    return [r for r in read_metrics(run) if r.get("train/loss")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "layout", ["language modelling", "conversational", "sharegpt", "prompt-completion, conversational"]
+)
+def test_a_users_sft_jsonl_trains_through_the_cli(layout, tmp_path):
+    train = write_jsonl(tmp_path / "train.jsonl", [SFT_LAYOUTS[layout][0]] * 4)
+    assert len(_fit("configs/objectives/sft.yaml", train, tmp_path)) == 2
+
+
+@pytest.mark.slow
+def test_a_users_conversational_preference_jsonl_trains_dpo_through_the_cli(tmp_path):
+    train = write_jsonl(tmp_path / "train.jsonl", [PREFERENCE_LAYOUTS["explicit, conversational"]] * 4)
+    assert len(_fit("configs/objectives/dpo.yaml", train, tmp_path)) == 2
