@@ -2,7 +2,7 @@
 judgment, paraphrase), data sources, the embedded verifiable tasks, and the data-selection strategies."""
 
 from ltune.datamodules.base import LTuneData
-from ltune.datamodules.formats import CritiqueData, InstructionData, PromptData
+from ltune.datamodules.formats import CritiqueData, InstructionData, PromptData, UnpairedPreferenceData
 from ltune.datamodules.judgment import JudgmentData
 from ltune.datamodules.pairwise import PairwiseData
 from ltune.datamodules.paraphrase import ParaphraseData
@@ -49,6 +49,7 @@ __all__ = [
     "Source",
     "SourceLike",
     "Subset",
+    "UnpairedPreferenceData",
     "as_source",
     "pair_text",
     "resolve_budget",

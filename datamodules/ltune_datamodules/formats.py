@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import torch
+
 from ltune.datamodules.base import LTuneData, with_input
 from ltune.datamodules.chat import LossOn, chat_messages
 
@@ -98,6 +100,26 @@ class InstructionData(LTuneData):
         msgs = self.messages(prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}])
         reply = completion if isinstance(completion, list) else [{"role": "assistant", "content": completion}]
         return self.encode_chat(msgs + reply, loss_on=self.loss_on, tools=tools, first_trained=len(msgs))
+
+
+class UnpairedPreferenceData(InstructionData):
+    """Unpaired preference rows (TRL's layout; KTO's data): a ``prompt``, one ``completion`` and a boolean
+    ``label`` (desirable or not), strings or message lists. Validated and tokenized as a prompt-completion row of
+    :class:`InstructionData` (the completion is trained); batches also carry ``label``, a bool tensor ``[B]``.
+    Constructor arguments are those of :class:`InstructionData`.
+    """
+
+    fields = {"prompt": (str, list), "completion": (str, list), "label": bool}
+    optional = {"tools": (list, str), "category": str}
+
+    def encode(self, row: dict) -> dict[str, Any]:
+        return {**super().encode(row), "label": row["label"]}
+
+    def collate(self, examples: list[dict]) -> dict[str, Any]:
+        batch = super().collate(examples)
+        if "label" in batch:
+            batch["label"] = torch.tensor(batch["label"], dtype=torch.bool)
+        return batch
 
 
 def completion_of(row: dict) -> str | list[dict]:

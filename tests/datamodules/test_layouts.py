@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from ltune.cli import main
-from ltune.datamodules import InstructionData, PreferenceData
+from ltune.datamodules import InstructionData, PreferenceData, UnpairedPreferenceData
 from ltune.datamodules.sources import DataError
 from ltune.kernels import IGNORE_INDEX as IGNORE
 from tests.conftest import MICRO, ROOT, read_metrics, write_jsonl
@@ -137,3 +137,30 @@ def test_a_users_sft_jsonl_trains_through_the_cli(layout, tmp_path):
 def test_a_users_conversational_preference_jsonl_trains_dpo_through_the_cli(tmp_path):
     train = write_jsonl(tmp_path / "train.jsonl", [PREFERENCE_LAYOUTS["explicit, conversational"]] * 4)
     assert len(_fit("configs/objectives/dpo.yaml", train, tmp_path)) == 2
+
+
+def test_unpaired_preference_rows_load_and_tokenize_with_their_label(tmp_path, tokenizer):
+    sky = [{"role": U, "content": "Sky?"}]
+    rows = [{"prompt": sky, "completion": [{"role": A, "content": "Blue."}], "label": True},
+            {"prompt": sky, "completion": [{"role": A, "content": "Green."}], "label": False}]  # fmt: skip
+    dm = setup(UnpairedPreferenceData(train=write_jsonl(tmp_path / "u.jsonl", rows)), tokenizer)
+    assert [trained_runs(tokenizer, ex) for ex in dm.data["train"]] == [["Blue.</s>"], ["Green.</s>"]]
+    batch = dm.collate(dm.data["train"])
+    assert batch["label"].tolist() == [True, False] and batch["input_ids"].shape[0] == 2
+    bad = write_jsonl(tmp_path / "b.jsonl", [{"prompt": "Sky?", "completion": "Blue.", "label": "yes"}])
+    with pytest.raises(DataError, match=r"row 1: field 'label' \(column 'label'\) is str, expected bool"):
+        setup(UnpairedPreferenceData(train=bad), tokenizer)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("method", "fragment"),
+    [("sft", "chat_jsonl"), ("dpo", "preference_jsonl"), ("ttrl", "prompts_jsonl")],
+)
+def test_the_shipped_user_data_fragments_train(method, fragment, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)  # the fragments name examples/data/*.jsonl relative to the checkout, as README runs them
+    main(["fit", "--config", f"configs/objectives/{method}.yaml", "--config", f"configs/data/{fragment}.yaml", *MICRO,
+          "--validate_around_fit=false", "--trainer.max_steps=2", "--trainer.log_every_n_steps=1",
+          "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
+    (run,) = (tmp_path / "runs").glob("*/version_0")
+    assert len([r for r in read_metrics(run) if r.get("train/loss")]) == 2

@@ -138,6 +138,21 @@ def test_two_lora_steps_through_the_cli(method, tmp_path, monkeypatch, smollm2_d
     _stepped(fit(tmp_path, monkeypatch, config, *overrides), lora=True)
 
 
+USER_DATA = {"sft": "chat", "dpo": "preference", "ttrl": "prompts"}  # configs/data/<name>_jsonl.yaml
+
+
+@pytest.mark.parametrize("method", sorted(USER_DATA))
+def test_a_users_jsonl_in_trls_layout_trains_the_real_model(method, tmp_path, monkeypatch, smollm2_dir):
+    """Multi-turn conversations (every assistant turn), conversational preference pairs and prompt-only rows."""
+    name = USER_DATA[method]
+    group = ["--model.init_args.num_votes=4", "--model.init_args.num_generations=2",
+             "--model.init_args.max_completion_length=8"] if method == "ttrl" else []  # fmt: skip
+    data = ["--config", str(ROOT / f"configs/data/{name}_jsonl.yaml"),
+            f"--data.init_args.train={ROOT}/examples/data/{name}.jsonl"]  # fmt: skip
+    cli = fit(tmp_path, monkeypatch, f"configs/objectives/{method}.yaml", *data, *group)
+    _stepped(cli, lora=True)
+
+
 @pytest.mark.parametrize("method", ["sft", "ttrl", "dpo"])  # dpo: the frozen reference copy, precomputed
 def test_two_full_fine_tuning_steps_through_the_cli(method, tmp_path, monkeypatch, smollm2_dir):
     config, overrides = FITS[method]
