@@ -1,6 +1,6 @@
 """Every documented command runs: each ``ltune ...`` line of a config's header comment and of README.md's ```bash
 blocks is executed, in the order written (``\\`` continuations joined, ``cmd1 && cmd2`` chains in sequence), from a
-clean working directory holding only ``configs/`` (one folder per config header, one for the README).
+clean working directory holding only ``configs/`` and ``examples/`` (one folder per config header, one for the README).
 
 A command runs for real when it can offline on CPU: its merged config is its own ``--print_config`` output, shrunk
 generically (:func:`shrink`: few steps, few rows, the micro ``tiny`` shape, 1-2 rounds; loggers and exports kept, so
@@ -293,5 +293,6 @@ def test_a_printed_config_keeps_its_sources(tmp_path, monkeypatch):
 def test_documented_commands_run(source, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "configs").symlink_to(ROOT / "configs")
+    (tmp_path / "examples").symlink_to(ROOT / "examples")  # the shipped example data configs/data/ names
     for step, argv in enumerate(ltune_commands(source)):
         print(f"ltune {shlex.join(argv)}: {execute(source, argv, step)}")  # shown with a failure: what ran before

@@ -244,20 +244,24 @@ class LTuneData(L.LightningDataModule):
 
     def _encode_all(self, split: str, rows: list[dict], fn: Callable[[dict], dict]) -> list[dict]:
         self._truncated, skipped, out = 0, 0, []
-        for row in rows:
+        for i, row in enumerate(rows, start=1):
             try:
                 out.append(fn(row))
             except Overlong:
                 skipped += 1
+            except DataError as e:  # a row the template cannot render as asked: name it
+                where = as_source(self.sources[split]).name if self.sources.get(split) is not None else split
+                raise DataError(f"{where}: row {i}: {e}") from None
         self.stats[split] = {"rows": len(rows), "kept": len(out), "skipped": skipped, "truncated": self._truncated}
         if skipped or self._truncated:
             log.warning(
-                "%s: %d of %d rows exceed max_length=%d: %d prompts truncated on the left, %d rows skipped",
+                "%s: %d of %d rows exceed max_length=%d: %d truncated (overlong=%s), %d rows skipped",
                 split,
                 skipped + self._truncated,
                 len(rows),
                 self.max_length,
                 self._truncated,
+                self.overlong,
                 skipped,
             )
         if not rows:

@@ -164,3 +164,17 @@ def test_the_shipped_user_data_fragments_train(method, fragment, tmp_path, monke
           "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
     (run,) = (tmp_path / "runs").glob("*/version_0")
     assert len([r for r in read_metrics(run) if r.get("train/loss")]) == 2
+
+
+def test_a_template_that_rewrites_earlier_turns_stops_naming_the_row(tmp_path, tokenizer):
+    # like templates that drop past reasoning: an earlier assistant turn renders differently once a later one follows
+    rewriting = (
+        "{% for m in messages %}{% if m['role'] == 'user' %}Q: {{ m['content'] }}\n"
+        "{% elif loop.last %}A: {{ m['content'] }}{{ eos_token }}\n{% else %}A: [...]{{ eos_token }}\n{% endif %}"
+        "{% endfor %}{% if add_generation_prompt %}A: {% endif %}"
+    )
+    tokenizer.chat_template = rewriting
+    row, _ = SFT_LAYOUTS["conversational"]
+    path = write_jsonl(tmp_path / "r.jsonl", [row])
+    with pytest.raises(DataError, match=r"r\.jsonl: row 1: the chat template does not render turn 1 \(assistant\)"):
+        setup(InstructionData(train=path), tokenizer)
