@@ -45,6 +45,17 @@ def _seed():
     os.environ.pop("PL_GLOBAL_SEED", None)
 
 
+def trained_runs(tok, ex: dict) -> list[str]:
+    """The decoded runs of consecutive trained tokens (labels other than -100) of one encoded row."""
+    runs, run = [], []
+    for t, lab in zip(ex["input_ids"], ex["labels"]):
+        if lab != -100:
+            run.append(t)
+        elif run:
+            runs, run = [*runs, tok.decode(run)], []
+    return runs + ([tok.decode(run)] if run else [])
+
+
 def write_jsonl(path, rows) -> str:
     with open(path, "w") as f:
         for r in rows:

@@ -4,11 +4,7 @@ A format subclass declares its fields and turns a validated row into sequences (
 sources, column mapping, validation errors that name the source, row and field, the length policy, samplers that
 resume mid-epoch and shard across ranks, and padding.
 
-Length policy (``overlong``): with ``"truncate_prompt"`` a row longer than ``max_length`` tokens loses tokens from
-the left of its prompt (a conversation: from the left of the turns after its system message, which stays); a row
-whose completion alone does not fit is skipped. With ``"keep_start"`` a conversation or text row loses its end.
-With ``"skip"`` every over-long row is skipped. A row left with no trained token is skipped. Truncated and skipped
-rows are counted and logged per split.
+The length policy (``overlong``) is :mod:`ltune.datamodules.length`.
 """
 
 from __future__ import annotations
@@ -23,15 +19,12 @@ from torch.utils.data import DataLoader
 
 from ltune.datamodules.batching import ResumableLoader, ResumableSampler, Shard, pad_left, pad_right
 from ltune.datamodules.chat import LossOn, encode_conversation, render
+from ltune.datamodules.length import Overlong, Policy, cut_prompt, cut_sequence
 from ltune.datamodules.sources import DataError, SourceLike, as_source
 from ltune.kernels import IGNORE_INDEX
 from ltune.seeding import run_seed
 
 log = logging.getLogger(__name__)
-
-
-class Overlong(Exception):
-    """Raised by ``encode`` for a row that the length policy skips."""
 
 
 class LTuneData(L.LightningDataModule):
@@ -65,7 +58,7 @@ class LTuneData(L.LightningDataModule):
         template: Literal["chat", "plain"] = "chat",
         system: str | None = None,
         max_length: int = 1024,
-        overlong: Literal["truncate_prompt", "keep_start", "skip"] = "truncate_prompt",
+        overlong: Policy = "truncate_prompt",
         batch_size: int = 8,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
@@ -82,6 +75,7 @@ class LTuneData(L.LightningDataModule):
         self.default_system: str | None = None  # the backbone's prompt style, taken with the tokenizer
         self.data: dict[str, list[dict]] = {}
         self.stats: dict[str, dict[str, int]] = {}
+        self._truncated = 0  # rows the length policy cut, counted per split by _encode_all
 
     # ---- loading and validation -------------------------------------------------------------------------------
     def load_rows(
@@ -168,12 +162,9 @@ class LTuneData(L.LightningDataModule):
     def encode_pair(self, prompt: str | list[dict], completion: str) -> dict[str, list[int]]:
         """Token ids and labels (``-100`` on the prompt) of one prompt/completion, after the length policy."""
         ptext, ctext = self.render(prompt, completion)
-        p, c = self.tokens(ptext), self.tokens(ctext)
-        if len(p) + len(c) > self.max_length:
-            if self.overlong == "skip" or len(c) >= self.max_length:
-                raise Overlong
-            p = p[len(p) + len(c) - self.max_length :]
-            self._truncated += 1
+        c = self.tokens(ctext)
+        p, cut = cut_prompt(self.tokens(ptext), len(c), self.max_length, self.overlong)
+        self._truncated += cut
         return {"input_ids": p + c, "labels": [IGNORE_INDEX] * len(p) + c}
 
     def encode_chat(
@@ -191,22 +182,9 @@ class LTuneData(L.LightningDataModule):
     def fit_length(
         self, ids: list[int], labels: list[int], keep: Callable[[], int] = lambda: 0
     ) -> dict[str, list[int]]:
-        """``ids``/``labels`` within ``max_length`` by the length policy (``keep()``: leading tokens never cut);
-        raises ``Overlong`` for a row to skip."""
-        excess = len(ids) - self.max_length
-        if excess > 0:
-            if self.overlong == "skip":
-                raise Overlong
-            if self.overlong == "keep_start":
-                ids, labels = ids[: self.max_length], labels[: self.max_length]
-            else:
-                k = keep()
-                if k + excess >= len(ids):
-                    raise Overlong
-                ids, labels = ids[:k] + ids[k + excess :], labels[:k] + labels[k + excess :]
-            if all(t == IGNORE_INDEX for t in labels):
-                raise Overlong
-            self._truncated += 1
+        """``ids``/``labels`` within ``max_length`` by the length policy (``keep()``: leading tokens never cut)."""
+        ids, labels, cut = cut_sequence(ids, labels, self.max_length, self.overlong, keep)
+        self._truncated += cut
         return {"input_ids": ids, "labels": labels}
 
     def encode_prompt(self, prompt: str | list[dict]) -> list[int]:

@@ -93,10 +93,8 @@ class InstructionData(LTuneData):
             return self.fit_length(ids, list(ids))
         prompt, completion = row["prompt"], completion_of(row)
         if isinstance(prompt, str) and isinstance(completion, str):
-            if self.loss_on == "all":
-                pair = self.encode_pair(with_input(prompt, row), completion)
-                return {**pair, "labels": list(pair["input_ids"])}
-            return self.encode_pair(with_input(prompt, row), completion)
+            pair = self.encode_pair(with_input(prompt, row), completion)
+            return {**pair, "labels": list(pair["input_ids"])} if self.loss_on == "all" else pair
         msgs = self.messages(prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}])
         reply = completion if isinstance(completion, list) else [{"role": "assistant", "content": completion}]
         return self.encode_chat(msgs + reply, loss_on=self.loss_on, tools=tools, first_trained=len(msgs))

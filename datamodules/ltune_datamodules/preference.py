@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ltune.datamodules.base import LTuneData, Overlong
+from ltune.datamodules.base import LTuneData
 from ltune.datamodules.batching import pad_right
 from ltune.datamodules.chat import chat_messages
+from ltune.datamodules.length import cut_prompt
 from ltune.datamodules.sources import DataError
 from ltune.kernels import IGNORE_INDEX
 
@@ -75,13 +76,9 @@ class PreferenceData(LTuneData):
         prompt = row["prompt"]
         ptext, ctext = self.render(prompt, row["chosen"])
         _, rtext = self.render(prompt, row["rejected"])
-        p, c, r = self.tokens(ptext), self.tokens(ctext), self.tokens(rtext)
-        longest = max(len(c), len(r))
-        if len(p) + longest > self.max_length:
-            if self.overlong == "skip" or longest >= self.max_length:
-                raise Overlong
-            p = p[len(p) + longest - self.max_length :]
-            self._truncated += 1
+        c, r = self.tokens(ctext), self.tokens(rtext)
+        p, cut = cut_prompt(self.tokens(ptext), max(len(c), len(r)), self.max_length, self.overlong)
+        self._truncated += cut
         return {
             "input_ids": (p + c, p + r),
             "labels": ([IGNORE_INDEX] * len(p) + c, [IGNORE_INDEX] * len(p) + r),

@@ -7,7 +7,7 @@ import pytest
 
 from ltune.datamodules import CritiqueData, DataError, EmbeddedTasks, InstructionData, PromptData
 from ltune.datamodules.batching import ResumableSampler, Shard
-from tests.conftest import write_jsonl
+from tests.conftest import trained_runs, write_jsonl
 
 ROWS = [{"instruction": "What is 2+2?", "output": "2+2=4. The answer is 4."}, {"instruction": "Hi", "output": "Hello"}]
 
@@ -88,13 +88,7 @@ def test_messages_train_every_assistant_turn_by_default_or_the_last_or_all(tmp_p
         ex = _setup(InstructionData(train=path, **kwargs), tokenizer).data["train"][0]
         # the sequence is the whole render, the template's newline after the last turn included
         assert tokenizer.decode(ex["input_ids"]) == "Q: a\nA: b</s>\nQ: c\nA: dd</s>\n"
-        runs, run = [], []
-        for t, lab in zip(ex["input_ids"], ex["labels"]):
-            if lab != -100:
-                run.append(t)
-            elif run:
-                runs, run = [*runs, tokenizer.decode(run)], []
-        return runs + ([tokenizer.decode(run)] if run else [])
+        return trained_runs(tokenizer, ex)
 
     assert trained() == ["b</s>", "dd</s>"]  # every assistant reply and its end-of-turn token, no template glue
     assert trained(loss_on="last_assistant") == ["dd</s>"]

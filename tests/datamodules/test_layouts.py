@@ -9,7 +9,7 @@ from ltune.cli import main
 from ltune.datamodules import InstructionData, PreferenceData, UnpairedPreferenceData
 from ltune.datamodules.sources import DataError
 from ltune.kernels import IGNORE_INDEX as IGNORE
-from tests.conftest import MICRO, ROOT, read_metrics, write_jsonl
+from tests.conftest import MICRO, ROOT, read_metrics, trained_runs, write_jsonl
 
 U, A = "user", "assistant"
 SFT_LAYOUTS = {
@@ -31,17 +31,6 @@ SFT_LAYOUTS = {
     ),
     "prompt-response (ltune's older name)": ({"prompt": "2+2?", "response": "4"}, ["4</s>"]),
 }  # fmt: skip
-
-
-def trained_runs(tok, ex: dict) -> list[str]:
-    """The decoded runs of consecutive trained tokens."""
-    runs, run = [], []
-    for t, lab in zip(ex["input_ids"], ex["labels"]):
-        if lab != IGNORE:
-            run.append(t)
-        elif run:
-            runs, run = [*runs, tok.decode(run)], []
-    return runs + ([tok.decode(run)] if run else [])
 
 
 def setup(dm, tokenizer):

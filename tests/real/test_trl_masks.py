@@ -18,7 +18,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from ltune.datamodules import InstructionData
 from ltune.kernels import IGNORE_INDEX as IGNORE
-from tests.conftest import write_jsonl
+from tests.conftest import trained_runs, write_jsonl
 
 pytestmark = pytest.mark.real
 trl = pytest.importorskip("trl")
@@ -116,14 +116,7 @@ def test_smollm2_template_multi_turn_against_a_hand_annotated_row(smollm2, tmp_p
     """SmolLM2's template has no generation markers and TRL has no training template for it."""
     enc = ltune_rows(smollm2.tokenizer, CONVERSATIONS[:1], tmp_path)[0]
     tok = smollm2.tokenizer
-    trained, run = [], []
-    for t, lab in zip(enc["input_ids"], enc["labels"]):
-        if lab != IGNORE:
-            run.append(t)
-        elif run:
-            trained, run = [*trained, tok.decode(run)], []
-    trained += [tok.decode(run)] if run else []
-    assert trained == ["3<|im_end|>", "The answer is 6.<|im_end|>"]
+    assert trained_runs(tok, enc) == ["3<|im_end|>", "The answer is 6.<|im_end|>"]
     assert tok.decode(enc["input_ids"]) == (
         "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
         "<|im_start|>user\nWhat is 1+2?<|im_end|>\n<|im_start|>assistant\n3<|im_end|>\n"
