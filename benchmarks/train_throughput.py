@@ -27,7 +27,7 @@ attention scores left out, small at these lengths) at the machine's measured flo
 (loss included), backward, optimizer, and the rest of the step (data, framework).
 
 ORPO/DPO pairs: ltune runs each pair's chosen and rejected rows as one sequence around their shared prefix (its
-default, ``ltune.shared_prefix``; ``--no-share-prompt`` turns it off). Tokens/s still counts the pairs' tokens as TRL's
+default, ``ltune.packing``; ``--no-share-prompt`` turns it off). Tokens/s still counts the pairs' tokens as TRL's
 side does (the same work), not the fewer tokens ltune's decoder runs, and so does the "of peak" share.
 """
 

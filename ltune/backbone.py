@@ -245,7 +245,7 @@ def hidden_states(
     model: nn.Module, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor | None = None
 ) -> Tensor:
     """Final (normed) hidden states ``[B, T, H]`` of the decoder, without computing the logits. ``attention_mask``
-    is ``[B, T]`` or a custom ``[B, 1, T, T]`` mask (with its ``position_ids``; see :mod:`ltune.shared_prefix`)."""
+    is ``[B, T]`` or a custom ``[B, 1, T, T]`` mask (with its ``position_ids``; see :mod:`ltune.packing`)."""
     kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
     if getattr(unwrap(model), "_is_fsdp_managed_module", False):  # FSDP2 gathers the root's weights in its forward
         return model(**kwargs, output_hidden_states=True, logits_to_keep=1).hidden_states[-1]  # head on 1 position
@@ -284,7 +284,7 @@ def completion_logprobs(
         with_entropy: Also return the per-token entropy (detached).
         with_argmax: Also return whether the argmax token equals the label.
         hidden: The ``[B, T, H]`` final hidden states if already computed (e.g. by
-            :func:`ltune.shared_prefix.shared_prefix_hidden`); ``input_ids`` and ``attention_mask`` are then unused.
+            :func:`ltune.packing.shared_prefix_hidden`); ``input_ids`` and ``attention_mask`` are then unused.
     """
     hidden = (hidden_states(model, input_ids, attention_mask) if hidden is None else hidden)[:, :-1]
     head = unwrap(model).get_output_embeddings()

@@ -35,7 +35,7 @@ def layer_of_module(name: str) -> str | None:
         return "io"
     if parts[1] == "errors":  # the CLI's one-line error reports
         return "cli"
-    if parts[1] in ("backbone", "presets", "shared_prefix", "export"):
+    if parts[1] in ("backbone", "presets", "packing", "export"):
         return "backbone"
     if parts[1] in CORE:
         return "core"

@@ -4,7 +4,8 @@ A format subclass declares its fields and turns a validated row into sequences (
 sources, column mapping, validation errors that name the source, row and field, the length policy, samplers that
 resume mid-epoch and shard across ranks, and padding.
 
-The length policy (``overlong``) is :mod:`ltune.datamodules.length`.
+Rendering and tokenization are :mod:`ltune.datamodules.encoding`; the length policy (``overlong``) is
+:mod:`ltune.datamodules.length`.
 """
 
 from __future__ import annotations
@@ -14,12 +15,11 @@ from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Literal
 
 import lightning as L
-import torch
 from torch.utils.data import DataLoader
 
 from ltune.datamodules.batching import ResumableLoader, ResumableSampler, Shard, pad_left, pad_right
-from ltune.datamodules.chat import LossOn, encode_conversation, render
-from ltune.datamodules.length import Overlong, Policy, cut_prompt, cut_sequence
+from ltune.datamodules.encoding import Encoding
+from ltune.datamodules.length import Overlong, Policy
 from ltune.datamodules.sources import DataError, SourceLike, as_source
 from ltune.kernels import IGNORE_INDEX
 from ltune.seeding import run_seed
@@ -27,7 +27,7 @@ from ltune.seeding import run_seed
 log = logging.getLogger(__name__)
 
 
-class LTuneData(L.LightningDataModule):
+class LTuneData(Encoding, L.LightningDataModule):
     """Base DataModule. Subclasses set ``fields``/``optional`` and implement ``encode``.
 
     Args:
@@ -35,7 +35,10 @@ class LTuneData(L.LightningDataModule):
         val: Validation rows in the same format (validation loss and format metrics).
         eval_prompts: Prompt/answer rows scored by greedy generation and exact match of the final answer.
         columns: Maps this format's field names onto your column names, e.g. ``{"prompt": "instruction"}``.
-        template: ``"chat"`` renders through the tokenizer's chat template (plain when it has none).
+        template: How string rows become text. ``"chat"``: the model's chat template, the prompt as a user turn
+            (plain when the tokenizer has none); ``"raw"``: as TRL tokenizes string rows, the prompt and the
+            completion joined as they are (EOS appended, the tokenizer's own special tokens, no system message);
+            ``"plain"``: each prompt message's text on its own line. Message rows always use the chat template.
         system: Optional system message put before every prompt (default: the backbone's ``system_prompt``).
         max_length: Longest sequence in tokens.
         overlong: Length policy: ``"truncate_prompt"`` (keep the end, cutting from the left after the system
@@ -48,6 +51,7 @@ class LTuneData(L.LightningDataModule):
 
     fields: ClassVar[dict[str, type | tuple[type, ...]]] = {}
     optional: ClassVar[dict[str, type | tuple[type, ...]]] = {}
+    keep_columns: ClassVar[bool] = False  # keep a row's undeclared columns as row["columns"]
 
     def __init__(
         self,
@@ -55,7 +59,7 @@ class LTuneData(L.LightningDataModule):
         val: SourceLike | None = None,
         eval_prompts: SourceLike | None = None,
         columns: dict[str, str] | None = None,
-        template: Literal["chat", "plain"] = "chat",
+        template: Literal["chat", "raw", "plain"] = "chat",
         system: str | None = None,
         max_length: int = 1024,
         overlong: Policy = "truncate_prompt",
@@ -100,6 +104,9 @@ class LTuneData(L.LightningDataModule):
 
     def _validate(self, raw: dict, fields: dict, optional: dict) -> tuple[dict, str | None]:
         row = {}
+        if self.keep_columns:  # the row's other columns, by their own names (reward functions read them)
+            used = {self.columns.get(f, f) for f in (*fields, *optional)}
+            row["columns"] = {k: v for k, v in raw.items() if k not in used}
         for name, kind in [*((f, t) for f, t in fields.items()), *((f, t) for f, t in optional.items())]:
             col = self.columns.get(name, name)
             value = raw.get(col)
@@ -119,15 +126,7 @@ class LTuneData(L.LightningDataModule):
         """Format-specific validation of a row; return an error message (without the row prefix) or ``None``."""
         return None
 
-    # ---- rendering and tokenization ---------------------------------------------------------------------------
-    def messages(self, prompt: str | list[dict]) -> list[dict]:
-        """Chat messages of a prompt: a string becomes one user turn (after the optional system message)."""
-        msgs = list(prompt) if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
-        system = self.system_message()
-        if system and not any(m["role"] == "system" for m in msgs):
-            msgs.insert(0, {"role": "system", "content": system})
-        return msgs
-
+    # ---- the model side ---------------------------------------------------------------------------------------
     def adopt(self, lm: Any) -> None:
         """Take the tokenizer and the backbone's prompt style (``system_prompt``) from the LightningModule that trains
         on this data: the one link from the model side to the data side (a DataModule used alone gets ``tokenizer``
@@ -140,62 +139,6 @@ class LTuneData(L.LightningDataModule):
     def system_message(self) -> str | None:
         """The system message prompts are rendered with: this data's ``system``, else the backbone's prompt style."""
         return self.system or self.default_system
-
-    def render(self, prompt: str | list[dict], completion: str | None = None) -> tuple[str, str | None]:
-        """Prompt text (ending where the model starts to answer) and completion text (ending with the stop token)."""
-        tok = self.tokenizer
-        msgs = self.messages(prompt)
-        if self.template == "chat" and tok.chat_template:
-            ptext = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-            if completion is None:
-                return ptext, None
-            full = tok.apply_chat_template([*msgs, {"role": "assistant", "content": completion}], tokenize=False)
-            if not full.startswith(ptext):
-                raise DataError("the chat template does not render the prompt as a prefix of the conversation")
-            return ptext, full[len(ptext) :].rstrip("\n")
-        ptext = "".join(f"{m['content']}\n" for m in msgs)
-        return ptext, None if completion is None else completion + (tok.eos_token or "")
-
-    def tokens(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-
-    def encode_pair(self, prompt: str | list[dict], completion: str) -> dict[str, list[int]]:
-        """Token ids and labels (``-100`` on the prompt) of one prompt/completion, after the length policy."""
-        ptext, ctext = self.render(prompt, completion)
-        c = self.tokens(ctext)
-        p, cut = cut_prompt(self.tokens(ptext), len(c), self.max_length, self.overlong)
-        self._truncated += cut
-        return {"input_ids": p + c, "labels": [IGNORE_INDEX] * len(p) + c}
-
-    def encode_chat(
-        self, messages: list[dict], loss_on: LossOn = "assistant", tools: list | None = None, first_trained: int = 0
-    ) -> dict[str, list[int]]:
-        """Token ids and labels of a whole conversation (:func:`ltune.datamodules.chat.encode_conversation`), after
-        the length policy; a leading system message is never cut."""
-        if not self.tokenizer.chat_template:
-            raise DataError("conversation rows need a tokenizer with a chat template")
-        enc = encode_conversation(self.tokenizer, messages, loss_on, tools, first_trained)
-        system = messages[:1] if messages[0]["role"] == "system" else []
-        keep = (lambda: len(self.tokens(render(self.tokenizer, system, tools=tools)))) if system else (lambda: 0)
-        return self.fit_length(enc["input_ids"], enc["labels"], keep)
-
-    def fit_length(
-        self, ids: list[int], labels: list[int], keep: Callable[[], int] = lambda: 0
-    ) -> dict[str, list[int]]:
-        """``ids``/``labels`` within ``max_length`` by the length policy (``keep()``: leading tokens never cut)."""
-        ids, labels, cut = cut_sequence(ids, labels, self.max_length, self.overlong, keep)
-        self._truncated += cut
-        return {"input_ids": ids, "labels": labels}
-
-    def encode_prompt(self, prompt: str | list[dict]) -> list[int]:
-        """Token ids of a prompt for generation (left-truncated to ``max_length``)."""
-        ids = self.tokens(self.render(prompt)[0])
-        return ids[-self.max_length :]
-
-    def prompt_batch(self, prompts: Sequence[str | list[dict]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Left-padded ``[B, P]`` ids and attention mask of prompts rendered as training renders them (for generation
-        by a callback: ReST-EM's samples, Lion's student answers, MoDS's necessity answers)."""
-        return pad_left([self.encode_prompt(p) for p in prompts], self.tokenizer.pad_token_id)
 
     def encode(self, row: dict) -> dict[str, Any]:
         """Turn a validated row into model inputs. Implemented by each format."""

@@ -18,7 +18,8 @@ class InstructionData(LTuneData):
       ShareGPT ``conversations`` (``{from, value}`` messages, roles ``human``/``gpt``: mapped by ``message_keys``
       and ``roles``, ShareGPT's by default): by default every assistant turn is trained (``loss_on``);
     * prompt-completion: ``prompt`` + ``completion`` (or ``response``), strings or message lists; the completion
-      is trained. String rows are wrapped in the model's chat template (the prompt as a user turn);
+      is trained. String rows are wrapped in the model's chat template (the prompt as a user turn), or with
+      ``template: raw`` joined and tokenized as TRL does;
     * language modelling: ``text``, every token trained, tokenized raw with the EOS appended (no template).
 
     An optional ``input`` is appended to a string prompt after a blank line (Alpaca: ``columns: {prompt:
@@ -89,7 +90,8 @@ class InstructionData(LTuneData):
         if "messages" in row:
             return self.encode_chat(self.messages(row["messages"]), loss_on=self.loss_on, tools=tools)
         if "prompt" not in row:  # language modelling
-            ids = self.tokenizer(row["text"] + (self.tokenizer.eos_token or ""))["input_ids"]
+            eos = self.tokenizer.eos_token or ""
+            ids = self.tokenizer(row["text"] + ("" if row["text"].endswith(eos) else eos))["input_ids"]
             return self.fit_length(ids, list(ids))
         prompt, completion = row["prompt"], completion_of(row)
         if isinstance(prompt, str) and isinstance(completion, str):
@@ -155,17 +157,28 @@ class CritiqueData(LTuneData):
 
 
 class PromptData(LTuneData):
-    """Prompts with an optional reference ``answer`` (RL rollouts and evaluation). Batches carry left-padded
-    ``prompt_ids``/``prompt_mask``, the answers (``None`` when absent) and categories. Constructor arguments are
-    those of :class:`LTuneData`.
+    """Prompt-only rows (TRL's layout for GRPO-family objectives, and evaluation): a ``prompt``, a string or messages,
+    with an optional reference ``answer``. Batches carry left-padded ``prompt_ids``/``prompt_mask``, the answers
+    (``None`` when absent), categories, and ``columns``: each row's other columns by name (for reward functions, as
+    TRL passes them). Constructor arguments are those of :class:`LTuneData`.
     """
 
     fields = {"prompt": (str, list)}
     optional = {"answer": str, "category": str}
+    keep_columns = True
+
+    def check(self, row: dict) -> str | None:
+        if isinstance(row["prompt"], list):
+            try:
+                row["prompt"] = chat_messages(row["prompt"])
+            except ValueError as e:
+                return f"field 'prompt' {e}"
+        return None
 
     def encode(self, row: dict) -> dict[str, Any]:
         return {
             "prompt_ids": self.encode_prompt(row["prompt"]),
             "answer": row.get("answer"),
             "category": row.get("category", "all"),
+            "columns": row.get("columns", {}),
         }

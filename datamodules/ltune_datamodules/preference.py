@@ -76,8 +76,8 @@ class PreferenceData(LTuneData):
         prompt = row["prompt"]
         ptext, ctext = self.render(prompt, row["chosen"])
         _, rtext = self.render(prompt, row["rejected"])
-        c, r = self.tokens(ctext), self.tokens(rtext)
-        p, cut = cut_prompt(self.tokens(ptext), max(len(c), len(r)), self.max_length, self.overlong)
+        p, (c, r) = self.split_tokens(prompt, ptext, [ctext, rtext])
+        p, cut = cut_prompt(p, max(len(c), len(r)), self.max_length, self.overlong)
         self._truncated += cut
         return {
             "input_ids": (p + c, p + r),

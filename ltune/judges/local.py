@@ -12,12 +12,12 @@ from ltune.backbone import Backbone
 from ltune.generation import HFSampler, decode, terminated
 from ltune.judges.base import COT_REQUEST, ENDING, PREAMBLE, RATING_PREAMBLE, PairJudge
 from ltune.kernels import IGNORE_INDEX
-from ltune.shared_prefix import consecutive_groups, grouped_logprobs
+from ltune.packing import consecutive_groups, grouped_logprobs
 
 
 def _next_token_logprobs(model, tokenizer, contexts: list[str], options: list[str]) -> Tensor:
     """``[N, K]`` log P(option_k | context_n), summed over the option's tokens (one batched forward; a context's K
-    rows share it as a prefix, so it runs once for all K options: :mod:`ltune.shared_prefix`)."""
+    rows share it as a prefix, so it runs once for all K options: :mod:`ltune.packing`)."""
     ids, labels = [], []
     for ctx in contexts:
         c = tokenizer(ctx, add_special_tokens=False)["input_ids"]

@@ -23,8 +23,8 @@ from ltune.losses.grpo import (
     rloo_advantages,
 )
 from ltune.objectives.base import Objective
+from ltune.packing import consecutive_groups, grouped_logprobs
 from ltune.rewards import verifier_reward
-from ltune.shared_prefix import consecutive_groups, grouped_logprobs
 
 
 class GRPO(Objective):
@@ -73,7 +73,7 @@ class GRPO(Objective):
         advantage_estimator: ``grpo`` (group-normalised, ``scale_rewards``) or ``rloo`` (leave-one-out baseline).
         normalize_advantages: With ``rloo``, standardise the advantages over the batch (TRL's RLOO option).
         share_prompt: Score each prompt's completions as one sequence around the prompt they share (exact, fewer
-            tokens through the decoder: :mod:`ltune.shared_prefix`); False scores the ``B x G`` rows as they are.
+            tokens through the decoder: :mod:`ltune.packing`); False scores the ``B x G`` rows as they are.
         **kwargs: Arguments of :class:`~ltune.objectives.base.Objective` (backbone, optimizer, scheduler, ...).
     """
 

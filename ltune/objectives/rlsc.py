@@ -11,8 +11,8 @@ from torch import Tensor
 from ltune.generation import HFSampler, Sampler, decode, sample_groups, training_inputs
 from ltune.losses.rlsc import rlsc_loss
 from ltune.objectives.base import Objective
+from ltune.packing import consecutive_groups, grouped_logprobs
 from ltune.rewards import answer_groups, is_equivalent, majority_vote
-from ltune.shared_prefix import consecutive_groups, grouped_logprobs
 
 
 class RLSC(Objective):
@@ -38,7 +38,7 @@ class RLSC(Objective):
             prompt (a random permutation within every group), so the steps, samples and weights are RLSC's but the
             weight no longer says which answer the model is sure of.
         share_prompt: Score each prompt's samples as one sequence around the prompt they share (exact, fewer tokens
-            through the decoder: :mod:`ltune.shared_prefix`); False scores the rows as they are.
+            through the decoder: :mod:`ltune.packing`); False scores the rows as they are.
         **kwargs: Arguments of :class:`~ltune.objectives.base.Objective` (backbone, optimizer, scheduler, ...).
     """
 

@@ -10,7 +10,7 @@ from torchmetrics import MeanMetric, SumMetric
 from ltune.kernels import IGNORE_INDEX
 from ltune.losses.sft import sft_loss
 from ltune.objectives.base import Objective
-from ltune.shared_prefix import consecutive_groups, grouped_logprobs
+from ltune.packing import grouped_logprobs, row_groups
 
 
 class SFT(Objective):
@@ -23,22 +23,22 @@ class SFT(Objective):
     Args:
         share_prefix_rows: Run this many consecutive rows as one sequence around their common prefix (the chat
             template and system prompt every row repeats): exact, packed only when it saves at least 10% of the
-            forward's FLOPs (:mod:`ltune.shared_prefix`); 1 runs the rows as they are.
+            forward's FLOPs (:mod:`ltune.packing`); 1 runs the rows as they are.
         **kwargs: Arguments of :class:`~ltune.objectives.base.Objective` (backbone, optimizer, scheduler, ...).
     """
 
-    def __init__(self, *args, share_prefix_rows: int = 4, **kwargs) -> None:
+    def __init__(self, *args, packing: bool = True, pack_length: int | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        if share_prefix_rows < 1:
-            raise ValueError(f"share_prefix_rows={share_prefix_rows} must be >= 1 (1 = no sharing)")
-        self.share_prefix_rows = share_prefix_rows
+        if pack_length is not None and pack_length < 1:
+            raise ValueError(f"pack_length={pack_length} must be >= 1 (or null: chosen per batch)")
+        self.packing, self.pack_length = packing, pack_length
         # token-weighted over the whole validation set, reduced exactly across DDP ranks
         self.val_loss, self.val_accuracy, self.val_tokens = MeanMetric(), MeanMetric(), SumMetric()
 
     def forward_loss(self, batch: dict):
-        ids, k = batch["input_ids"], self.share_prefix_rows
-        groups = consecutive_groups(len(ids), k, ids.device) if k > 1 and len(ids) > 1 else None
-        lp = grouped_logprobs(self.model, ids, batch["attention_mask"], batch["labels"], groups, with_argmax=True)
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        groups = row_groups(self.model, ids, mask, self.pack_length) if self.packing and len(ids) > 1 else None
+        lp = grouped_logprobs(self.model, ids, mask, batch["labels"], groups, with_argmax=True)
         return sft_loss(lp.logprobs, batch["labels"][:, 1:] != IGNORE_INDEX, lp.argmax_hit)
 
     def training_step(self, batch: dict, batch_idx: int):

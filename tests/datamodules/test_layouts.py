@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from ltune.cli import main
-from ltune.datamodules import InstructionData, PreferenceData, UnpairedPreferenceData
+from ltune.datamodules import InstructionData, PreferenceData, PromptData, UnpairedPreferenceData
 from ltune.datamodules.sources import DataError
 from ltune.kernels import IGNORE_INDEX as IGNORE
 from tests.conftest import MICRO, ROOT, read_metrics, trained_runs, write_jsonl
@@ -167,3 +167,39 @@ def test_a_template_that_rewrites_earlier_turns_stops_naming_the_row(tmp_path, t
     path = write_jsonl(tmp_path / "r.jsonl", [row])
     with pytest.raises(DataError, match=r"r\.jsonl: row 1: the chat template does not render turn 1 \(assistant\)"):
         setup(InstructionData(train=path), tokenizer)
+
+
+def test_prompt_only_rows_keep_their_other_columns_for_reward_functions(tmp_path, tokenizer):
+    """TRL's prompt-only layout, string or messages (a file holds one kind, as a dataset column has one type); the
+    row's other columns reach the batch by name, as TRL hands them to reward functions (a mapped column is the
+    field, not an extra)."""
+    strings = [{"question": "2+2?", "answer": "4", "difficulty": 1, "tags": ["add"]}]
+    messages = [{"question": [{"role": U, "content": "3+3?"}], "answer": "6", "difficulty": 2, "tags": []}]
+    batches = []
+    for name, rows in (("s", strings), ("m", messages)):
+        dm = setup(
+            PromptData(train=write_jsonl(tmp_path / f"{name}.jsonl", rows), columns={"prompt": "question"}), tokenizer
+        )
+        batches.append(dm.collate(dm.data["train"]))
+    assert [b["columns"] for b in batches] == [[{"difficulty": 1, "tags": ["add"]}], [{"difficulty": 2, "tags": []}]]
+    assert [b["answer"] for b in batches] == [["4"], ["6"]]
+    for b, q in zip(batches, ("2+2?", "3+3?")):
+        text = tokenizer.apply_chat_template([{"role": U, "content": q}], tokenize=False, add_generation_prompt=True)
+        assert tokenizer.decode(b["prompt_ids"][0][b["prompt_mask"][0].bool()]) == text
+    bad = write_jsonl(tmp_path / "b.jsonl", [{"prompt": [{"text": "3+3?"}]}])
+    with pytest.raises(DataError, match=r"b\.jsonl: row 1: field 'prompt' item 0 is not a \{role, content\} message"):
+        setup(PromptData(train=bad), tokenizer)
+
+
+def test_raw_string_rows_join_prompt_and_completion_as_trl_and_messages_keep_the_template(tmp_path, tokenizer):
+    string = {"prompt": "Q: 2+2? A:", "completion": " 4"}
+    chat = {"prompt": [{"role": U, "content": "2+2?"}], "completion": [{"role": A, "content": "4"}]}
+    encoded = []
+    for name, row in (("s", string), ("c", chat)):
+        dm = setup(InstructionData(train=write_jsonl(tmp_path / f"{name}.jsonl", [row]), template="raw"), tokenizer)
+        encoded += dm.data["train"]
+    raw, templated = encoded
+    assert raw["input_ids"] == tokenizer("Q: 2+2? A: 4</s>")["input_ids"]
+    assert trained_runs(tokenizer, raw) == [" 4</s>"] and trained_runs(tokenizer, templated) == ["4</s>"]
+    prompt = tokenizer.apply_chat_template(chat["prompt"], tokenize=False, add_generation_prompt=True)
+    assert tokenizer.decode(templated["input_ids"]).startswith(prompt)

@@ -254,7 +254,7 @@ def test_update_packs_each_prompts_samples_and_equals_the_plain_update(beta, mon
     """The update's policy (and reference) forward packs each prompt's G samples around their prompt (4D block mask)
     and gives the loss, metrics and gradients of ``share_prompt=False`` (float64, up to the float32 rounding of the
     norms) on the same samples and advantages."""
-    import ltune.shared_prefix as sp
+    import ltune.packing as sp
     from ltune.backbone import hidden_states
 
     masks = []

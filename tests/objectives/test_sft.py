@@ -62,19 +62,19 @@ def test_exact_match_from_greedy_generation_counts_correct_answers():
 
 
 def test_rows_sharing_a_system_prompt_pack_and_give_the_same_loss_and_gradients(monkeypatch):
-    """With a system prompt every row repeats, 4 rows run as one packed sequence (the forward gets the 4D block
-    mask) and the loss, token accuracy and every gradient equal the plain forward's (float64, up to the float32
-    rounding of the norms); with ``share_prefix_rows=1`` the rows run as they are."""
-    import ltune.shared_prefix as sp
+    """With a system prompt every row repeats, the 6 rows run as fewer packed sequences (the forward gets the 4D block
+    mask) and the loss, token accuracy, token count and every gradient equal the plain forward's (float64, up to the
+    float32 rounding of the norms); with ``packing=False`` the rows run as they are."""
+    import ltune.packing as sp
     from ltune.backbone import hidden_states
 
     masks = []
-    monkeypatch.setattr(sp, "hidden_states", lambda m, i, a, p=None: masks.append(a.dim()) or hidden_states(m, i, a, p))
+    monkeypatch.setattr(sp, "hidden_states", lambda m, i, a, p=None: masks.append(a.shape) or hidden_states(m, i, a, p))
     out = []
-    for k in (4, 1):
+    for packing in (True, False):
         torch.manual_seed(0)
         system = "You are a careful assistant. Solve the problem and end with the answer."
-        model = SFT(backbone=micro_backbone(system_prompt=system), share_prefix_rows=k)
+        model = SFT(backbone=micro_backbone(system_prompt=system), packing=packing)
         model.configure_model()
         model.double()
         dm = InstructionData(train=EmbeddedTasks(n=6), batch_size=6)
@@ -82,12 +82,12 @@ def test_rows_sharing_a_system_prompt_pack_and_give_the_same_loss_and_gradients(
         dm.setup("fit")
         loss, metrics = model.forward_loss(dm.collate(dm.data["train"]))
         loss.backward()
-        out.append((loss, metrics["token_accuracy"], [p.grad for p in model.model.parameters()]))
-    assert masks == [4]  # the 6 rows as groups of 4 and 2: one packed forward
-    (l4, a4, g4), (l1, a1, g1) = out
+        out.append((loss, metrics, [p.grad for p in model.model.parameters()]))
+    assert [len(m) for m in masks] == [4] and masks[0][0] < 6  # one packed forward, fewer sequences than rows
+    (l4, m4, g4), (l1, m1, g1) = out
     torch.testing.assert_close(l4, l1, rtol=1e-10, atol=1e-10)
-    assert a4 == a1
+    assert m4["token_accuracy"] == m1["token_accuracy"] and m4["tokens"] == m1["tokens"]
     for a, b in zip(g4, g1, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6 * b.abs().max().item())
-    with pytest.raises(ValueError, match="share_prefix_rows=0"):
-        SFT(share_prefix_rows=0)
+    with pytest.raises(ValueError, match="pack_length=0"):
+        SFT(pack_length=0)

@@ -166,8 +166,10 @@ class DEITA(Selection):
         fmt = self.renderer(tok)
 
         def encode(row: dict) -> list[int]:
-            ptext, ctext = fmt.render(*pair_text(row))
-            return (fmt.tokens(ptext) + fmt.tokens(ctext))[: fmt.max_length]  # DEITA keeps the start
+            prompt, completion = pair_text(row)
+            ptext, ctext = fmt.render(prompt, completion)
+            p, (c,) = fmt.split_tokens(prompt, ptext, [ctext])
+            return (p + c)[: fmt.max_length]  # DEITA keeps the start
 
         enc, _ = render_each(rows, names, encode, "embedding")
 

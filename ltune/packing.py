@@ -1,22 +1,27 @@
-"""One forward for rows that share a prefix (a preference pair's prompt, a GRPO group's prompt, the chat template and
-system prompt of SFT rows).
+"""Packing: several rows run as one sequence, exactly as if each ran alone. One mechanism for every objective:
+a preference pair's two rows (around their shared prompt), a prompt's sampled completions (GRPO, RLSC), and SFT rows
+(best-fit-decreasing into as few sequences as pay back, around the chat template and system prompt they share).
 
-A chosen and a rejected answer to one prompt repeat the prompt (~40 of ~56 tokens per row with SmolLM2's chat
-template), and often the answer's first tokens too. Causal attention makes the hidden state at position ``t`` depend
-only on tokens ``0..t``, so rows that agree up to ``t`` have the same hidden states there: each group of rows is
-packed into one sequence, ``[shared prefix][rest of row 1][rest of row 2]...``, where each rest attends to the
-prefix and to itself only (a block mask) and keeps its own position ids; the hidden states are then gathered back
-into the ``[N, T, H]`` layout of the unpacked batch. Exact (same math, same positions), with fewer tokens through
-the decoder; with dropout on, a shared token draws one dropout mask for all of its rows. Attention implementations
-that take an arbitrary mask (``sdpa``, ``eager``) pack; others fall back to the plain forward.
+Causal attention makes the hidden state at position ``t`` depend only on tokens ``0..t``, so rows that agree up to
+``t`` have the same hidden states there: each group of rows is packed into one sequence, ``[shared prefix][rest of
+row 1][rest of row 2]...``, where each rest attends to the prefix and to itself only (a block mask) and keeps its own
+position ids (they restart at the end of the prefix); the hidden states are then gathered back into the ``[N, T, H]``
+layout of the unpacked batch. Loss, token counts and gradients are those of the unpacked rows; fewer tokens go
+through the decoder (no padding, each shared prefix once). With dropout on, a shared token draws one dropout mask for
+all of its rows. Attention implementations that take an arbitrary mask (``sdpa``, ``eager``) pack; others fall back
+to the plain forward.
 
     index     0  1  2  3 | 4  5 | 6  7  8        packed row of a pair with a 4-token shared prefix
     segment   0  0  0  0 | 1  1 | 2  2  2        (chosen rest 2 tokens, rejected rest 3 tokens)
     position  0  1  2  3 | 4  5 | 4  5  6
+
+Rows with nothing in common pack the same way with an empty prefix (every row its own segment, positions from 0).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -69,6 +74,60 @@ def consecutive_groups(n_rows: int, size: int, device: torch.device | str | None
     prompt-major (rows ``b*G .. b*G+G-1``), or SFT rows packed ``size`` at a time."""
     rows = torch.arange(-(-n_rows // size) * size, device=device)
     return torch.where(rows < n_rows, rows, -1).view(-1, size)
+
+
+def best_fit_groups(sizes: Sequence[int], capacity: int, device: torch.device | str | None = None) -> Tensor:
+    """Best-fit decreasing: ``[G, K]`` row indices of bins whose ``sizes`` sum to at most ``capacity`` (-1 filling).
+
+    Rows are placed longest first, each into the bin it fills most tightly, or a new bin when none has room (a row
+    larger than ``capacity`` gets a bin of its own). TRL packs a dataset the same way (``packing_strategy="bfd"``).
+    """
+    order = sorted(range(len(sizes)), key=lambda i: -sizes[i])
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for i in order:
+        fits = [b for b, r in enumerate(room) if r >= sizes[i]]
+        if fits:
+            b = min(fits, key=lambda b: room[b])
+            bins[b].append(i)
+            room[b] -= sizes[i]
+        else:
+            bins.append([i])
+            room.append(capacity - sizes[i])
+    k = max(len(b) for b in bins)
+    return torch.tensor([b + [-1] * (k - len(b)) for b in bins], dtype=torch.long, device=device)
+
+
+def common_prefix_length(input_ids: Tensor, attention_mask: Tensor) -> int:
+    """Length of the longest run of leading real tokens that every row shares (right-padded rows)."""
+    real = attention_mask.bool()
+    agree = ((input_ids == input_ids[:1]) & real & real[:1]).all(0)
+    return int(agree.long().cumprod(0).sum())
+
+
+def row_groups(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, pack_length: int | None = None) -> Tensor:
+    """Bins of right-padded rows for :func:`shared_prefix_hidden`: best-fit decreasing on each row's tokens after the
+    prefix all rows share (a bin costs that prefix once), into sequences of ``pack_length`` tokens.
+
+    ``pack_length`` None picks it from the cost model of :func:`shared_prefix_hidden` (a sequence of length ``L``
+    costs ``L (c + L)``): the batch's longest row, or ``p + sqrt(p (c + p))`` when longer, the length at which rows
+    that share a ``p``-token prefix cost least per row. With no shared prefix that is the longest row: packing then
+    removes padding only and makes no sequence longer than the unpacked batch's.
+    """
+    lengths = attention_mask.sum(1)
+    p = common_prefix_length(input_ids, attention_mask)
+    if pack_length is None:
+        config = unwrap(model).config
+        c = _cost_constant(config)
+        pack_length = max(int(lengths.max()), int(p + math.sqrt(p * (c + p))))
+    return best_fit_groups((lengths - p).tolist(), pack_length - p, input_ids.device)
+
+
+def _cost_constant(config) -> float:
+    """``c = 2 d + 1.5 d_ff``: the sequence length at which a layer's attention (4 d L per token) costs as much as its
+    linear layers (2 (4 d^2 + 3 d d_ff)), in units of ``d``."""
+    d = config.hidden_size
+    return 2 * d + 1.5 * getattr(config, "intermediate_size", 4 * d)
 
 
 def pack_groups(input_ids: Tensor, attention_mask: Tensor, groups: Tensor) -> Packed:
@@ -134,8 +193,7 @@ def shared_prefix_hidden(
     if getattr(config, "_attn_implementation", None) not in MASKABLE:
         return hidden_states(model, input_ids, attention_mask)
     packed = pack_groups(input_ids, attention_mask, groups)
-    d = config.hidden_size
-    c = 2 * d + 1.5 * getattr(config, "intermediate_size", 4 * d)
+    c = _cost_constant(config)
     cost = lambda ids: ids.numel() * (c + ids.shape[1])  # noqa: E731  (rows padded to the batch's width)
     if cost(packed.input_ids) > (1 - min_saving) * cost(input_ids):
         return hidden_states(model, input_ids, attention_mask)

@@ -1,13 +1,22 @@
-"""The packed forward of rows that share a prefix (ltune/shared_prefix.py): the layout by hand, hidden states and
-gradients equal to the plain forward in float64 (sdpa and eager attention), and pair objectives equal with and
-without it."""
+"""Packing (ltune/packing.py): the layout and best-fit-decreasing bins by hand, hidden states, log-probs and
+gradients equal to each row alone in float64 (sdpa and eager attention), and pair objectives equal with and without
+it."""
 
 import pytest
 import torch
 
-from ltune.backbone import hidden_states
+from ltune.backbone import completion_logprobs, hidden_states
 from ltune.objectives import DPO, ORPO, SimPO
-from ltune.shared_prefix import consecutive_groups, pack_groups, pair_groups, shared_prefix_hidden
+from ltune.packing import (
+    best_fit_groups,
+    common_prefix_length,
+    consecutive_groups,
+    grouped_logprobs,
+    pack_groups,
+    pair_groups,
+    row_groups,
+    shared_prefix_hidden,
+)
 from tests.conftest import micro_backbone
 from tests.objectives.test_dpo import _batch
 
@@ -71,6 +80,46 @@ def test_hidden_states_and_gradients_equal_each_row_alone(attn):
             torch.testing.assert_close(p.grad, a, rtol=0, atol=1e-6 * a.abs().max().item())
 
 
+def test_best_fit_decreasing_by_hand():
+    """Sizes 8, 7, 5, 3, 2, 1 into bins of 10, longest first: 8 and 7 open bins, 5 fits neither (a third bin), 3 goes
+    to the tightest fit (7's bin, room 3, over 5's, room 5), 2 to 8's (room 2), 1 to the only room left (5's)."""
+    assert best_fit_groups([5, 3, 8, 2, 7, 1], 10).tolist() == [[2, 3], [4, 1], [0, 5]]
+    assert best_fit_groups([12, 3], 10).tolist() == [[0], [1]]  # a row over capacity has a bin of its own
+    assert best_fit_groups([4, 4, 4], 100).tolist() == [[0, 1, 2]]
+
+
+def test_row_groups_pack_the_rests_after_the_common_prefix():
+    """Rows sharing 3 leading tokens: bins of ``pack_length`` 9 hold the prefix once, so 6 tokens of rests each.
+    Rests 3, 1, 2, 4: 4 opens a bin (room 2), 3 opens another (room 3), 2 fills the first, 1 joins the second."""
+    ids, mask = _rows([[1, 2, 3, 4, 5, 6], [1, 2, 3, 7], [1, 2, 3, 8, 9], [1, 2, 3, 4, 4, 4, 4]], t=7)
+    assert common_prefix_length(ids, mask) == 3
+    model = micro_backbone().load_model()
+    assert row_groups(model, ids, mask, pack_length=9).tolist() == [[3, 2], [0, 1]]
+    assert common_prefix_length(*_rows([[5, 6], [7, 6]], t=2)) == 0
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_unrelated_rows_packed_best_fit_give_each_rows_logprobs_alone(attn):
+    """Eight rows of 3 to 40 random tokens, nothing shared, packed best-fit-decreasing into sequences no longer than
+    the longest row: every row's token log-probs (and argmax hits) equal those of the row run alone, unpadded."""
+    torch.manual_seed(0)
+    model = micro_backbone(attn_implementation=attn).load_model().double()
+    g = torch.Generator().manual_seed(2)
+    rows = [torch.randint(3, 300, (int(n),), generator=g).tolist() for n in torch.randint(3, 41, (8,), generator=g)]
+    ids, mask = _rows(rows, t=40)
+    labels = ids.masked_fill(mask == 0, -100)
+    groups = row_groups(model, ids, mask)
+    assert len(groups) < len(rows) and common_prefix_length(ids, mask) == 0
+    packed = grouped_logprobs(model, ids, mask, labels, groups, with_argmax=True)
+    for i, r in enumerate(rows):
+        one = torch.tensor([r])
+        alone = completion_logprobs(model, one, torch.ones_like(one), one, with_argmax=True)
+        n = len(r) - 1
+        torch.testing.assert_close(packed.logprobs[i, :n], alone.logprobs[0], rtol=0, atol=1e-6)
+        assert packed.argmax_hit[i, :n].tolist() == alone.argmax_hit[0].tolist()
+        assert not packed.logprobs[i, n:].any()  # padding carries nothing
+
+
 def test_consecutive_groups_fill_the_last_group():
     assert consecutive_groups(5, 2).tolist() == [[0, 1], [2, 3], [4, -1]]
     assert consecutive_groups(6, 3).tolist() == [[0, 1, 2], [3, 4, 5]]
@@ -81,7 +130,7 @@ def test_packing_that_saves_too_little_is_skipped(monkeypatch):
     model = micro_backbone().load_model()
     ids, mask = _rows([[5, 6, 7], [9, 10, 11]], t=3)
     calls = []
-    import ltune.shared_prefix as sp
+    import ltune.packing as sp
 
     monkeypatch.setattr(sp, "hidden_states", lambda m, i, a, p=None: calls.append(i.shape) or hidden_states(m, i, a))
     shared_prefix_hidden(model, ids, mask, pair_groups(2))
@@ -92,7 +141,7 @@ def test_packing_that_saves_too_little_is_skipped(monkeypatch):
 def test_pair_objectives_equal_with_and_without_sharing(cls, monkeypatch):
     """Same weights, same batch (which packs: the forward gets the 4D block mask): loss, metrics and every gradient
     agree (float64 up to the float32 rounding of the norms, as above)."""
-    import ltune.shared_prefix as sp
+    import ltune.packing as sp
 
     masks = []
     monkeypatch.setattr(sp, "hidden_states", lambda m, i, a, p=None: masks.append(a.dim()) or hidden_states(m, i, a, p))
