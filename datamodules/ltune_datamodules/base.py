@@ -42,7 +42,7 @@ class LTuneData(Encoding, L.LightningDataModule):
         system: Optional system message put before every prompt (default: the backbone's ``system_prompt``).
         max_length: Longest sequence in tokens.
         overlong: Length policy: ``"truncate_prompt"`` (keep the end, cutting from the left after the system
-            message), ``"keep_start"`` (conversations and text: cut the end) or ``"skip"``.
+            message), ``"keep_start"`` (cut the end: a conversation's, a text's, or the completion's) or ``"skip"``.
         batch_size: Rows per batch per device.
         eval_batch_size: Rows per validation batch (defaults to ``batch_size``).
         num_workers: DataLoader worker processes.

@@ -10,7 +10,7 @@ import torch
 
 from ltune.datamodules.batching import pad_left
 from ltune.datamodules.chat import LossOn, encode_conversation, render
-from ltune.datamodules.length import cut_prompt, cut_sequence
+from ltune.datamodules.length import cut_pair, cut_sequence
 from ltune.datamodules.sources import DataError
 from ltune.kernels import IGNORE_INDEX
 
@@ -67,7 +67,7 @@ class Encoding:
         """Token ids and labels (``-100`` on the prompt) of one prompt/completion, after the length policy."""
         ptext, ctext = self.render(prompt, completion)
         p, (c,) = self.split_tokens(prompt, ptext, [ctext])
-        p, cut = cut_prompt(p, len(c), self.max_length, self.overlong)
+        p, (c,), cut = cut_pair(p, [c], self.max_length, self.overlong)
         self._truncated += cut
         return {"input_ids": p + c, "labels": [IGNORE_INDEX] * len(p) + c}
 

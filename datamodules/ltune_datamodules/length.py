@@ -2,9 +2,10 @@
 
 With ``"truncate_prompt"`` a row longer than ``max_length`` tokens loses tokens from the left of its prompt (a
 conversation: from the left of the turns after its system message, which stays); a row whose completion alone does
-not fit is skipped. With ``"keep_start"`` a conversation or text row loses its end (a prompt/completion pair is cut as
-under ``"truncate_prompt"``). With ``"skip"`` every over-long row is skipped. A row left with no trained token is
-skipped. The DataModule counts truncated and skipped rows and logs them per split.
+not fit is skipped. With ``"keep_start"`` a row loses its end: a conversation's or text's last tokens, the last
+tokens of a prompt/completion's completion (or of a pair's two responses). With ``"skip"`` every over-long row is
+skipped. A row left with no trained token is skipped. The DataModule counts truncated and skipped rows and logs
+them per split.
 """
 
 from __future__ import annotations
@@ -21,15 +22,23 @@ class Overlong(Exception):
     """Raised by ``encode`` for a row that the length policy skips."""
 
 
-def cut_prompt(prompt: list[int], completion_len: int, max_length: int, policy: Policy) -> tuple[list[int], bool]:
-    """``prompt`` cut from the left so that a completion of ``completion_len`` tokens fits, and whether it was cut;
-    raises :class:`Overlong` for a row to skip."""
-    excess = len(prompt) + completion_len - max_length
+def cut_pair(
+    prompt: list[int], completions: list[list[int]], max_length: int, policy: Policy
+) -> tuple[list[int], list[list[int]], bool]:
+    """A prompt and its completions (one, or a pair's two, which share the prompt) within ``max_length`` each, and
+    whether they were cut: ``"truncate_prompt"`` drops the prompt's first tokens (the same ones for every completion),
+    ``"keep_start"`` the completions' last tokens; raises :class:`Overlong` for a row to skip."""
+    longest = max(len(c) for c in completions)
+    excess = len(prompt) + longest - max_length
     if excess <= 0:
-        return prompt, False
-    if policy == "skip" or completion_len >= max_length:
+        return prompt, completions, False
+    if policy == "skip" or (policy == "keep_start" and len(prompt) >= max_length):
         raise Overlong
-    return prompt[excess:], True
+    if policy == "keep_start":
+        return prompt, [c[: max_length - len(prompt)] for c in completions], True
+    if longest >= max_length:
+        raise Overlong
+    return prompt[excess:], completions, True
 
 
 def cut_sequence(

@@ -8,7 +8,7 @@ from typing import Any
 from ltune.datamodules.base import LTuneData
 from ltune.datamodules.batching import pad_right
 from ltune.datamodules.chat import chat_messages
-from ltune.datamodules.length import cut_prompt
+from ltune.datamodules.length import cut_pair
 from ltune.datamodules.sources import DataError
 from ltune.kernels import IGNORE_INDEX
 
@@ -25,8 +25,8 @@ class PreferenceData(LTuneData):
     Message lists may use ShareGPT's ``from``/``value`` keys and ``human``/``gpt`` roles. A row whose chosen and
     rejected responses are equal, or whose response is empty, stops loading with an error naming the source, row and
     field. Both responses share the prompt's tokens: when a pair is longer than ``max_length`` the prompt loses the
-    same tokens from the left for both (``truncate_prompt``), and a pair whose longer response alone does not fit is
-    skipped; both are counted and logged.
+    same tokens from the left for both (``truncate_prompt``; a pair whose longer response alone does not fit is
+    skipped), or both responses lose their ends (``keep_start``); both are counted and logged.
 
     Batches stack the pair so that one forward scores both: ``input_ids``/``attention_mask``/``labels`` are
     ``[2B, T]`` with the B chosen sequences first and the B rejected ones after, right-padded to one length;
@@ -77,7 +77,7 @@ class PreferenceData(LTuneData):
         ptext, ctext = self.render(prompt, row["chosen"])
         _, rtext = self.render(prompt, row["rejected"])
         p, (c, r) = self.split_tokens(prompt, ptext, [ctext, rtext])
-        p, cut = cut_prompt(p, max(len(c), len(r)), self.max_length, self.overlong)
+        p, (c, r), cut = cut_pair(p, [c, r], self.max_length, self.overlong)
         self._truncated += cut
         return {
             "input_ids": (p + c, p + r),

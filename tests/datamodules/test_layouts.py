@@ -105,27 +105,35 @@ def test_each_preference_layout_reads_one_prompt_and_two_responses(layout, tmp_p
 
 
 def _fit(config: str, train: str, tmp_path, *extra: str) -> list[dict]:
-    main(["fit", "--config", str(ROOT / config), *MICRO, f"--data.init_args.train={train}",
+    main(["fit", "--config", str(ROOT / config), *extra, *MICRO, f"--data.init_args.train={train}",
           "--data.init_args.val=null", "--data.init_args.eval_prompts=null", "--validate_around_fit=false",
           "--trainer.max_steps=2", "--trainer.log_every_n_steps=1", "--trainer.enable_progress_bar=false",
-          f"--trainer.default_root_dir={tmp_path}", "--data.init_args.batch_size=2", *extra])  # fmt: skip
+          f"--trainer.default_root_dir={tmp_path}", "--data.init_args.batch_size=2"])  # fmt: skip
     (run,) = (tmp_path / "runs").glob("*/version_0")
     return [r for r in read_metrics(run) if r.get("train/loss")]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    "layout", ["language modelling", "conversational", "sharegpt", "prompt-completion, conversational"]
-)
-def test_a_users_sft_jsonl_trains_through_the_cli(layout, tmp_path):
-    train = write_jsonl(tmp_path / "train.jsonl", [SFT_LAYOUTS[layout][0]] * 4)
-    assert len(_fit("configs/objectives/sft.yaml", train, tmp_path)) == 2
+# every layout through `ltune fit` (and, in tests/real/test_smollm2.py, on the real model): config, rows, flags
+CLI_LAYOUTS = {
+    **{f"sft: {k}": ("configs/objectives/sft.yaml", row, []) for k, (row, _) in SFT_LAYOUTS.items()},
+    "sft: prompt-completion, raw": ("configs/objectives/sft.yaml", SFT_LAYOUTS["prompt-completion"][0],
+                                    ["--data.init_args.template=raw"]),
+    **{f"dpo: {k}": ("configs/objectives/dpo.yaml", row, []) for k, row in PREFERENCE_LAYOUTS.items()},
+    "ttrl: prompt-only, string": ("configs/objectives/ttrl.yaml", {"prompt": "What is 2+3?", "answer": "5"}, []),
+    "ttrl: prompt-only, conversational": ("configs/objectives/ttrl.yaml",
+                                          {"prompt": [{"role": U, "content": "What is 2+3?"}], "answer": "5"}, []),
+}  # fmt: skip
+GROUP = ["--model.init_args.num_votes=2", "--model.init_args.num_generations=2",
+         "--model.init_args.max_completion_length=4"]  # fmt: skip
 
 
 @pytest.mark.slow
-def test_a_users_conversational_preference_jsonl_trains_dpo_through_the_cli(tmp_path):
-    train = write_jsonl(tmp_path / "train.jsonl", [PREFERENCE_LAYOUTS["explicit, conversational"]] * 4)
-    assert len(_fit("configs/objectives/dpo.yaml", train, tmp_path)) == 2
+@pytest.mark.parametrize("layout", list(CLI_LAYOUTS))
+def test_each_layout_trains_through_the_cli(layout, tmp_path):
+    config, row, flags = CLI_LAYOUTS[layout]
+    train = write_jsonl(tmp_path / "train.jsonl", [row] * 4)
+    prompts = ["--config", str(ROOT / "configs/data/prompts_jsonl.yaml"), *GROUP] if "ttrl" in config else []
+    assert len(_fit(config, train, tmp_path, *flags, *prompts)) == 2
 
 
 def test_unpaired_preference_rows_load_and_tokenize_with_their_label(tmp_path, tokenizer):

@@ -106,3 +106,10 @@ def test_length_policy_truncates_the_shared_prompt_or_skips(tmp_path, tokenizer)
         PreferenceData(train=write_jsonl(tmp_path / "l.jsonl", rows), max_length=32, overlong="skip"), tokenizer
     )
     assert skip.stats["train"]["kept"] == 1
+    start = _setup(
+        PreferenceData(train=write_jsonl(tmp_path / "l.jsonl", rows), max_length=32, overlong="keep_start"), tokenizer
+    )  # prompts stay whole: row 1's fills max_length alone (skipped); row 2's responses lose their ends
+    assert start.stats["train"] == {"rows": 3, "kept": 2, "skipped": 1, "truncated": 1}
+    (c_ids, r_ids), (c_lab, r_lab) = start.data["train"][0]["input_ids"], start.data["train"][0]["labels"]
+    assert len(c_ids) == 32 and tokenizer.decode([t for t in c_lab if t != -100]) == "y" * (32 - c_lab.count(-100))
+    assert tokenizer.decode([t for t in r_lab if t != -100]) == "n</s>"  # the short response is whole

@@ -18,6 +18,9 @@ from ltune.datamodules.base import LTuneData
 from ltune.generation import HFSampler, decode, terminated
 from ltune.kernels import IGNORE_INDEX as IGNORE
 from ltune.objectives.base import Objective
+from tests.conftest import write_jsonl
+from tests.datamodules.test_layouts import CLI_LAYOUTS
+from tests.datamodules.test_layouts import GROUP as LAYOUT_GROUP
 from tests.real.conftest import FRAGMENT, ROOT
 
 pytestmark = pytest.mark.real
@@ -151,6 +154,16 @@ def test_a_users_jsonl_in_trls_layout_trains_the_real_model(method, tmp_path, mo
             f"--data.init_args.train={ROOT}/examples/data/{name}.jsonl"]  # fmt: skip
     cli = fit(tmp_path, monkeypatch, f"configs/objectives/{method}.yaml", *data, *group)
     _stepped(cli, lora=True)
+
+
+@pytest.mark.parametrize("layout", list(CLI_LAYOUTS))
+def test_each_trl_layout_trains_the_real_model(layout, tmp_path, monkeypatch, smollm2_dir):
+    """Every layout of TRL's dataset-formats guide (tests/datamodules/test_layouts.py's rows), as a user's jsonl."""
+    config, row, flags = CLI_LAYOUTS[layout]
+    train = write_jsonl(tmp_path / "train.jsonl", [row] * 4)
+    prompts = ["--config", str(ROOT / "configs/data/prompts_jsonl.yaml"), *LAYOUT_GROUP] if "ttrl" in config else []
+    data = [f"--data.init_args.train={train}", "--data.init_args.val=null", "--data.init_args.eval_prompts=null"]
+    _stepped(fit(tmp_path, monkeypatch, config, *prompts, *flags, *data), lora=True)
 
 
 @pytest.mark.parametrize("method", ["sft", "ttrl", "dpo"])  # dpo: the frozen reference copy, precomputed
