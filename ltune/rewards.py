@@ -20,7 +20,8 @@ from collections.abc import Callable, Sequence
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 
-__all__ = ["answer_groups", "extract_answer", "is_equivalent", "majority_vote", "normalize_answer", "verifier_reward"]
+__all__ = ["answer_groups", "extract_answer", "is_equivalent", "majority_vote", "normalize_answer", "stated_answer",
+           "verifier_reward"]  # fmt: skip
 
 _MAX_MATH_CHARS = 64
 _ANSWER_IS = re.compile(r"the\s+(?:final\s+)?answer\s+is\s*:?\s*", re.IGNORECASE)
@@ -62,6 +63,11 @@ def _answer_is(text: str) -> str | None:
     return tail or None
 
 
+def stated_answer(text: str) -> str | None:
+    """The answer a text states explicitly: the last ``\\boxed{...}``, else the last "the answer is X"; else None."""
+    return (_last_boxed(text) or _answer_is(text)) if text else None
+
+
 def extract_answer(text: str) -> str | None:
     """The final answer in a completion.
 
@@ -76,9 +82,8 @@ def extract_answer(text: str) -> str | None:
     """
     if not text:
         return None
-    for found in (_last_boxed(text), _answer_is(text)):
-        if found:
-            return found
+    if found := stated_answer(text):
+        return found
     numbers = _NUMBER.findall(text)
     return numbers[-1] if numbers else None
 

@@ -51,7 +51,7 @@ class LTuneData(Encoding, L.LightningDataModule):
 
     fields: ClassVar[dict[str, type | tuple[type, ...]]] = {}
     optional: ClassVar[dict[str, type | tuple[type, ...]]] = {}
-    keep_columns: ClassVar[bool] = False  # keep a row's undeclared columns as row["columns"]
+    keep_columns: ClassVar[bool] = False  # keep a row's undeclared columns (row["columns"]) and where it comes from
 
     def __init__(
         self,
@@ -91,6 +91,8 @@ class LTuneData(Encoding, L.LightningDataModule):
         errors, rows = [], []
         for i, raw in enumerate(ds, start=1):
             row, err = self._validate(raw, fields, optional)
+            if self.keep_columns:
+                row["source_row"] = f"{source.name}: row {i}"  # for messages about this row during training
             err = err or (check(row) if check else None)
             if err:
                 errors.append(f"{source.name}: row {i}: {err}")

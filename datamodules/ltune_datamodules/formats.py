@@ -159,8 +159,9 @@ class CritiqueData(LTuneData):
 class PromptData(LTuneData):
     """Prompt-only rows (TRL's layout for GRPO-family objectives, and evaluation): a ``prompt``, a string or messages,
     with an optional reference ``answer``. Batches carry left-padded ``prompt_ids``/``prompt_mask``, the answers
-    (``None`` when absent), categories, and ``columns``: each row's other columns by name (for reward functions, as
-    TRL passes them). Constructor arguments are those of :class:`LTuneData`.
+    (``None`` when absent), categories, the prompts as given (``prompt``), ``columns`` (each row's other columns by
+    name, for reward functions, as TRL passes them) and ``source_row`` (``"<file>: row <n>"``). Constructor
+    arguments are those of :class:`LTuneData`.
     """
 
     fields = {"prompt": (str, list)}
@@ -181,4 +182,6 @@ class PromptData(LTuneData):
             "answer": row.get("answer"),
             "category": row.get("category", "all"),
             "columns": row.get("columns", {}),
+            "prompt": row["prompt"],
+            "source_row": row.get("source_row"),
         }

@@ -26,39 +26,47 @@ def group_advantages(
 
     A_i = (R_i - mean_{j in g(i)} R_j) / (std + eps), where std is the Bessel-corrected standard deviation of the
     group of ``i`` (``scale="group"``, GRPO), of the whole batch (``"batch"``), or 1 without ``eps``
-    (``"none"``, Dr. GRPO). TRL uses ``eps = 1e-4``.
+    (``"none"``, Dr. GRPO). TRL uses ``eps = 1e-4``. A NaN reward (a completion no reward function scored) is left out
+    of the means and standard deviations and its advantage is 0, as in TRL.
 
     Args:
-        rewards: ``[N]`` rewards, prompt-major: rows ``k*G .. k*G+G-1`` share a prompt.
+        rewards: ``[N]`` rewards, prompt-major: rows ``k*G .. k*G+G-1`` share a prompt; NaN where unscored.
         group_size: ``G``, completions per prompt (>= 2); must divide ``N``.
         scale: Which standard deviation divides the centred rewards.
         eps: Added to the standard deviation.
 
     Returns:
-        ``[N]`` float32 advantages and detached metrics: ``reward`` (mean), ``reward_std`` (mean of the group
-        standard deviations, as TRL logs it) and ``frac_reward_zero_std`` (share of groups whose rewards are all
-        equal, so their advantages are 0).
+        ``[N]`` float32 advantages and detached metrics over the scored completions: ``reward`` (mean),
+        ``reward_std`` (mean of the group standard deviations, as TRL logs it) and ``frac_reward_zero_std`` (share
+        of groups whose rewards are all equal, so their advantages are 0).
     """
     n = rewards.numel()
     if group_size < 2 or n % group_size:
         raise ValueError(f"group_size={group_size} must be >= 2 and divide the {n} rewards")
+    if scale not in ("group", "batch", "none"):
+        raise ValueError(f"scale must be 'group', 'batch' or 'none', got {scale!r}")
     r = rewards.float().view(-1, group_size)
-    mean, std = r.mean(1, keepdim=True), r.std(1, keepdim=True)
+    mean, std = r.nanmean(1, keepdim=True), nanstd(r, 1)
     centred = r - mean
     if scale == "group":
         adv = centred / (std + eps)
     elif scale == "batch":
-        adv = centred / (rewards.float().std() + eps)
-    elif scale == "none":
-        adv = centred
+        adv = centred / (nanstd(r.reshape(-1), 0) + eps)
     else:
-        raise ValueError(f"scale must be 'group', 'batch' or 'none', got {scale!r}")
+        adv = centred
     metrics = {
-        "reward": r.mean().detach(),
-        "reward_std": std.mean().detach(),
+        "reward": r.nanmean().detach(),
+        "reward_std": std.nanmean().detach(),
         "frac_reward_zero_std": torch.isclose(std, torch.zeros_like(std)).float().mean().detach(),
     }
-    return adv.reshape(-1), metrics
+    return adv.nan_to_num(0.0).reshape(-1), metrics
+
+
+def nanstd(x: Tensor, dim: int) -> Tensor:
+    """Bessel-corrected standard deviation over ``dim`` ignoring NaN (kept dim; NaN with fewer than 2 values)."""
+    count = (~x.isnan()).sum(dim, keepdim=True)
+    dev = (x - x.nanmean(dim, keepdim=True)).pow(2).nansum(dim, keepdim=True)
+    return (dev / (count - 1)).sqrt().where(count > 1, torch.nan)
 
 
 def rloo_advantages(
@@ -67,7 +75,8 @@ def rloo_advantages(
     """RLOO advantages: each reward minus the mean of the other ``G - 1`` rewards of its group (leave-one-out).
 
     A_i = R_i - (sum_{j in g(i)} R_j - R_i) / (G - 1) = G / (G - 1) (R_i - mean_g R); with ``normalize`` (TRL's
-    ``normalize_advantages``) then ``(A - mean(A)) / (std(A) + eps)`` over the batch.
+    ``normalize_advantages``) then ``(A - mean(A)) / (std(A) + eps)`` over the batch. NaN rewards (unscored) are
+    left out: the others of a group are its scored rewards, and an unscored completion's advantage is 0.
 
     Args:
         rewards: ``[N]`` rewards, prompt-major (rows ``k*G .. k*G+G-1`` share a prompt).
@@ -80,10 +89,11 @@ def rloo_advantages(
     """
     _, metrics = group_advantages(rewards, group_size, "none")
     r = rewards.float().view(-1, group_size)
-    adv = (r - (r.sum(1, keepdim=True) - r) / (group_size - 1)).reshape(-1)
+    others = (~r.isnan()).sum(1, keepdim=True) - 1
+    adv = (r - (r.nansum(1, keepdim=True) - r) / others).reshape(-1)
     if normalize:
-        adv = (adv - adv.mean()) / (adv.std() + eps)
-    return adv, metrics
+        adv = (adv - adv.nanmean()) / (nanstd(adv, 0) + eps)
+    return adv.nan_to_num(0.0, posinf=0.0, neginf=0.0), metrics
 
 
 def grpo_loss(

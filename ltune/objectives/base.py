@@ -42,7 +42,7 @@ class Objective(L.LightningModule):
         max_new_tokens: int = 32,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.save_hyperparameters(ignore=["optimizer", "scheduler", "reward_funcs"])
         self.backbone = backbone or Backbone()
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.max_new_tokens = max_new_tokens

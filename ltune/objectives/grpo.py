@@ -6,8 +6,6 @@ ltune fit --config configs/objectives/ttrl.yaml
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Literal
 
 import torch
@@ -23,12 +21,13 @@ from ltune.losses.grpo import (
     rloo_advantages,
 )
 from ltune.objectives.base import Objective
+from ltune.objectives.rng_stream import OwnRNG
 from ltune.packing import consecutive_groups, grouped_logprobs
-from ltune.rewards import verifier_reward
+from ltune.reward_funcs import RewardFunc, accuracy_reward, score_rollouts
 
 
-class GRPO(Objective):
-    """Group Relative Policy Optimization (Shao et al., 2024, arXiv:2402.03300) with a verifier reward.
+class GRPO(OwnRNG, Objective):
+    """Group Relative Policy Optimization (Shao et al., 2024, arXiv:2402.03300) on reward functions.
 
     Batch semantics: a training batch holds ``B`` prompts (``data.batch_size``, a ``PromptData``); each step samples
     ``num_generations`` completions per prompt (``B x num_generations`` completions), in chunks of
@@ -38,9 +37,11 @@ class GRPO(Objective):
     ``reward_std``, ``frac_reward_zero_std``, ``completions/{mean,min,max}_length``, ``completions/clipped_ratio``
     (share cut by ``max_completion_length``), ``entropy``, ``kl`` (``beta > 0``), ``clip_ratio/*``, ``loss``.
 
-    The base reward is 1 when a completion's extracted answer is equivalent to the row's ``answer`` (``ltune.rewards.
-    verifier_reward``); subclasses override :meth:`rewards`. ``self.sampler`` may be replaced by any
-    ``ltune.generation.Sampler`` (e.g. a vLLM engine).
+    Rewards are ``reward_funcs`` called as TRL calls them (:mod:`ltune.reward_funcs`: prompts, completions, completion
+    ids and the rows' other columns), summed with ``reward_weights`` (None counts as 0; a completion no function
+    scores is left out of its group's baseline and gets no advantage); each is logged as ``rewards/<name>/mean`` and
+    ``/std``. The default is the verifier, ``accuracy_reward`` (1 when the extracted answer is equivalent to the
+    row's ``answer``). ``self.sampler`` may be replaced by any ``ltune.generation.Sampler`` (e.g. a vLLM engine).
 
     With ``beta > 0`` the reference is the policy with its LoRA adapter disabled, or a frozen copy without LoRA.
 
@@ -57,6 +58,9 @@ class GRPO(Objective):
     saved in checkpoints for every rank: a run resumed from a checkpoint samples as the uninterrupted run did.
 
     Args:
+        reward_funcs: Reward functions: import paths of functions (``my_rewards.brevity``) or ``class_path`` /
+            ``init_args`` of callables (``ltune.reward_funcs.SoftOverlongPunishment``); None: the objective's default.
+        reward_weights: One weight per reward function (TRL's ``reward_weights``); None: all 1.
         num_generations: Completions per prompt used in the update (G >= 2; TRL default 8).
         max_completion_length: Token budget of each sampled completion (also L_max of ``dr_grpo``).
         temperature: Sampling temperature; log-probs are those of the tempered distribution.
@@ -79,6 +83,8 @@ class GRPO(Objective):
 
     def __init__(
         self,
+        reward_funcs: list[RewardFunc] | None = None,
+        reward_weights: list[float] | None = None,
         num_generations: int = 8,
         max_completion_length: int = 32,
         temperature: float = 1.0,
@@ -112,10 +118,15 @@ class GRPO(Objective):
         self.importance_sampling_level, self.num_iterations = importance_sampling_level, num_iterations
         self.advantage_estimator, self.normalize_advantages = advantage_estimator, normalize_advantages
         self.share_prompt = share_prompt
+        if reward_funcs is not None and reward_weights is not None and len(reward_weights) != len(reward_funcs):
+            raise ValueError(
+                f"{len(reward_weights)} reward_weights for {len(reward_funcs)} reward_funcs: give one each"
+            )
+        self.reward_weights, self._given_rewards = reward_weights, reward_funcs
+        self.reward_funcs: list[RewardFunc] = []  # set in configure_model: the given ones, or default_rewards()
         self._rollout: list | None = None  # [samples, advantages, metrics, old log-probs] reused over num_iterations
         self._updates = 0
         self.sampler: Sampler = HFSampler()
-        self._rng_state: dict[str, Tensor] | None = None  # the training steps' RNG stream (see own_rng)
 
     @property
     def num_rollouts(self) -> int:
@@ -126,6 +137,15 @@ class GRPO(Objective):
         super().configure_model()
         if self.beta > 0:
             self.keep_reference_copy()
+        if not self.reward_funcs:
+            self.reward_funcs = list(self._given_rewards or self.default_rewards())
+            for f in self.reward_funcs:
+                if hasattr(f, "bind"):
+                    f.bind(self)  # a reward that holds a model or a judge: it sees the run's policy and device
+
+    def default_rewards(self) -> list[RewardFunc]:
+        """The rewards when ``reward_funcs`` is not given: the verifier against each row's ``answer``."""
+        return [accuracy_reward]
 
     def on_fit_start(self) -> None:
         if self.num_iterations > 1 and self.trainer.accumulate_grad_batches > 1:
@@ -152,13 +172,9 @@ class GRPO(Objective):
         )
 
     def rewards(self, texts: list[str], batch: dict, samples=None) -> tuple[Tensor, dict[str, float]]:
-        """Rewards ``[B * num_rollouts]`` (prompt-major) of the decoded completions (``samples`` holds their token
-        ids), and extra metrics to log."""
-        answers = batch.get("answer") or []
-        if any(a is None for a in answers) or len(answers) != len(batch["prompt_ids"]):
-            raise ValueError("GRPO's verifier reward needs an 'answer' on every prompt row (TTRL needs none)")
-        refs = [a for a in answers for _ in range(self.num_rollouts)]
-        return torch.tensor(verifier_reward(texts, refs)), {}
+        """Rewards ``[B * num_rollouts]`` (prompt-major) of the decoded completions (``samples``: their token ids)
+        from ``reward_funcs``, and metrics to log (each function's, and what they report with ``log_metric``)."""
+        return score_rollouts(self.reward_funcs, self.reward_weights, batch, texts, samples, self.num_rollouts)
 
     # ---- the step -------------------------------------------------------------------------------------------------
     def groups(self, inputs: dict) -> Tensor | None:
@@ -248,31 +264,3 @@ class GRPO(Objective):
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         self.eval_step(batch)
-
-    # ---- the RNG stream, kept across a resume ----------------------------------------------------------------------
-    @contextlib.contextmanager
-    def own_rng(self) -> Iterator[None]:
-        """Run a block on this objective's RNG stream (torch CPU and this device's CUDA generator): it forks from the
-        global state at the first step and is then untouched by anything else that draws random numbers (data loader
-        iterators, validation, callbacks), and Lightning checkpoints (which keep no RNG state) carry it."""
-        cuda = self.device.type == "cuda"
-        with torch.random.fork_rng(devices=[self.device] if cuda else []):
-            if self._rng_state is not None:
-                torch.set_rng_state(self._rng_state["cpu"])
-                if cuda and "cuda" in self._rng_state:
-                    torch.cuda.set_rng_state(self._rng_state["cuda"], self.device)
-            yield
-            self._rng_state = {"cpu": torch.get_rng_state()}
-            if cuda:
-                self._rng_state["cuda"] = torch.cuda.get_rng_state(self.device)
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        states = [self._rng_state]  # one stream per rank (every rank builds the checkpoint; rank 0 writes it)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            states = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(states, self._rng_state)
-        checkpoint["rng_streams"] = states
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        states = checkpoint.get("rng_streams") or [None]  # None: an older checkpoint, the stream forks afresh
-        self._rng_state = states[self.global_rank % len(states)]

@@ -6,20 +6,73 @@ ltune fit --config configs/objectives/rlaif_direct.yaml   # an LM judge's 1-10 r
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from typing import Any
 
-from ltune.generation import training_inputs
+import torch
+from torch.nn.utils.rnn import pad_sequence
+
 from ltune.judges import LMJudge
 from ltune.objectives.grpo import GRPO
 from ltune.objectives.reward_model import RewardModel
+from ltune.reward_funcs import RewardFunc, completion_text
+
+
+class RewardModelScore:
+    """A reward function: a ``ltune.RewardModel`` checkpoint's score of prompt + completion tokens. It must share the
+    policy's tokenizer (checked when bound).
+
+    Args:
+        checkpoint: Path of the ``RewardModel`` checkpoint (``configs/objectives/rlaif_reward_model.yaml``).
+    """
+
+    def __init__(self, checkpoint: str) -> None:
+        self.checkpoint = checkpoint
+        self.model: RewardModel | None = None
+        self.objective = None
+
+    def bind(self, objective) -> None:
+        rm = RewardModel.load_from_checkpoint(self.checkpoint, map_location="cpu").eval().requires_grad_(False)
+        probe = "Q: 12+30?\nA: 42"
+        if rm.tokenizer(probe)["input_ids"] != objective.tokenizer(probe)["input_ids"]:
+            raise ValueError(f"reward model {self.checkpoint} tokenizes differently from the policy")
+        self.model, self.objective = rm, objective
+
+    def __call__(self, prompt_ids: list[list[int]], completion_ids: list[list[int]], **kwargs: Any) -> list[float]:
+        device = self.objective.device
+        seqs = [torch.tensor(p + c) for p, c in zip(prompt_ids, completion_ids)]
+        ids = pad_sequence(seqs, batch_first=True, padding_value=self.objective.tokenizer.pad_token_id)
+        mask = pad_sequence([torch.ones(len(s), dtype=torch.long) for s in seqs], batch_first=True)
+        with torch.no_grad():
+            return self.model.to(device).score(ids.to(device), mask.to(device)).tolist()
+
+
+class JudgeScore:
+    """A reward function: an ``ltune.judges.LMJudge``'s expected 1-10 rating of each completion to its prompt,
+    rescaled to [-1, 1] (d-RLAIF). A judge given no backbone judges with the policy's starting checkpoint.
+
+    Args:
+        judge: The judge.
+    """
+
+    def __init__(self, judge: LMJudge) -> None:
+        self.judge = judge
+
+    def bind(self, objective) -> None:
+        self.judge.bind(objective.backbone)
+
+    def __call__(self, prompts: list, completions: list, **kwargs: Any) -> list[float]:
+        questions = [p if isinstance(p, str) else "\n".join(m["content"] for m in p if m["role"] != "system")
+                     for p in prompts]  # fmt: skip
+        return self.judge.score(questions, [completion_text(c) for c in completions]).tolist()
 
 
 class RLAIF(GRPO):
     """Reinforcement Learning from AI Feedback (Lee et al., 2023, arXiv:2309.00267) on the GRPO update.
 
     The paper maximises E[r(x, y)] - beta KL(pi || pi_SFT) with an on-policy policy gradient; here the gradient is
-    GRPO's (group baseline; ``beta`` adds the k3 KL to the reference, the starting model). The reward is one of:
+    GRPO's (group baseline; ``beta`` adds the k3 KL to the reference, the starting model). The reward is one of
+    these reward functions (:class:`RewardModelScore`, :class:`JudgeScore`), built from the arguments below, or any
+    ``reward_funcs``:
 
     * ``reward_model``: a ``ltune.RewardModel`` checkpoint (trained on the AI judge's soft labels), scoring the
       prompt + completion tokens; it must share the policy's tokenizer.
@@ -34,32 +87,13 @@ class RLAIF(GRPO):
 
     def __init__(self, reward_model: str | None = None, judge: LMJudge | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
-        if (reward_model is None) == (judge is None):
-            raise ValueError("RLAIF needs exactly one reward: reward_model (a checkpoint path) or judge (direct RLAIF)")
+        given = (reward_model is not None) + (judge is not None) + (kwargs.get("reward_funcs") is not None)
+        if given != 1:
+            raise ValueError("RLAIF needs exactly one reward: reward_model (a checkpoint path), judge (direct RLAIF) "
+                             "or reward_funcs")  # fmt: skip
         self.reward_model_path, self.judge = reward_model, judge
-        self._scorer: list[RewardModel] = []  # kept out of the module tree: frozen, not saved with the policy
 
-    def configure_model(self) -> None:
-        super().configure_model()
-        if self.judge is not None:
-            self.judge.bind(self.backbone)  # no judge backbone given: the policy's starting checkpoint judges
-        if self.reward_model_path and not self._scorer:
-            rm = (
-                RewardModel.load_from_checkpoint(self.reward_model_path, map_location="cpu")
-                .eval()
-                .requires_grad_(False)
-            )
-            probe = "Q: 12+30?\nA: 42"
-            if rm.tokenizer(probe)["input_ids"] != self.tokenizer(probe)["input_ids"]:
-                raise ValueError(f"reward model {self.reward_model_path} tokenizes differently from the policy")
-            self._scorer.append(rm)
-
-    def rewards(self, texts: list[str], batch: dict, samples=None) -> tuple[Tensor, dict[str, float]]:
-        if self._scorer:
-            rm = self._scorer[0].to(self.device)
-            inputs = training_inputs(samples)
-            with torch.no_grad():
-                return rm.score(inputs["input_ids"], inputs["attention_mask"]), {}
-        prompts = self.tokenizer.batch_decode(batch["prompt_ids"], skip_special_tokens=True)
-        prompts = [p for p in prompts for _ in range(self.num_rollouts)]
-        return self.judge.score(prompts, texts).to(self.device), {}
+    def default_rewards(self) -> list[RewardFunc]:
+        if self.reward_model_path:
+            return [RewardModelScore(self.reward_model_path)]
+        return [JudgeScore(self.judge)]

@@ -7,7 +7,7 @@ from ltune.backbone import LoRA, completion_logprobs
 from ltune.datamodules import EmbeddedTasks, PromptData
 from ltune.generation import HFSampler, sample_groups, training_inputs
 from ltune.objectives import GRPO, TTRL
-from ltune.objectives.ttrl import majority_rewards
+from ltune.reward_funcs import MajorityVote, majority_rewards
 from tests.conftest import micro_backbone, quiet_trainer
 
 
@@ -157,12 +157,22 @@ def test_majority_rewards_by_hand():
     assert (rewards, label, ratio) == ([1.0, 1.0, 0.0, 0.0], "4", 0.5)
 
 
+def _vote(reward: MajorityVote, texts: list[str], answers: list) -> tuple[list[float], dict[str, float]]:
+    """The reward called as GRPO calls it: each row's answer repeated for its group of completions."""
+    logged = {}
+    n = len(texts) // len(answers)
+    values = reward(completions=texts, group_size=n, answer=[a for a in answers for _ in range(n)],
+                    log_metric=logged.__setitem__)  # fmt: skip
+    return values, logged
+
+
 def test_ttrl_rewards_ignore_the_reference_answer_and_metrics_by_hand():
-    model = TTRL(backbone=micro_backbone(), num_votes=4, num_generations=2)
+    (reward,) = TTRL(backbone=micro_backbone(), num_votes=4, num_generations=2).default_rewards()
+    assert isinstance(reward, MajorityVote) and reward.kept == 2 and not reward.placebo
     texts = ["The answer is 4.", "so 4.0", "maybe 5", "no idea"]
-    labelled, m = model.rewards(texts, {"prompt_ids": [[0]], "answer": ["5"]})
-    blind, m_blind = model.rewards(texts, {"prompt_ids": [[0]], "answer": [None]})
-    assert labelled.tolist() == blind.tolist() == [1.0, 1.0, 0.0, 0.0]  # majority "4" rewarded, truth "5" unused
+    labelled, m = _vote(reward, texts, ["5"])
+    blind, m_blind = _vote(reward, texts, [None])
+    assert labelled == blind == [1.0, 1.0, 0.0, 0.0]  # majority "4" rewarded, truth "5" unused
     # label "4" != "5"; pseudo [1,1,0,0] vs true [0,0,1,0] agree on 1 of 4; 1 of 4 correct; kept first 2: 0 correct
     assert m == {
         "majority_ratio": 0.5,
@@ -180,15 +190,14 @@ def test_ttrl_placebo_shuffles_the_pseudo_rewards_within_each_group():
     """The placebo gives each prompt's samples a permutation of TTRL's rewards: the same counts per group, detached
     from which sample agrees with the majority."""
     texts = ["4", "4", "4", "5", "7", "7", "8", "9"]  # prompt 0: majority 4 (3 of 4); prompt 1: majority 7
-    batch = {"prompt_ids": [[0], [0]], "answer": [None, None]}
-    true, _ = TTRL(backbone=micro_backbone(), num_votes=4, num_generations=2).rewards(texts, batch)
-    placebo = TTRL(backbone=micro_backbone(), num_votes=4, num_generations=2, placebo=True)
+    true, _ = _vote(MajorityVote(), texts, [None, None])
+    (placebo,) = TTRL(backbone=micro_backbone(), num_votes=4, num_generations=2, placebo=True).default_rewards()
     torch.manual_seed(0)
-    draws = [placebo.rewards(texts, batch)[0] for _ in range(20)]
-    assert true.tolist() == [1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0]
+    draws = [torch.tensor(_vote(placebo, texts, [None, None])[0]) for _ in range(20)]
+    assert true == [1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0]
     for d in draws:
         assert d.view(2, 4).sum(1).tolist() == [3.0, 2.0]
-    assert any(d.tolist() != true.tolist() for d in draws)
+    assert any(d.tolist() != true for d in draws)
 
 
 def test_bad_group_settings_name_both_numbers():
