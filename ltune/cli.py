@@ -236,6 +236,8 @@ def main(args: list[str] | None = None) -> None:
     ``LTUNE_DEBUG=1`` shows the traceback instead."""
     argv = sys.argv[1:] if args is None else list(args)
     verb = argv[0] if argv[:1] and argv[0] in VERBS else ""
+    if os.getcwd() not in sys.path:  # a config may name the user's own module (reward functions), as `python` finds it
+        sys.path.append(os.getcwd())
     try:
         _main(argv)
     except USER_ERRORS as e:

@@ -1,5 +1,6 @@
 """Errors of the user's input as one line: what ``ltune`` catches (data, config, missing files or models, non-finite
-losses, scoring failures) and how jsonargparse's nested config report is shortened to ``key (class) > key: reason``."""
+losses, scoring and reward failures) and how jsonargparse's nested config report is shortened to
+``key (class) > key: reason``."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from jsonargparse import ArgumentError
 from ltune.datamodules import DataError, ScoringError
 from ltune.objectives.base import NonFiniteLossError
 from ltune.presets import ModelUnavailable
+from ltune.reward_funcs import RewardError
 
 
 class ConfigError(ValueError):
@@ -16,7 +18,7 @@ class ConfigError(ValueError):
 
 # Errors of the user's input, not of ltune: one line naming file/row/field and the fix, no traceback
 USER_ERRORS = (ArgumentError, ConfigError, DataError, FileNotFoundError, ModelUnavailable, NonFiniteLossError,
-               ScoringError)  # fmt: skip
+               RewardError, ScoringError)  # fmt: skip
 
 
 def one_line(e: BaseException) -> str:

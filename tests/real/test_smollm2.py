@@ -156,6 +156,17 @@ def test_a_users_jsonl_in_trls_layout_trains_the_real_model(method, tmp_path, mo
     _stepped(cli, lora=True)
 
 
+def test_grpo_on_a_users_reward_module_trains_the_real_model(tmp_path, monkeypatch, smollm2_dir):
+    """configs/objectives/grpo.yaml as README runs it: examples/rewards.py beside two built-ins, TRL's signature."""
+    prompts = f"--data.init_args.train={ROOT}/examples/data/prompts.jsonl"
+    cli = fit(tmp_path, monkeypatch, "configs/objectives/grpo.yaml", prompts, "--model.init_args.num_generations=2",
+              "--model.init_args.max_completion_length=16")  # fmt: skip
+    _stepped(cli, lora=True)
+    logged = cli.trainer.callback_metrics
+    for name in ("last_number_matches", "format_reward", "SoftOverlongPunishment"):
+        assert torch.isfinite(logged[f"train/rewards/{name}/mean"]), name
+
+
 @pytest.mark.parametrize("layout", list(CLI_LAYOUTS))
 def test_each_trl_layout_trains_the_real_model(layout, tmp_path, monkeypatch, smollm2_dir):
     """Every layout of TRL's dataset-formats guide (tests/datamodules/test_layouts.py's rows), as a user's jsonl."""
