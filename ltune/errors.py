@@ -7,9 +7,8 @@ from __future__ import annotations
 from jsonargparse import ArgumentError
 
 from ltune.datamodules import DataError, ScoringError
-from ltune.objectives.base import NonFiniteLossError
+from ltune.objectives import NonFiniteLossError, RewardError
 from ltune.presets import ModelUnavailable
-from ltune.reward_funcs import RewardError
 
 
 class ConfigError(ValueError):

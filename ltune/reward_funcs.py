@@ -52,23 +52,23 @@ def completion_text(completion: str | list[dict]) -> str:
 
 
 def _as_float(v: Any) -> float:
-    """A reward value as a float (None -> NaN, "does not apply"); raises ``TypeError`` for anything else."""
+    """A reward value as a float (None and NaN: NaN, "does not apply"); raises ``TypeError`` for anything else."""
     if v is None:
         return math.nan
     if isinstance(v, Tensor) and v.numel() == 1:
         v = v.item()
-    if not isinstance(v, Real) or isinstance(v, complex) or math.isinf(float(v)):
+    if not isinstance(v, Real) or math.isinf(float(v)):
         raise TypeError
-    return float(v)
+    return float(v)  # NaN stays NaN: "does not apply", as None (TRL's tensor makes them one)
 
 
-def call_rewards(funcs: Sequence[RewardFunc], rows: Sequence[str], **inputs: Any) -> Tensor:
+def call_rewards(funcs: Sequence[RewardFunc], rows: Sequence[str], inputs: dict[str, Any]) -> Tensor:
     """``[N, F]`` float32 values of each function on the ``N`` completions (NaN for None).
 
     Args:
         funcs: The reward functions.
         rows: Where each completion's prompt row comes from (``"train.jsonl: row 3"``), for error messages.
-        **inputs: The keyword arguments every function gets (lists of ``N``, and the extras).
+        inputs: The keyword arguments every function gets (lists of ``N``, and the extras).
 
     Raises:
         RewardError: One line naming the function and the row: it raised (the first row it raises on, found by
@@ -95,7 +95,7 @@ def call_rewards(funcs: Sequence[RewardFunc], rows: Sequence[str], **inputs: Any
             except TypeError:
                 raise RewardError(
                     f"reward '{name}' returned {v!r} ({type(v).__name__}) for completion {i} ({rows[i]}): "
-                    "return a finite number, or None where the reward does not apply"
+                    "return a finite number, or None (or NaN) where the reward does not apply"
                 ) from None
     return out
 
@@ -114,15 +114,18 @@ def weighted_sum(values: Tensor, weights: Sequence[float] | None = None) -> Tens
     """``[N]`` TRL's reward: the weighted sum over functions with None (NaN) counted as 0, and NaN for a completion
     that no function scored (it is then left out of the baselines and gets no advantage)."""
     w = torch.ones(values.shape[1]) if weights is None else torch.as_tensor(weights, dtype=values.dtype)
+    w = w.to(values.device)
     total = (values * w).nansum(1)
     return torch.where(values.isnan().all(1), math.nan, total)
 
 
 def reward_metrics(values: Tensor, names: Sequence[str]) -> dict[str, Tensor]:
-    """``rewards/<name>/mean`` and ``/std`` (Bessel) of each function over the completions it scored."""
+    """``rewards/<name>/mean`` and ``/std`` (Bessel) of each function over the completions it scored (TRL's), and
+    ``/scored``, the share it scored (the rest returned None)."""
     out = {}
     for k, name in enumerate(names):
         v = values[:, k][~values[:, k].isnan()]
+        out[f"rewards/{name}/scored"] = torch.tensor(len(v) / max(len(values), 1))
         out[f"rewards/{name}/mean"] = v.mean() if len(v) else torch.tensor(math.nan)
         out[f"rewards/{name}/std"] = v.std() if len(v) > 1 else torch.tensor(math.nan)
     return out
@@ -143,6 +146,8 @@ def score_rollouts(
         n: Completions per prompt.
     """
     b = len(batch["prompt_ids"])
+    if funcs and weights is not None and len(weights) != len(funcs):
+        raise RewardError(f"{len(weights)} reward_weights for {len(funcs)} reward functions: give one weight each")
     rep = lambda values: [v for v in values for _ in range(n)]  # noqa: E731  (each row for its n completions)
     real = lambda ids, mask: [t[m.bool()].tolist() for t, m in zip(ids, mask)]  # noqa: E731
     prompts = rep(batch.get("prompt") or [None] * b)
@@ -151,20 +156,21 @@ def score_rollouts(
     for key in dict.fromkeys(k for row in extra for k in row):
         columns.setdefault(key, rep([row.get(key) for row in extra]))
     logged: dict[str, float] = {}
-    values = call_rewards(
-        funcs,
-        rep(batch.get("source_row") or [f"prompt {i} of the batch" for i in range(b)]),
-        prompts=prompts,
-        completions=[
+    inputs = {
+        "prompts": prompts,
+        "completions": [
             t if p is None or isinstance(p, str) else [{"role": "assistant", "content": t}]
             for p, t in zip(prompts, texts)
-        ],  # fmt: skip
-        completion_ids=real(samples.completion_ids, samples.completion_mask),
-        prompt_ids=real(samples.prompt_ids, samples.prompt_mask),
-        group_size=n,
-        log_metric=lambda name, value: logged.__setitem__(name, float(value)),
-        **columns,
-    )
+        ],
+        "completion_ids": real(samples.completion_ids, samples.completion_mask),
+        "prompt_ids": real(samples.prompt_ids, samples.prompt_mask),
+        "group_size": n,
+        "log_metric": lambda name, value: logged.__setitem__(name, float(value)),
+    }
+    rows = rep(batch.get("source_row") or [f"prompt {i} of the batch" for i in range(b)])
+    if clash := sorted(set(columns) & set(inputs)):
+        raise RewardError(f"{rows[0]}: column '{clash[0]}' has the name of a reward function argument: rename it")
+    values = call_rewards(funcs, rows, {**inputs, **columns})
     metrics = reward_metrics(values, [reward_name(f) for f in funcs])
     return weighted_sum(values, weights), {**metrics, **logged}
 
@@ -172,8 +178,8 @@ def score_rollouts(
 # ---- built-in rewards --------------------------------------------------------------------------------------------
 def accuracy_reward(completions: list, answer: list[str | None] | None = None, **kwargs: Any) -> list[float | None]:
     """1.0 when a completion's final answer (:func:`ltune.rewards.extract_answer`) is equivalent to its row's
-    ``answer``, else 0.0; None for a row without one."""
-    if answer is None or all(a is None for a in answer):
+    ``answer``, else 0.0; None for a row without one (the share it scores is logged as ``rewards/<name>/scored``)."""
+    if answer is None:
         raise ValueError("the rows have no 'answer' column (the reference answer this reward checks against)")
     return [
         None if a is None else float(is_equivalent(extract_answer(completion_text(c)), a))

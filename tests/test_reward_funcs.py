@@ -90,10 +90,65 @@ def test_advantages_leave_unscored_completions_out_of_the_baselines():
     assert adv[4:].tolist() == pytest.approx(((torch.tensor([0.0, 0.0, 1.0, 1.0]) - 0.5) / (s + 1e-4)).tolist())
     from trl.trainer.utils import nanstd
 
-    assert m["reward_std"].item() == pytest.approx((nanstd(r[:4]) + nanstd(r[4:])).item() / 2)
+    assert m["reward_std"].item() == pytest.approx(nanstd(r).item())  # TRL logs the batch's
     assert m["reward"].item() == pytest.approx(8 / 7)
     rloo, _ = rloo_advantages(r, 4)  # leave-one-out over the scored others: 1 - (2 + 3) / 2, 0, 2 - 2, 3 - 1.5
     assert rloo[:4].tolist() == pytest.approx([-1.5, 0.0, 0.0, 1.5])
+
+
+def test_rows_without_an_answer_are_unscored_and_counted_not_an_error():
+    """A batch whose rows have no answer (``PromptData`` always passes the column): None for each, and the share
+    scored is logged; NaN from a function means the same as None (TRL's tensor makes them one)."""
+    assert accuracy_reward(["4", "5"], answer=[None, None]) == [None, None]
+    batch, samples = _rollouts(["a", "b"])
+    total, m = score_rollouts([accuracy_reward, lambda **k: [NAN, 1.0, NAN, 1.0]], None, batch, ["4"] * 4, samples, 2)
+    assert m["rewards/accuracy_reward/scored"].item() == 0.5 and m["rewards/<lambda>/scored"].item() == 0.5
+    assert math.isnan(total[2]) and total[[0, 1, 3]].tolist() == [1.0, 2.0, 1.0]  # row 2: nothing scored it
+
+
+def test_weights_that_do_not_match_the_rewards_and_columns_named_like_arguments_stop(tmp_path):
+    from ltune.objectives import GRPO, TTRL
+    from tests.conftest import micro_backbone
+
+    model = TTRL(backbone=micro_backbone(), num_votes=2, num_generations=2, reward_weights=[1.0, 2.0])
+    with pytest.raises(RewardError, match="2 reward_weights for 1 rewards"):  # TTRL's one default: MajorityVote
+        model.configure_model()
+    with pytest.raises(ValueError, match="2 reward_weights for 1 reward_funcs"):
+        GRPO(reward_funcs=[accuracy_reward], reward_weights=[1.0, 2.0])
+    batch, samples = _rollouts(["a", "b"])
+    batch["columns"] = [{"completions": "x"}, {}]
+    with pytest.raises(RewardError, match="p.jsonl: row 1: column 'completions' has the name of a reward function"):
+        score_rollouts([accuracy_reward], None, batch, ["4"] * 4, samples, 2)
+
+
+def test_rlaif_rewards_score_what_they_should():
+    """``RewardModelScore``: each prompt + completion right-padded scores as the sequence alone; ``JudgeScore``: the
+    judge reads the question as the row gives it (a message prompt: its non-system turns), not template text."""
+    from ltune.objectives import RewardModel
+    from ltune.objectives.rlaif import JudgeScore, RewardModelScore
+    from tests.conftest import micro_backbone
+
+    torch.manual_seed(0)
+    rm = RewardModel(backbone=micro_backbone())
+    rm.configure_model()
+    torch.nn.init.normal_(rm.value_head.weight)
+    scorer = RewardModelScore("unused.ckpt")
+    scorer.model, scorer.objective = rm.eval(), rm
+    prompt_ids, completion_ids = [[5, 6, 7], [8]], [[9, 10], [11, 12, 13, 1]]
+    got = scorer(prompt_ids=prompt_ids, completion_ids=completion_ids)
+    for g, p, c in zip(got, prompt_ids, completion_ids):
+        ids = torch.tensor([p + c])
+        assert g == pytest.approx(rm.score(ids, torch.ones_like(ids)).item(), abs=1e-6)
+
+    class Recorder:
+        def score(self, prompts, responses):
+            self.seen = (prompts, responses)
+            return torch.zeros(len(prompts))
+
+    judge = JudgeScore(Recorder())
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}]
+    judge(prompts=["3+3?", chat], completions=["6", [{"role": "assistant", "content": "4"}]])
+    assert judge.judge.seen == (["3+3?", "2+2?"], ["6", "4"])
 
 
 def test_builtins_by_hand():
@@ -118,7 +173,7 @@ def test_builtins_equal_trls_reward_functions():
     think = PatternReward(r"^<think>(?!.*<think>)(.*?)</think>.*$")
     assert think(completions=texts) == trl_rewards.think_format_reward(conv) == [1.0, 1.0, 0.0, 0.0, 0.0]
     # and TRL's function itself runs as an entry, on conversational completions as TRL passes them
-    values = call_rewards([trl_rewards.think_format_reward], ["r"] * 5, completions=conv)
+    values = call_rewards([trl_rewards.think_format_reward], ["r"] * 5, {"completions": conv})
     assert values[:, 0].tolist() == [1.0, 1.0, 0.0, 0.0, 0.0]
 
 

@@ -35,7 +35,10 @@ def cut_pair(
     if policy == "skip" or (policy == "keep_start" and len(prompt) >= max_length):
         raise Overlong
     if policy == "keep_start":
-        return prompt, [c[: max_length - len(prompt)] for c in completions], True
+        cut = [c[: max_length - len(prompt)] for c in completions]
+        if len(cut) > 1 and all(c == cut[0] for c in cut):  # a pair cut back to one response teaches nothing
+            raise Overlong
+        return prompt, cut, True
     if longest >= max_length:
         raise Overlong
     return prompt[excess:], completions, True

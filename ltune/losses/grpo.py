@@ -36,9 +36,9 @@ def group_advantages(
         eps: Added to the standard deviation.
 
     Returns:
-        ``[N]`` float32 advantages and detached metrics over the scored completions: ``reward`` (mean),
-        ``reward_std`` (mean of the group standard deviations, as TRL logs it) and ``frac_reward_zero_std`` (share
-        of groups whose rewards are all equal, so their advantages are 0).
+        ``[N]`` float32 advantages and detached metrics over the scored completions, as TRL logs them: ``reward``
+        (mean), ``reward_std`` (standard deviation over the batch) and ``frac_reward_zero_std`` (share of groups whose
+        rewards are all equal, so their advantages are 0).
     """
     n = rewards.numel()
     if group_size < 2 or n % group_size:
@@ -56,7 +56,7 @@ def group_advantages(
         adv = centred
     metrics = {
         "reward": r.nanmean().detach(),
-        "reward_std": std.nanmean().detach(),
+        "reward_std": nanstd(r.reshape(-1), 0).squeeze().detach(),
         "frac_reward_zero_std": torch.isclose(std, torch.zeros_like(std)).float().mean().detach(),
     }
     return adv.nan_to_num(0.0).reshape(-1), metrics

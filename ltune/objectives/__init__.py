@@ -11,6 +11,7 @@ from ltune.objectives.rlaif import RLAIF
 from ltune.objectives.rlsc import RLSC
 from ltune.objectives.sft import SFT
 from ltune.objectives.ttrl import TTRL
+from ltune.reward_funcs import RewardError  # raised by the GRPO family's reward calls
 
 __all__ = [
     "CUT",
@@ -25,5 +26,6 @@ __all__ = [
     "CoIN",
     "NonFiniteLossError",
     "Objective",
+    "RewardError",
     "RewardModel",
 ]

@@ -23,7 +23,7 @@ from ltune.losses.grpo import (
 from ltune.objectives.base import Objective
 from ltune.objectives.rng_stream import OwnRNG
 from ltune.packing import consecutive_groups, grouped_logprobs
-from ltune.reward_funcs import RewardFunc, accuracy_reward, score_rollouts
+from ltune.reward_funcs import RewardError, RewardFunc, accuracy_reward, score_rollouts
 
 
 class GRPO(OwnRNG, Objective):
@@ -139,6 +139,8 @@ class GRPO(OwnRNG, Objective):
             self.keep_reference_copy()
         if not self.reward_funcs:
             self.reward_funcs = list(self._given_rewards or self.default_rewards())
+            if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_funcs):
+                raise RewardError(f"{len(self.reward_weights)} reward_weights for {len(self.reward_funcs)} rewards")
             for f in self.reward_funcs:
                 if hasattr(f, "bind"):
                     f.bind(self)  # a reward that holds a model or a judge: it sees the run's policy and device

@@ -5,6 +5,8 @@ ltune fit --config configs/objectives/sft.yaml
 
 from __future__ import annotations
 
+import warnings
+
 from torchmetrics import MeanMetric, SumMetric
 
 from ltune.kernels import IGNORE_INDEX
@@ -21,13 +23,20 @@ class SFT(Objective):
     ``val/token_accuracy`` and, with ``eval_prompts``, ``val/exact_match`` (greedy decoding).
 
     Args:
-        share_prefix_rows: Run this many consecutive rows as one sequence around their common prefix (the chat
-            template and system prompt every row repeats): exact, packed only when it saves at least 10% of the
-            forward's FLOPs (:mod:`ltune.packing`); 1 runs the rows as they are.
+        packing: Run the batch's rows as few sequences, packed best-fit-decreasing around the prefix every row
+            repeats (the chat template and system prompt), each row attending to itself only: exact (the loss, token
+            counts and gradients of the unpacked rows), no padding through the decoder, and only when it saves at
+            least 10% of the forward's FLOPs (:mod:`ltune.packing`). False runs the padded rows as they are.
+        pack_length: Tokens per packed sequence; None: the batch's longest row, or longer when the rows share a
+            prefix, as the cost model in :func:`ltune.packing.row_groups` picks.
         **kwargs: Arguments of :class:`~ltune.objectives.base.Objective` (backbone, optimizer, scheduler, ...).
     """
 
     def __init__(self, *args, packing: bool = True, pack_length: int | None = None, **kwargs) -> None:
+        if (
+            kwargs.pop("share_prefix_rows", None) is not None
+        ):  # a checkpoint saved before 2026-12-03: packing replaces it
+            warnings.warn("SFT's share_prefix_rows is gone: rows are packed by `packing` (on by default)", stacklevel=2)
         super().__init__(*args, **kwargs)
         if pack_length is not None and pack_length < 1:
             raise ValueError(f"pack_length={pack_length} must be >= 1 (or null: chosen per batch)")

@@ -16,7 +16,8 @@ class TTRL(GRPO):
     classes, ``ltune.rewards.majority_vote``) as the pseudo-label, rewards each completion 1 if its answer is
     equivalent to it, and updates on the first ``num_generations`` of them (advantages normalised within those).
     The reward is :class:`ltune.reward_funcs.MajorityVote`, an ordinary entry of ``reward_funcs`` (the default here;
-    give ``reward_funcs`` to add others beside it). A reference ``answer``, when present in the rows, feeds only its
+    a ``reward_funcs`` list replaces it: list ``ltune.reward_funcs.MajorityVote`` in it to keep the vote; ``placebo``
+    acts on the default only). A reference ``answer``, when present in the rows, feeds only its
     metrics (``train/`` prefix): ``label_accuracy`` (maj@N), ``reward_accuracy``, ``majority_ratio``,
     ``ground_truth_ratio``, ``pass@N`` and ``post_ground_truth_ratio``; ``majority_voting_reward`` is logged always.
     The reference TTRL scripts use ``num_votes=64``, ``num_generations=32``, temperature 1.0, token-mean loss

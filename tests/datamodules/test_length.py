@@ -12,6 +12,8 @@ def test_cut_pair_by_hand():
     assert cut_pair(p, [c, r], 8, "truncate_prompt") == (p, [c, r], False)  # 4 + 3 fits
     assert cut_pair(p, [c, r], 5, "truncate_prompt") == ([3, 4], [c, r], True)  # the longer response decides
     assert cut_pair(p, [c, r], 5, "keep_start") == (p, [[5], [8]], True)  # both responses cut to 5 - 4 = 1 token
+    with pytest.raises(Overlong):  # a pair cut back to the same response teaches nothing: skipped
+        cut_pair(p, [[5, 6], [5, 7]], 5, "keep_start")
     for policy, max_length in (("skip", 5), ("truncate_prompt", 3), ("keep_start", 4)):
         with pytest.raises(Overlong):  # skip; the response alone fills max_length; nothing after the prompt
             cut_pair(p, [c, r], max_length, policy)

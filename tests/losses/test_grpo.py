@@ -16,7 +16,7 @@ def test_group_scale_by_hand():
     s = 0.5 + 1e-4
     torch.testing.assert_close(adv, torch.tensor([0.25 / s, -0.75 / s, 0.25 / s, 0.25 / s, 0, 0, 0, 0]))
     assert m["reward"].item() == pytest.approx(3 / 8)
-    assert m["reward_std"].item() == pytest.approx(0.25)  # mean of the group stds (0.5, 0)
+    assert m["reward_std"].item() == pytest.approx(math.sqrt(1.875 / 7))  # TRL's: over the batch (see below)
     assert m["frac_reward_zero_std"].item() == 0.5
 
 

@@ -91,3 +91,5 @@ def test_rows_sharing_a_system_prompt_pack_and_give_the_same_loss_and_gradients(
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6 * b.abs().max().item())
     with pytest.raises(ValueError, match="pack_length=0"):
         SFT(pack_length=0)
+    with pytest.warns(UserWarning, match="share_prefix_rows is gone"):  # hparams of a checkpoint saved before
+        assert SFT(share_prefix_rows=4).packing
