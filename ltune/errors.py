@@ -7,7 +7,7 @@ from __future__ import annotations
 from jsonargparse import ArgumentError
 
 from ltune.datamodules import DataError, ScoringError
-from ltune.objectives import NonFiniteLossError, RewardError
+from ltune.objectives import CheckpointMismatch, NonFiniteLossError, RewardError
 from ltune.presets import ModelUnavailable
 
 
@@ -16,8 +16,8 @@ class ConfigError(ValueError):
 
 
 # Errors of the user's input, not of ltune: one line naming file/row/field and the fix, no traceback
-USER_ERRORS = (ArgumentError, ConfigError, DataError, FileNotFoundError, ModelUnavailable, NonFiniteLossError,
-               RewardError, ScoringError)  # fmt: skip
+USER_ERRORS = (ArgumentError, CheckpointMismatch, ConfigError, DataError, FileNotFoundError, ModelUnavailable,
+               NonFiniteLossError, RewardError, ScoringError)  # fmt: skip
 
 
 def one_line(e: BaseException) -> str:

@@ -1,6 +1,7 @@
 """One LightningModule per training objective; ``Objective`` is what they share."""
 
 from ltune.objectives.base import NonFiniteLossError, Objective
+from ltune.objectives.checkpoint import CheckpointMismatch
 from ltune.objectives.coin import CoIN
 from ltune.objectives.cut import CUT
 from ltune.objectives.dpo import DPO, SimPO
@@ -15,6 +16,7 @@ from ltune.reward_funcs import RewardError  # raised by the GRPO family's reward
 
 __all__ = [
     "CUT",
+    "CheckpointMismatch",
     "DPO",
     "GRPO",
     "ORPO",

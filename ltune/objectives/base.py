@@ -18,14 +18,16 @@ from ltune.backbone import Backbone, fully_shard_model, reference_model
 from ltune.export import export_hf
 from ltune.generation import HFSampler, decode
 from ltune.metrics import ExactMatch
+from ltune.objectives.checkpoint import FrozenOutOfCheckpoint
 
 
 class NonFiniteLossError(FloatingPointError):
     """A loss was NaN or infinite; training stops instead of stepping on it."""
 
 
-class Objective(L.LightningModule):
-    """Base LightningModule of ltune objectives.
+class Objective(FrozenOutOfCheckpoint, L.LightningModule):
+    """Base LightningModule of ltune objectives. Its checkpoints hold what trains, not the frozen base model
+    (:mod:`ltune.objectives.checkpoint`).
 
     Args:
         backbone: The model to fine-tune (default: the embedded ``tiny`` preset).

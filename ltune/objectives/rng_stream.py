@@ -32,6 +32,7 @@ class OwnRNG:
                 self._rng_state["cuda"] = torch.cuda.get_rng_state(self.device)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
         states = [self._rng_state]  # one stream per rank (every rank builds the checkpoint; rank 0 writes it)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             states = [None] * torch.distributed.get_world_size()
@@ -39,5 +40,6 @@ class OwnRNG:
         checkpoint["rng_streams"] = states
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
         states = checkpoint.get("rng_streams") or [None]  # None: an older checkpoint, the stream forks afresh
         self._rng_state = states[self.global_rank % len(states)]
