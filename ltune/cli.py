@@ -24,6 +24,8 @@ from lightning.pytorch.cli import LightningCLI
 
 import ltune.callbacks  # noqa: F401  (short class names in configs)
 import ltune.datamodules  # noqa: F401
+from ltune.callbacks import SaveOnTrainEnd
+from ltune.callbacks.last_checkpoint import last_checkpoint
 from ltune.datamodules import LTuneData
 from ltune.errors import USER_ERRORS, ConfigError, one_line
 from ltune.io import atomic_write_text
@@ -31,7 +33,13 @@ from ltune.objectives.base import Objective
 
 
 class LTuneCLI(LightningCLI):
-    """LightningCLI with subclass mode for ``--model`` (an objective) and ``--data`` (a DataModule)."""
+    """LightningCLI with subclass mode for ``--model`` (an objective) and ``--data`` (a DataModule); every run saves its
+    last step (``last.ckpt``, :class:`ltune.callbacks.SaveOnTrainEnd`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        defaults = dict(kwargs.pop("trainer_defaults", None) or {})
+        defaults.setdefault("callbacks", [SaveOnTrainEnd()])
+        super().__init__(*args, trainer_defaults=defaults, **kwargs)
 
     def instantiate_classes(self) -> None:
         try:
@@ -119,10 +127,13 @@ def export(ckpt_path: str, output_dir: str, merge_lora: bool = True) -> None:
     """Write a Hugging Face folder (weights, config, tokenizer) from a checkpoint of an ltune run.
 
     Args:
-        ckpt_path: A Lightning checkpoint; its hyperparameters rebuild the backbone (no config needed).
+        ckpt_path: A Lightning checkpoint, or a run's folder (``runs/sft/version_0``: its newest checkpoint);
+            its hyperparameters rebuild the backbone (no config needed).
         output_dir: Destination folder for ``save_pretrained``.
         merge_lora: Merge a LoRA adapter into the weights (otherwise the adapter alone is written).
     """
+    if Path(ckpt_path).is_dir():
+        ckpt_path = last_checkpoint(ckpt_path)
     model = Objective.load_from_checkpoint(ckpt_path, map_location="cpu")
     model.export(output_dir, merge_lora=merge_lora)
     print(f"exported {ckpt_path} -> {output_dir}")
