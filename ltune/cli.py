@@ -34,7 +34,7 @@ from ltune.objectives.base import Objective
 
 class LTuneCLI(LightningCLI):
     """LightningCLI with subclass mode for ``--model`` (an objective) and ``--data`` (a DataModule); every run saves its
-    last step (``last.ckpt``, :class:`ltune.callbacks.SaveOnTrainEnd`)."""
+    last step (:class:`ltune.callbacks.SaveOnTrainEnd`)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         defaults = dict(kwargs.pop("trainer_defaults", None) or {})

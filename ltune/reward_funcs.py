@@ -146,8 +146,6 @@ def score_rollouts(
         n: Completions per prompt.
     """
     b = len(batch["prompt_ids"])
-    if funcs and weights is not None and len(weights) != len(funcs):
-        raise RewardError(f"{len(weights)} reward_weights for {len(funcs)} reward functions: give one weight each")
     rep = lambda values: [v for v in values for _ in range(n)]  # noqa: E731  (each row for its n completions)
     real = lambda ids, mask: [t[m.bool()].tolist() for t, m in zip(ids, mask)]  # noqa: E731
     prompts = rep(batch.get("prompt") or [None] * b)

@@ -30,8 +30,7 @@ class Encoding:
         """Prompt text (ending where the model starts to answer) and completion text (ending with the stop token)."""
         tok = self.tokenizer
         if self.is_raw(prompt):
-            eos = tok.eos_token or ""
-            return prompt, None if completion is None else completion + ("" if completion.endswith(eos) else eos)
+            return prompt, None if completion is None else self.with_eos(completion)
         msgs = self.messages(prompt)
         if self.template != "plain" and tok.chat_template:  # message rows use the template under "raw" too
             ptext = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
@@ -43,6 +42,11 @@ class Encoding:
             return ptext, full[len(ptext) :].rstrip("\n")
         ptext = "".join(f"{m['content']}\n" for m in msgs)
         return ptext, None if completion is None else completion + (tok.eos_token or "")
+
+    def with_eos(self, text: str) -> str:
+        """``text`` ending with the tokenizer's EOS string, appended unless already there (as TRL does)."""
+        eos = self.tokenizer.eos_token or ""
+        return text if text.endswith(eos) else text + eos
 
     def is_raw(self, prompt: str | list[dict]) -> bool:
         return self.template == "raw" and isinstance(prompt, str)

@@ -90,8 +90,7 @@ class InstructionData(LTuneData):
         if "messages" in row:
             return self.encode_chat(self.messages(row["messages"]), loss_on=self.loss_on, tools=tools)
         if "prompt" not in row:  # language modelling
-            eos = self.tokenizer.eos_token or ""
-            ids = self.tokenizer(row["text"] + ("" if row["text"].endswith(eos) else eos))["input_ids"]
+            ids = self.tokenizer(self.with_eos(row["text"]))["input_ids"]
             return self.fit_length(ids, list(ids))
         prompt, completion = row["prompt"], completion_of(row)
         if isinstance(prompt, str) and isinstance(completion, str):

@@ -46,17 +46,17 @@ def group_advantages(
     if scale not in ("group", "batch", "none"):
         raise ValueError(f"scale must be 'group', 'batch' or 'none', got {scale!r}")
     r = rewards.float().view(-1, group_size)
-    mean, std = r.nanmean(1, keepdim=True), nanstd(r, 1)
+    mean, std, batch_std = r.nanmean(1, keepdim=True), nanstd(r, 1), nanstd(r.reshape(-1), 0)
     centred = r - mean
     if scale == "group":
         adv = centred / (std + eps)
     elif scale == "batch":
-        adv = centred / (nanstd(r.reshape(-1), 0) + eps)
+        adv = centred / (batch_std + eps)
     else:
         adv = centred
     metrics = {
         "reward": r.nanmean().detach(),
-        "reward_std": nanstd(r.reshape(-1), 0).squeeze().detach(),
+        "reward_std": batch_std.squeeze().detach(),
         "frac_reward_zero_std": torch.isclose(std, torch.zeros_like(std)).float().mean().detach(),
     }
     return adv.nan_to_num(0.0).reshape(-1), metrics

@@ -33,9 +33,8 @@ class SFT(Objective):
     """
 
     def __init__(self, *args, packing: bool = True, pack_length: int | None = None, **kwargs) -> None:
-        if (
-            kwargs.pop("share_prefix_rows", None) is not None
-        ):  # a checkpoint saved before 2026-12-03: packing replaces it
+        old = kwargs.pop("share_prefix_rows", None)  # in the hparams of checkpoints saved before 2026-12-03
+        if old is not None:
             warnings.warn("SFT's share_prefix_rows is gone: rows are packed by `packing` (on by default)", stacklevel=2)
         super().__init__(*args, **kwargs)
         if pack_length is not None and pack_length < 1:
