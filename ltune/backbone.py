@@ -9,11 +9,13 @@ on a CPU with it. ``smollm2-135m-instruct`` is a real pretrained instruct model 
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+from peft import LoraConfig
 from torch import Tensor, nn
 
 from ltune.kernels import LogProbs, linear_token_logprobs
@@ -34,7 +36,9 @@ TINY_CHAT_TEMPLATE = (
 
 @dataclass
 class LoRA:
-    """LoRA adapter settings, passed to ``peft.LoraConfig``.
+    """The common LoRA settings in short, passed to ``peft.LoraConfig``. For any other field (``use_dora``,
+    ``use_rslora``, ``modules_to_save``, ``layers_to_transform``, ...) give the backbone's ``lora`` a
+    ``peft.LoraConfig`` instead: in YAML, its own field names (``{r: 16, lora_alpha: 32, use_dora: true}``).
 
     Args:
         r: Rank of the update.
@@ -47,6 +51,12 @@ class LoRA:
     alpha: int = 32
     dropout: float = 0.05
     target_modules: list[str] | str = "all-linear"
+
+    def config(self) -> LoraConfig:
+        """The ``peft.LoraConfig`` these settings stand for."""
+        return LoraConfig(
+            r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout, target_modules=self.target_modules
+        )
 
 
 @dataclass
@@ -81,7 +91,8 @@ class Backbone:
         name_or_path: A Hugging Face model id, a local folder, or an embedded preset: ``"tiny"`` (random init) or
             ``"smollm2-135m-instruct"`` (fetched once into ``$LTUNE_CACHE`` by ``ltune fetch``, or on first use).
         dtype: Weight dtype at load time (``"auto"`` keeps the checkpoint's).
-        lora: LoRA settings; ``None`` trains all weights.
+        lora: LoRA settings: the short form (:class:`LoRA`), or a ``peft.LoraConfig`` with any of its fields
+            (DoRA, rsLoRA, ``modules_to_save``, ...); ``None`` trains all weights.
         gradient_checkpointing: Recompute activations in the backward pass to save memory.
         attn_implementation: ``"sdpa"``, ``"eager"``, ``"flash_attention_2"``, or ``None`` for the model's default.
         trust_remote_code: Allow model code from the Hub; off unless you trust the repository.
@@ -98,7 +109,7 @@ class Backbone:
 
     name_or_path: str = "tiny"
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
-    lora: LoRA | None = None
+    lora: LoRA | LoraConfig | None = None
     gradient_checkpointing: bool = False
     attn_implementation: str | None = "sdpa"
     trust_remote_code: bool = False
@@ -114,6 +125,16 @@ class Backbone:
         state = dict(self.__dict__)
         state["_tokenizer"] = None  # tokenizers are rebuilt on demand; keeps checkpoints and hparams small
         return state
+
+    def lora_config(self) -> LoraConfig | None:
+        """The ``peft.LoraConfig`` the model is wrapped with (a causal-LM task), or ``None`` without LoRA."""
+        if self.lora is None:
+            return None
+        cfg = self.lora.config() if isinstance(self.lora, LoRA) else copy.copy(self.lora)
+        cfg.task_type = cfg.task_type or "CAUSAL_LM"
+        if cfg.init_lora_weights != "loftq":
+            cfg.loftq_config = {}  # a parser fills in LoftQ's defaults; unused, and kept out of adapter_config.json
+        return cfg
 
     @property
     def is_tiny(self) -> bool:
@@ -197,16 +218,9 @@ class Backbone:
         if self.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if self.lora is not None:
-            from peft import LoraConfig, get_peft_model
+            from peft import get_peft_model
 
-            cfg = LoraConfig(
-                r=self.lora.r,
-                lora_alpha=self.lora.alpha,
-                lora_dropout=self.lora.dropout,
-                target_modules=self.lora.target_modules,
-                task_type="CAUSAL_LM",
-            )
-            model = get_peft_model(model, cfg)
+            model = get_peft_model(model, self.lora_config())
         return model
 
 

@@ -168,6 +168,8 @@ class ScalingCLI(LTuneCLI):
 def _cli(cls: type[LTuneCLI], args: list[str], **kwargs) -> LTuneCLI:
     """An ltune CLI over any objective and any DataModule (subclass mode), as every verb builds it."""
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")  # verbs pass argv on
+    # the parser fills a peft.LoraConfig's `loftq_config` with LoftQ's defaults; the backbone drops them unless used
+    warnings.filterwarnings("ignore", message="`loftq_config` specified but will be ignored")
     return cls(Objective, LTuneData, subclass_mode_model=True, subclass_mode_data=True, args=args,
                seed_everything_default=0, parser_kwargs={"exit_on_error": False}, **kwargs)  # fmt: skip
 

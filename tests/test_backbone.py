@@ -1,5 +1,6 @@
 """Backbone: tiny preset, loading by local path (the real-model code path), LoRA, log-probs, export."""
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -135,3 +136,33 @@ def test_last_token_states_reads_the_last_real_token_on_either_padding_side():
     left = torch.tensor([[0, 0, 1, 1], [0, 1, 1, 1]])
     assert torch.equal(last_token_states(hidden, right), torch.stack([hidden[0, 1], hidden[1, 3]]))
     assert torch.equal(last_token_states(hidden, left), torch.stack([hidden[0, 3], hidden[1, 3]]))
+
+
+def test_every_lora_config_field_reaches_peft_from_yaml(tmp_path):
+    """A backbone's ``lora`` takes ``peft.LoraConfig``'s own fields from YAML (DoRA, rsLoRA, modules_to_save,
+    layers_to_transform); the short form stays."""
+    from peft import LoraConfig
+
+    from ltune.cli import LTuneCLI, _cli
+    from tests.conftest import MICRO, ROOT
+
+    full = "{r: 4, lora_alpha: 8, target_modules: [q_proj, v_proj], use_dora: true, use_rslora: true, " \
+        "modules_to_save: [norm], layers_to_transform: [1], lora_dropout: 0.0}"  # fmt: skip
+    base = ["--config", str(ROOT / "configs/objectives/sft.yaml"), *MICRO, f"--trainer.default_root_dir={tmp_path}"]
+    cli = _cli(LTuneCLI, [*base, f"--model.init_args.backbone.lora={full}"], run=False)
+    assert isinstance(cli.model.backbone.lora, LoraConfig)
+    cli.model.configure_model()
+    model = cli.model.model
+    cfg = model.peft_config["default"]
+    assert cfg.use_dora and cfg.use_rslora and cfg.task_type == "CAUSAL_LM"
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert any("lora_magnitude_vector" in n for n in names)  # DoRA's magnitude
+    assert {n.split(".layers.")[1].split(".")[0] for n in names if "lora_" in n} == {"1"}  # layer 1 only
+    assert {n.split(".lora_A")[0].rsplit(".", 1)[-1] for n in names if "lora_A" in n} == {"q_proj", "v_proj"}
+    assert any("modules_to_save" in n and ".norm." in n for n in names)
+    q = model.base_model.model.model.layers[1].self_attn.q_proj
+    assert q.scaling["default"] == pytest.approx(8 / 4**0.5)  # rsLoRA: alpha / sqrt(r), not alpha / r
+
+    short = _cli(LTuneCLI, [*base, "--model.init_args.backbone.lora={r: 4, alpha: 8}"], run=False).model.backbone
+    assert isinstance(short.lora, LoRA) and short.lora_config().lora_alpha == 8
+    assert short.lora_config().target_modules == "all-linear"

@@ -197,7 +197,7 @@ class LESS(Selection):
         bb = self.scoring_backbone(self.scorer, keep_lora=True)
         if bb.lora is None:
             raise RuntimeError("LESS needs a backbone with LoRA settings (the warmup run's): set `scorer` or use LoRA")
-        return dataclasses.replace(bb, lora=dataclasses.replace(bb.lora, dropout=0.0))
+        return dataclasses.replace(bb, lora=dataclasses.replace(bb.lora_config(), lora_dropout=0.0))
 
     def scorer_config(self) -> dict[str, Any]:
         stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in self.checkpoint_files()]
