@@ -170,8 +170,11 @@ def _cli(cls: type[LTuneCLI], args: list[str], **kwargs) -> LTuneCLI:
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")  # verbs pass argv on
     # the parser fills a peft.LoraConfig's `loftq_config` with LoftQ's defaults; the backbone drops them unless used
     warnings.filterwarnings("ignore", message="`loftq_config` specified but will be ignored")
+    # no top-level --optimizer/--lr_scheduler: an objective builds its own from `optimizer`/`scheduler` once its
+    # weights are loaded (configure_model), so LightningCLI's, applied to a module without weights, cannot work
     return cls(Objective, LTuneData, subclass_mode_model=True, subclass_mode_data=True, args=args,
-               seed_everything_default=0, parser_kwargs={"exit_on_error": False}, **kwargs)  # fmt: skip
+               seed_everything_default=0, parser_kwargs={"exit_on_error": False}, auto_configure_optimizers=False,
+               **kwargs)  # fmt: skip
 
 
 def select(argv: list[str]) -> str:
@@ -257,6 +260,8 @@ def main(args: list[str] | None = None) -> None:
         if os.environ.get("LTUNE_DEBUG"):
             raise
         help = f" (`ltune {verb or 'fit'} --help` lists the arguments)" if isinstance(e, ArgumentError) else ""
+        if isinstance(e, ArgumentError) and ("--optimizer" in str(e) or "--lr_scheduler" in str(e)):
+            help = " (the objective builds them: --model.optimizer SGD --model.optimizer.lr 0.1, --model.scheduler)"
         raise SystemExit(f"ltune{' ' + verb if verb else ''}: {one_line(e)}{help}") from None
 
 

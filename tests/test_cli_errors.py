@@ -61,6 +61,19 @@ def test_config_errors_name_the_key_the_class_and_the_reason(tmp_path, monkeypat
     )
 
 
+def test_the_optimizer_is_the_objectives_not_lightning_clis(tmp_path, monkeypatch, capsys):
+    """LightningCLI's --optimizer would apply to a module whose weights load later (an empty parameter list): not
+    offered; the objective's own optimizer flags are named instead."""
+    monkeypatch.chdir(tmp_path)
+    message = _one_line(["fit", "--config", SFT, *FAST, "--optimizer", "SGD", "--optimizer.lr", "0.5"])
+    assert "unrecognized arguments: --optimizer SGD" in message and "--model.optimizer SGD" in message, message
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    help = capsys.readouterr().out
+    assert "--trainer.max_steps" in help and "\n  --optimizer " not in help and "\n  --lr_scheduler " not in help
+    main(["fit", "--config", SFT, *FAST, "--model.optimizer", "SGD", "--model.optimizer.lr", "0.5"])  # trains
+
+
 def test_a_model_folder_not_made_yet_says_how_to_make_it(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     message = _one_line(["validate", "--config", str(ROOT / "configs/loops/rest_em.yaml"), "--trainer.logger=false"])
