@@ -161,6 +161,9 @@ class Objective(FrozenOutOfCheckpoint, L.LightningModule):
             gathered = [None] * torch.distributed.get_world_size()
             torch.distributed.all_gather_object(gathered, cats)
             cats = set().union(*gathered)
+        if cats == {"all"}:  # no row names a category ("all" is the data's default): val/exact_match says it all
+            cats = set()
+            self.category_match["all"].reset()
         for cat in sorted(cats):
             metric = self._category_metric(cat)
             self.log(f"val/exact_match/{cat}", metric.compute())

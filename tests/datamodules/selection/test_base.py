@@ -226,6 +226,25 @@ def test_scaling_study_fits_per_budget_and_plots_per_category(tmp_path, monkeypa
     assert (tmp_path / "study/scaling.png").stat().st_size > 1000
 
 
+def test_scaling_csv_holds_one_row_per_budget_and_category_on_uncategorised_rows(tmp_path, monkeypatch):
+    """A user's evaluation rows name no category: one row per budget (the overall exact match), not two."""
+    import json
+
+    import pandas as pd
+
+    from ltune.cli import main
+    from tests.conftest import ROOT
+    from tests.datamodules.selection.conftest import SHRINK
+
+    monkeypatch.chdir(tmp_path)
+    rows = [{"prompt": f"{a}+{a}=?", "answer": str(2 * a)} for a in range(6)]
+    (tmp_path / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    main(["scaling", "--config", str(ROOT / "configs/selection/scaling.yaml"), *SHRINK, "--budgets", "0.5,1.0",
+          "--output", "study", "--data.init_args.pool.init_args.eval_prompts=eval.jsonl"])  # fmt: skip
+    df = pd.read_csv(tmp_path / "study/scaling.csv")
+    assert list(df["category"]) == ["all", "all"] and list(df["budget"]) == [0.5, 1.0], df
+
+
 def test_report_is_logged_to_wandb_when_a_wandb_logger_is_attached(tmp_path, tokenizer):
     from types import SimpleNamespace
 
