@@ -30,11 +30,12 @@ from ltune.datamodules import LTuneData
 from ltune.errors import USER_ERRORS, ConfigError, one_line
 from ltune.io import atomic_write_text
 from ltune.objectives.base import Objective
+from ltune.run_record import RunRecord, update_record
 
 
 class LTuneCLI(LightningCLI):
     """LightningCLI with subclass mode for ``--model`` (an objective) and ``--data`` (a DataModule); every run saves its
-    last step (:class:`ltune.callbacks.SaveOnTrainEnd`)."""
+    last step (:class:`ltune.callbacks.SaveOnTrainEnd`) and its record (``run.json``, :mod:`ltune.run_record`)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         defaults = dict(kwargs.pop("trainer_defaults", None) or {})
@@ -72,6 +73,8 @@ class LTuneCLI(LightningCLI):
         if self._before is None or self.trainer.interrupted:
             return
         after = self._validate()
+        if self.trainer.is_global_zero and self.trainer.log_dir:
+            update_record(self.trainer.log_dir, validation={"before": self._before, "after": after})
         if self.trainer.is_global_zero:
             print("\nvalidation before -> after fit:")
             for key in sorted(after):
@@ -167,6 +170,8 @@ class ScalingCLI(LTuneCLI):
 
 def _cli(cls: type[LTuneCLI], args: list[str], **kwargs) -> LTuneCLI:
     """An ltune CLI over any objective and any DataModule (subclass mode), as every verb builds it."""
+    verb = {SelectCLI: ["select"], ScalingCLI: ["scaling"]}.get(cls, [])  # fit & co. come first in `args`
+    kwargs["save_config_kwargs"] = {**kwargs.get("save_config_kwargs", {}), "command": ["ltune", *verb, *args]}
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")  # verbs pass argv on
     # the parser fills a peft.LoraConfig's `loftq_config` with LoftQ's defaults; the backbone drops them unless used
     warnings.filterwarnings("ignore", message="`loftq_config` specified but will be ignored")
@@ -174,6 +179,7 @@ def _cli(cls: type[LTuneCLI], args: list[str], **kwargs) -> LTuneCLI:
     # weights are loaded (configure_model), so LightningCLI's, applied to a module without weights, cannot work
     return cls(Objective, LTuneData, subclass_mode_model=True, subclass_mode_data=True, args=args,
                seed_everything_default=0, parser_kwargs={"exit_on_error": False}, auto_configure_optimizers=False,
+               save_config_callback=RunRecord,
                **kwargs)  # fmt: skip
 
 

@@ -97,6 +97,16 @@ class Objective(FrozenOutOfCheckpoint, L.LightningModule):
             "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"},
         }
 
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Log ``train/learning_rate`` and ``train/grad_norm`` (the total 2-norm of the gradients that step, before
+        any clipping), as TRL's trainers do."""
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if grads:
+            norm = torch.nn.utils.get_total_norm(grads)
+            norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP2: the norm over every shard
+            self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
+        self.log("train/learning_rate", float(optimizer.param_groups[0]["lr"]), on_step=True, on_epoch=False)
+
     def check_finite(self, loss: Tensor, batch_idx: int) -> None:
         """Stop every rank together (no DDP hang) when any rank's loss is NaN/inf."""
         bad = self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss)), all=False)

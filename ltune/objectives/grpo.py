@@ -127,6 +127,7 @@ class GRPO(OwnRNG, Objective):
         self._rollout: list | None = None  # [samples, advantages, metrics, old log-probs] reused over num_iterations
         self._updates = 0
         self.sampler: Sampler = HFSampler()
+        self.last_rollouts: dict | None = None  # the latest step's scored completions (SampleTable logs them)
 
     @property
     def num_rollouts(self) -> int:
@@ -199,12 +200,13 @@ class GRPO(OwnRNG, Objective):
     def generate_and_score(self, batch: dict) -> list:
         """Sample, reward and compute advantages: ``[samples, advantages, metrics, None]`` (pi_old to come)."""
         samples = self.rollout(batch)
-        rewards, extra = self.rewards(decode(self.tokenizer, samples), batch, samples)
+        texts = decode(self.tokenizer, samples)
+        rewards, extra = self.rewards(texts, batch, samples)
         rewards = rewards.to(self.device)
         n, g = self.num_rollouts, self.num_generations
         if n > g:  # vote-then-sample: keep the first G of every group of N
             keep = (torch.arange(len(rewards), device=self.device).view(-1, n)[:, :g]).reshape(-1)
-            samples, rewards = select(samples, keep), rewards[keep]
+            samples, rewards, texts = select(samples, keep), rewards[keep], [texts[i] for i in keep.tolist()]
         if self.advantage_estimator == "rloo":
             advantages, metrics = rloo_advantages(rewards, g, self.normalize_advantages)
         else:
@@ -215,6 +217,7 @@ class GRPO(OwnRNG, Objective):
         metrics["completions/max_length"] = lengths.max()
         metrics["completions/clipped_ratio"] = 1 - terminated(samples, self.tokenizer.eos_token_id).float().mean()
         metrics.update({k: torch.tensor(float(v)) for k, v in extra.items()})
+        self.last_rollouts = {"samples": samples, "completions": texts, "rewards": rewards, "advantages": advantages}
         return [samples, advantages, metrics, None]
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:

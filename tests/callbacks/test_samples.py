@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import lightning as L
+import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
 
@@ -47,3 +48,33 @@ def test_sample_table_every_n_steps(tmp_path, one_thread):
     assert [r[4] for r in rows] == [is_equivalent(extract_answer(t), a) for t, a in zip(texts, batch["answer"])]
     lines = [json.loads(x) for x in open(tmp_path / "lightning_logs/version_0/samples.jsonl")]
     assert len(lines) == 6 and lines[0]["step"] == 3
+
+
+def test_grpo_logs_the_rollouts_it_trained_on_with_reward_and_advantage(tmp_path, one_thread):
+    """TRL's log_completions: the step's own completions, each with its reward and its group-relative advantage."""
+    from ltune.datamodules import PromptData
+    from ltune.objectives import GRPO
+
+    torch.manual_seed(0)
+    model = GRPO(backbone=micro_backbone(), num_generations=3, max_completion_length=6, scale_rewards="none",
+                 reward_funcs=[lambda completions, **kw: [float(len(c)) for c in completions]])  # fmt: skip
+    data = PromptData(train=EmbeddedTasks(format="prompts", n=8, categories=["add"]), batch_size=2)
+    seen = []
+
+    class Keep(L.Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            seen.append((batch, dict(module.last_rollouts)))
+
+    logger = TableLogger(tmp_path)
+    trainer = L.Trainer(accelerator="cpu", max_steps=2, logger=logger, enable_progress_bar=False,
+                        callbacks=[Keep(), SampleTable(every_n_steps=2, num_prompts=1)],
+                        enable_checkpointing=False, enable_model_summary=False)  # fmt: skip
+    trainer.fit(model, data)
+    ((key, columns, rows, step),) = logger.tables
+    assert columns == ["step", "prompt", "completion", "reward", "advantage"] and step == 2 and len(rows) == 3
+    batch, rollouts = seen[-1]
+    assert [r[2] for r in rows] == rollouts["completions"][:3]
+    rewards = [float(len(c)) for c in rollouts["completions"][:3]]  # the reward function, recomputed
+    assert [r[3] for r in rows] == rewards
+    assert [r[4] for r in rows] == pytest.approx([x - sum(rewards) / 3 for x in rewards])  # scale_rewards="none"
+    assert all(batch["prompt"][0] in r[1] for r in rows)  # the first prompt, as rendered for the model
