@@ -19,7 +19,7 @@ from peft import LoraConfig
 from torch import Tensor, nn
 
 from ltune.kernels import LogProbs, linear_token_logprobs
-from ltune.presets import loading, locate
+from ltune.presets import PRESETS, loading, locate
 from ltune.seeding import run_seed
 
 log = logging.getLogger(__name__)
@@ -144,6 +144,13 @@ class Backbone:
     def path(self) -> str:
         """What ``from_pretrained`` reads: a preset's cached folder (fetched on first use), else ``name_or_path``."""
         return locate(self.name_or_path)
+
+    def portable_path(self) -> str:
+        """How another machine names the base model: ``name_or_path`` as given, a preset's cached folder relative
+        to the current directory (``ltune fetch`` makes it anywhere)."""
+        import os
+
+        return os.path.relpath(self.path) if self.name_or_path in PRESETS else self.name_or_path
 
     @property
     def tokenizer(self):

@@ -126,19 +126,22 @@ def env(argv: list[str]) -> None:
     print(report())
 
 
-def export(ckpt_path: str, output_dir: str, merge_lora: bool = True) -> None:
-    """Write a Hugging Face folder (weights, config, tokenizer) from a checkpoint of an ltune run.
+def export(ckpt_path: str, output_dir: str, merge_lora: bool = True, base_model: str | None = None) -> None:
+    """Write a Hugging Face folder (weights, config, tokenizer) from a checkpoint of an ltune run. Its chat template
+    inserts the system prompt the run trained with.
 
     Args:
         ckpt_path: A Lightning checkpoint, or a run's folder (``runs/sft/version_0``: its newest checkpoint);
             its hyperparameters rebuild the backbone (no config needed).
         output_dir: Destination folder for ``save_pretrained``.
         merge_lora: Merge a LoRA adapter into the weights (otherwise the adapter alone is written).
+        base_model: With ``merge_lora false``: the adapter's base model as peft will look for it (default: the
+            backbone's ``name_or_path``; for an embedded preset, its cached folder relative to this directory).
     """
     if Path(ckpt_path).is_dir():
         ckpt_path = last_checkpoint(ckpt_path)
     model = Objective.load_from_checkpoint(ckpt_path, map_location="cpu")
-    model.export(output_dir, merge_lora=merge_lora)
+    model.export(output_dir, merge_lora=merge_lora, base_model=base_model)
     print(f"exported {ckpt_path} -> {output_dir}")
 
 

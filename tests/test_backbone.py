@@ -166,3 +166,35 @@ def test_every_lora_config_field_reaches_peft_from_yaml(tmp_path):
     short = _cli(LTuneCLI, [*base, "--model.init_args.backbone.lora={r: 4, alpha: 8}"], run=False).model.backbone
     assert isinstance(short.lora, LoRA) and short.lora_config().lora_alpha == 8
     assert short.lora_config().target_modules == "all-linear"
+
+
+def test_the_export_serves_the_system_prompt_it_trained_with(tmp_path, monkeypatch):
+    """The exported tokenizer renders a conversation as training rendered it: the run's system prompt first."""
+    from ltune.cli import main
+    from ltune.datamodules import InstructionData
+    from tests.conftest import MICRO, ROOT
+
+    monkeypatch.chdir(tmp_path)
+    system = 'Answer "briefly".\nEnd with: The answer is <answer>.'
+    args = [
+        "fit",
+        "--config",
+        str(ROOT / "configs/objectives/sft.yaml"),
+        *MICRO,
+        "--trainer.max_steps=1",
+        "--trainer.logger=false",
+        f"--data.init_args.system={system}",
+    ]  # the data's: recorded in the checkpoint
+    main(args)
+    out = tmp_path / "hf"
+    main(["export", "--ckpt_path", str(tmp_path / "checkpoints"), "--output_dir", str(out)])
+    exported = AutoTokenizer.from_pretrained(out)
+    data = InstructionData()
+    data.tokenizer, data.default_system = micro_backbone().tokenizer, system
+    conversation = [{"role": "user", "content": "What is 2+3?"}]
+    trained = data.render(conversation)[0]
+    assert system in trained
+    assert exported.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True) == trained
+    own = [{"role": "system", "content": "Another."}, *conversation]  # a conversation's own system message wins
+    data.default_system = None
+    assert exported.apply_chat_template(own, tokenize=False, add_generation_prompt=True) == data.render(own)[0]

@@ -179,6 +179,16 @@ class Objective(FrozenOutOfCheckpoint, L.LightningModule):
             self.log(f"val/exact_match/{cat}", metric.compute())
             metric.reset()
 
-    def export(self, output_dir: str, merge_lora: bool = True) -> Path:
-        """Write a Hugging Face folder (LoRA merged by default); returns it."""
-        return export_hf(self.model, self.tokenizer, output_dir, merge_lora=merge_lora)
+    def trained_system_prompt(self) -> str | None:
+        """The system message this run's prompts are rendered with: the attached DataModule's, else the one its
+        checkpoint recorded, else the backbone's ``system_prompt``."""
+        data = self._trainer and getattr(self._trainer, "datamodule", None)
+        if data is not None and hasattr(data, "system_message"):
+            return data.system_message()
+        return getattr(self, "_trained_system", None) or self.backbone.system_prompt
+
+    def export(self, output_dir: str, merge_lora: bool = True, base_model: str | None = None) -> Path:
+        """Write a Hugging Face folder (LoRA merged by default) whose chat template inserts the system prompt the run
+        trained with; returns it. ``base_model``: the adapter's base path (:func:`ltune.export.export_hf`)."""
+        system, base = self.trained_system_prompt(), base_model or self.backbone.portable_path()
+        return export_hf(self.model, self.tokenizer, output_dir, merge_lora, system_prompt=system, base_model=base)

@@ -12,6 +12,7 @@ import torch
 from ltune.backbone import unwrap
 
 KEY = "ltune_frozen"  # the checkpoint entry: the keys left out and the base model they come from
+SYSTEM_KEY = "ltune_system_prompt"  # the system message the run's prompts were rendered with
 VOLATILE = ("_name_or_path", "transformers_version", "torch_dtype", "dtype")  # not part of what a base model is
 
 
@@ -41,6 +42,7 @@ class FrozenOutOfCheckpoint:
         return {"name_or_path": self.backbone.name_or_path, "config": digest, "checksum": checksum}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[SYSTEM_KEY] = self.trained_system_prompt()  # what an export's chat template must insert
         state, keys = checkpoint.get("state_dict"), self._frozen_keys()
         if state is None or not keys:
             return
@@ -50,6 +52,7 @@ class FrozenOutOfCheckpoint:
             del state[k]
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._trained_system = checkpoint.get(SYSTEM_KEY)
         saved = checkpoint.get(KEY)
         if not saved:
             return

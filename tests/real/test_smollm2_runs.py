@@ -91,27 +91,44 @@ def test_lion_rounds_with_the_real_model(tmp_path, monkeypatch, smollm2_dir):
     assert judged["train_pool"] >= 4
 
 
-def test_export_then_reload_gives_identical_logits(tmp_path, smollm2_dir):
-    """LoRA merged into the weights: the reloaded folder computes the same logits as the trained adapter model."""
+def test_export_then_reload_gives_identical_logits(tmp_path, monkeypatch, smollm2_dir):
+    """LoRA merged into the weights, or the adapter alone over a base path that is not this machine's cache: both
+    reload (transformers, peft) to the trained adapter model's logits, generate, and render the trained system
+    prompt."""
     import lightning as L
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoTokenizer
 
     from ltune.backbone import Backbone
 
+    monkeypatch.chdir(tmp_path)
     torch.manual_seed(0)
-    model = SFT(backbone=Backbone(NAME, lora=LoRA(r=8, alpha=16, dropout=0.0)),
+    system = "Solve the problem, then end your reply with: The answer is <answer>."
+    model = SFT(backbone=Backbone(NAME, lora=LoRA(r=8, alpha=16, dropout=0.0), system_prompt=system),
                 optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3))  # fmt: skip
     data = InstructionData(train=EmbeddedTasks(n=4, categories=["add"]), batch_size=2, max_length=64)
     L.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
               enable_model_summary=False).fit(model, data)  # fmt: skip
-    out = model.export(tmp_path / "hf")
+    out, adapter = model.export("hf"), model.export("adapter", merge_lora=False)
     reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
-    ids = torch.tensor([model.tokenizer("<|im_start|>user\nWhat is 7+8?<|im_end|>\n")["input_ids"]])
+    base_path = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert not base_path.startswith("/") and base_path.endswith(smollm2_dir.name)  # relative to where export ran
+    peft_model = AutoPeftModelForCausalLM.from_pretrained(adapter, dtype=torch.float32).eval()
+    conversation = [{"role": "user", "content": "What is 7+8?"}]
+    text = AutoTokenizer.from_pretrained(out).apply_chat_template(
+        conversation, tokenize=False, add_generation_prompt=True
+    )
+    assert text == data.render(conversation)[0] and system in text  # as trained (data took the backbone's prompt)
+    ids = torch.tensor([model.tokenizer(text)["input_ids"]])
     model.model.eval()
     with torch.no_grad():
         trained, again = model.model(input_ids=ids).logits, reloaded(input_ids=ids).logits
+        via_peft = peft_model(input_ids=ids).logits
         base = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()(input_ids=ids).logits
     assert not torch.allclose(trained, base, atol=1e-4)  # the adapter learned something, so the check has teeth
     torch.testing.assert_close(again, trained, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(via_peft, trained, atol=1e-4, rtol=1e-4)
+    assert reloaded.generate(ids, max_new_tokens=4, do_sample=False).shape[1] > ids.shape[1]
     assert (out / "tokenizer.json").is_file() and (out / "chat_template.jinja").is_file()
 
 
