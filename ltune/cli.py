@@ -73,8 +73,9 @@ class LTuneCLI(LightningCLI):
         if self._before is None or self.trainer.interrupted:
             return
         after = self._validate()
-        if self.trainer.is_global_zero and self.trainer.log_dir:
-            update_record(self.trainer.log_dir, validation={"before": self._before, "after": after})
+        log_dir = self.trainer.log_dir  # on every rank: the property broadcasts
+        if self.trainer.is_global_zero and log_dir:
+            update_record(log_dir, validation={"before": self._before, "after": after})
         if self.trainer.is_global_zero:
             print("\nvalidation before -> after fit:")
             for key in sorted(after):

@@ -93,6 +93,10 @@ class RunRecord(SaveConfigCallback):
         super().__init__(*args, **kwargs)
         self.command = command or list(sys.argv)
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.log_dir = trainer.log_dir  # on every rank (the property broadcasts); save_config runs on rank 0 alone
+        super().setup(trainer, pl_module, stage)
+
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._started = time.time()
         record = {
@@ -103,17 +107,18 @@ class RunRecord(SaveConfigCallback):
             "machine": machine(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        if trainer.log_dir:
-            update_record(trainer.log_dir, **record)
+        if self.log_dir:
+            update_record(self.log_dir, **record)
         wandb_config = {**record["config"], **{k: record[k] for k in ("command", "ltune", "versions", "machine")}}
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):  # the config's own keys at the top: model, data, trainer, seed
                 logger.experiment.config.update(wandb_config, allow_val_change=True)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if not trainer.is_global_zero or not trainer.log_dir or not (Path(trainer.log_dir) / FILENAME).is_file():
+        log_dir = getattr(self, "log_dir", None)
+        if not trainer.is_global_zero or not log_dir or not (Path(log_dir) / FILENAME).is_file():
             return
         ended = {"global_step": trainer.global_step, "interrupted": trainer.interrupted,
                  "elapsed_s": round(time.time() - getattr(self, "_started", time.time()), 1),
                  "metrics": scalar_metrics(trainer.callback_metrics)}  # fmt: skip
-        update_record(trainer.log_dir, stages={stage: ended})
+        update_record(log_dir, stages={stage: ended})

@@ -61,13 +61,13 @@ class SampleTable(L.Callback):
             rows, columns = self.rollouts(pl_module), ROLLOUT_COLUMNS
         else:
             rows, columns = self.sample(trainer, pl_module), COLUMNS
+        path = Path(trainer.log_dir or trainer.default_root_dir) / "samples.jsonl"  # every rank: log_dir broadcasts
         if not trainer.is_global_zero or not rows:
             return
         data = [[step, *(r[c] for c in columns[1:])] for r in rows]
         for logger in trainer.loggers:
             if hasattr(logger, "log_table"):
                 logger.log_table(key=self.key, columns=columns, data=data, step=step)
-        path = Path(trainer.log_dir or trainer.default_root_dir) / "samples.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a") as f:
             for row in data:
