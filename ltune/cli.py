@@ -30,6 +30,7 @@ from ltune.datamodules import LTuneData
 from ltune.errors import USER_ERRORS, ConfigError, one_line
 from ltune.io import atomic_write_text
 from ltune.objectives.base import Objective
+from ltune.presets import check_models
 from ltune.run_record import RunRecord, update_record
 
 
@@ -49,6 +50,7 @@ class LTuneCLI(LightningCLI):
             if isinstance(e, USER_ERRORS):
                 raise
             raise ConfigError(str(e)) from e
+        check_models(model=self.model, data=self.datamodule, callbacks=self.trainer.callbacks)  # before row 1
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument(

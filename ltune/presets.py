@@ -91,10 +91,46 @@ def locate(name_or_path: str) -> str:
     if not Path(name_or_path).expanduser().exists() and _is_local_path(name_or_path):
         raise ModelUnavailable(
             f"model folder {name_or_path} does not exist: make it first (a config's header comment lists the commands "
-            "that do, e.g. the quickstart writes runs/quickstart/version_0/hf) or point "
-            "--model.init_args.backbone.name_or_path at a model folder or Hub id"
+            "that do, e.g. the quickstart writes runs/quickstart/version_0/hf) or point name_or_path at a model "
+            "folder or Hub id"
         )
     return name_or_path
+
+
+LTUNE_PACKAGES = ("ltune", "ltune_datamodules", "ltune_callbacks")
+
+
+def check_models(**roots: object) -> None:
+    """Locate every model that ``roots`` name before any work starts (a run's objective, data and callbacks): each
+    ``name_or_path`` string held by one of ltune's own objects (a backbone, a judge, a scorer, a teacher), found
+    through their attributes, lists and dicts. A preset is fetched; a local folder that does not exist raises
+    :class:`ModelUnavailable` now, not at the row that first needs it, naming where (``data.reward.backbone``); a Hub
+    id is left to ``from_pretrained``."""
+    seen: set[int] = set()
+
+    def walk(obj: object, where: str, depth: int) -> None:
+        if id(obj) in seen or depth > 8:
+            return
+        seen.add(id(obj))
+        if isinstance(obj, (list, tuple)) and len(obj) <= 1000:
+            items = [(f"{where}[{i}]", v) for i, v in enumerate(obj)]
+        elif isinstance(obj, dict) and len(obj) <= 1000:
+            items = [(f"{where}.{k}", v) for k, v in obj.items()]
+        elif hasattr(obj, "__dict__") and type(obj).__module__.split(".")[0] in LTUNE_PACKAGES:
+            name = vars(obj).get("name_or_path")
+            if isinstance(name, str) and name != "tiny":
+                try:
+                    locate(name)
+                except ModelUnavailable as e:
+                    raise ModelUnavailable(f"{e} ({where}.name_or_path)") from None
+            items = [(f"{where}.{k}", v) for k, v in vars(obj).items() if not k.startswith("_")]
+        else:
+            return
+        for path, item in items:
+            walk(item, path, depth + 1)
+
+    for where, root in roots.items():
+        walk(root, where, 0)
 
 
 def _is_local_path(name: str) -> bool:

@@ -78,6 +78,11 @@ def test_a_model_folder_not_made_yet_says_how_to_make_it(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     message = _one_line(["validate", "--config", str(ROOT / "configs/loops/rest_em.yaml"), "--trainer.logger=false"])
     assert message.startswith("ltune validate: model folder runs/quickstart/version_0/hf does not exist"), message
+    mods = ["select", "--config", str(ROOT / "configs/selection/mods.yaml"), "--trainer.logger=false"]
+    message = _one_line(mods)  # the judge's folder: found missing before any row is scored
+    assert message.startswith("ltune select: model folder runs/quickstart/version_0/hf does not exist"), message
+    assert message.endswith("(data.reward.backbone.name_or_path)"), message
+    assert not list(tmp_path.rglob("*.npz")) and not (tmp_path / "runs").exists()  # no score written, no run begun
     message = _one_line(["fit", "--config", SFT, *FAST, "--model.init_args.backbone.name_or_path=nobody/nomodel"])
     assert message.startswith("ltune fit: cannot load model 'nobody/nomodel'"), message
     (tmp_path / "runs").mkdir()  # a name whose first part is a local folder is a folder, not a Hub id
