@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from jsonargparse import CLI, ArgumentError, Namespace
+from lightning.pytorch.callbacks.progress import ProgressBar
 from lightning.pytorch.cli import LightningCLI
 
 import ltune.callbacks  # noqa: F401  (short class names in configs)
 import ltune.datamodules  # noqa: F401
-from ltune.callbacks import SaveOnTrainEnd
+from ltune.callbacks import SaveOnTrainEnd, StepProgress
 from ltune.callbacks.last_checkpoint import last_checkpoint
 from ltune.datamodules import LTuneData
 from ltune.errors import USER_ERRORS, ConfigError, one_line
@@ -36,12 +37,19 @@ from ltune.run_record import RunRecord, update_record
 
 class LTuneCLI(LightningCLI):
     """LightningCLI with subclass mode for ``--model`` (an objective) and ``--data`` (a DataModule); every run saves its
-    last step (:class:`ltune.callbacks.SaveOnTrainEnd`) and its record (``run.json``, :mod:`ltune.run_record`)."""
+    last step (:class:`ltune.callbacks.SaveOnTrainEnd`) and its record (``run.json``, :mod:`ltune.run_record`), and its
+    progress bar counts steps (:class:`ltune.callbacks.StepProgress`)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         defaults = dict(kwargs.pop("trainer_defaults", None) or {})
         defaults.setdefault("callbacks", [SaveOnTrainEnd()])
         super().__init__(*args, trainer_defaults=defaults, **kwargs)
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Any:
+        given = [*(config.get("callbacks") or []), *callbacks]
+        if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in given):
+            callbacks = [*callbacks, StepProgress()]  # counts steps, not "Epoch 0/-2"
+        return super()._instantiate_trainer(config, callbacks)
 
     def instantiate_classes(self) -> None:
         try:

@@ -5,6 +5,7 @@ per-token log-probs. ``HFSampler`` uses ``transformers``' ``generate`` (KV cache
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -85,6 +86,7 @@ class HFSampler:
         eos_token_id: int,
         pad_token_id: int,
         top_k: int | None = None,
+        streamer: Any = None,
     ) -> Samples:
         was_training = model.training
         model.eval()
@@ -104,6 +106,7 @@ class HFSampler:
             return_dict_in_generate=True,
             output_logits=self.with_logprobs,
             use_cache=True,
+            streamer=streamer,
         )
         model.train(was_training)
         p = prompt_ids.shape[1]
@@ -121,6 +124,32 @@ class HFSampler:
             mask,
             logprobs,
         )
+
+
+class GenerationProgress:
+    """A ``generate`` streamer that shows a bar over the decode steps of one batch (``transformers`` calls ``put``
+    with the prompt, then once per new token, then ``end``), closed with the batch's rows per second.
+
+    Args:
+        rows: Sequences generated at once.
+        max_new_tokens: The batch's token budget (the bar's length; an early stop on EOS ends it sooner).
+        desc: What is generated (``"evaluation"``, ``"E-step"``).
+    """
+
+    def __init__(self, rows: int, max_new_tokens: int, desc: str = "generating") -> None:
+        from tqdm.auto import tqdm
+
+        self.rows, self.start, self.prompt_seen = rows, time.perf_counter(), False
+        self.bar = tqdm(total=max_new_tokens, desc=f"{desc}: {rows} rows", unit="tok", leave=False)
+
+    def put(self, value: Tensor) -> None:
+        if self.prompt_seen:
+            self.bar.update(1)
+        self.prompt_seen = True
+
+    def end(self) -> None:
+        self.bar.set_postfix_str(f"{self.rows / max(time.perf_counter() - self.start, 1e-9):.1f} rows/s")
+        self.bar.close()
 
 
 def prefilled(model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, copies: int) -> dict[str, Any]:

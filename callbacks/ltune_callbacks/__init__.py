@@ -1,6 +1,6 @@
 """Callbacks (installed as ``ltune.callbacks``): self-training rounds (``Rounds`` and the loops on it: ReST-EM, Lion,
 MoDS's necessity stage, Cherry's pre-experienced stage), LESS's warm-up checkpoints, LIMA's residual dropout, W&B
-sample tables, the last checkpoint and the Hugging Face export on train end."""
+sample tables, the step-counting progress bar, the last checkpoint and the Hugging Face export on train end."""
 
 from ltune.callbacks.best_round import BestRound
 from ltune.callbacks.cherry_rounds import CherryPreExperience
@@ -9,6 +9,7 @@ from ltune.callbacks.last_checkpoint import SaveOnTrainEnd
 from ltune.callbacks.less_warmup import LESSWarmup
 from ltune.callbacks.lion import Lion
 from ltune.callbacks.mods_necessity import MoDSNecessity
+from ltune.callbacks.progress import StepProgress
 from ltune.callbacks.residual_dropout import ResidualDropout
 from ltune.callbacks.rest_em import ReSTEM
 from ltune.callbacks.rounds import Rounds
@@ -26,4 +27,5 @@ __all__ = [
     "Rounds",
     "SampleTable",
     "SaveOnTrainEnd",
+    "StepProgress",
 ]

@@ -51,6 +51,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.utilities.seed import isolate_rng
+from tqdm.auto import tqdm
 
 from ltune.io import atomic_write_jsonl, atomic_write_text
 from ltune.seeding import run_seed
@@ -223,12 +224,20 @@ class Rounds(L.Callback):
         items = self.e_step_items(trainer, pl_module, round)
         chunks = [items[i : i + self.chunk_size] for i in range(0, len(items), self.chunk_size)]
         world, rank = trainer.world_size, trainer.global_rank
-        for i, chunk in enumerate(chunks):
-            path = folder / f"chunk_{i:05d}.jsonl"
-            if i % world != rank or path.exists():
-                continue
+        todo = [i for i in range(len(chunks)) if i % world == rank and not (folder / f"chunk_{i:05d}.jsonl").exists()]
+        shown = trainer.progress_bar_callback is not None and trainer.is_global_zero
+        bar = tqdm(
+            total=sum(len(chunks[i]) for i in todo),
+            desc=f"round {round} E-step",
+            unit="rows",
+            disable=not shown,
+            leave=False,
+        )
+        for i in todo:  # this rank's chunks that no earlier (killed) run finished
             with self._seeded(chunk_seed(self.seed, round, i), pl_module.device):
-                atomic_write_jsonl(path, self.e_step(trainer, pl_module, round, chunk))
+                atomic_write_jsonl(folder / f"chunk_{i:05d}.jsonl", self.e_step(trainer, pl_module, round, chunks[i]))
+            bar.update(len(chunks[i]))
+        bar.close()
         trainer.strategy.barrier("rounds-e-step")
         produced = [row for i in range(len(chunks)) for row in read_jsonl(folder / f"chunk_{i:05d}.jsonl")]
         with self._seeded(chunk_seed(self.seed, round, -1), pl_module.device):

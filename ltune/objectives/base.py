@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ltune.backbone import Backbone, fully_shard_model, reference_model
 from ltune.export import export_hf
-from ltune.generation import HFSampler, decode
+from ltune.generation import GenerationProgress, HFSampler, decode
 from ltune.metrics import ExactMatch
 from ltune.objectives.checkpoint import FrozenOutOfCheckpoint
 
@@ -121,16 +121,20 @@ class Objective(FrozenOutOfCheckpoint, L.LightningModule):
         self, prompt_ids: Tensor, prompt_mask: Tensor, max_new_tokens: int | None = None, temperature: float = 0.0
     ) -> list[str]:
         """One completion of each left-padded prompt (moved to this module's device): greedy by default, within
-        ``max_new_tokens`` (default: the evaluation budget). Evaluation and the rounds' callbacks generate here."""
-        tok = self.tokenizer
+        ``max_new_tokens`` (default: the evaluation budget). Evaluation and the rounds' callbacks generate here; with
+        a progress bar on, a bar follows the batch's decode steps."""
+        tok, budget = self.tokenizer, max_new_tokens or self.max_new_tokens
+        trainer = self._trainer
+        shown = trainer is not None and trainer.progress_bar_callback is not None and trainer.is_global_zero
         samples = HFSampler()(
             self.model,
             prompt_ids.to(self.device),
             prompt_mask.to(self.device),
-            max_new_tokens=max_new_tokens or self.max_new_tokens,
+            max_new_tokens=budget,
             temperature=temperature,
             eos_token_id=tok.eos_token_id,
             pad_token_id=tok.pad_token_id,
+            streamer=GenerationProgress(len(prompt_ids), budget) if shown else None,  # progress inside the batch
         )
         return decode(tok, samples)
 
