@@ -8,11 +8,13 @@ import hashlib
 import json
 
 import torch
+from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 
 from ltune.backbone import unwrap
 
 KEY = "ltune_frozen"  # the checkpoint entry: the keys left out and the base model they come from
 SYSTEM_KEY = "ltune_system_prompt"  # the system message the run's prompts were rendered with
+RNG_KEY = "ltune_rng"  # torch (CPU, CUDA), python and numpy RNG states at the save
 VOLATILE = ("_name_or_path", "transformers_version", "torch_dtype", "dtype")  # not part of what a base model is
 
 
@@ -27,6 +29,12 @@ class FrozenOutOfCheckpoint:
     what trains, buffers, the optimizer and schedule, the loops' state. The ``tiny`` preset keeps everything (its base
     is a random initialisation, nothing to reload from), and so does FSDP2 (sharded state).
     """
+
+    def on_train_start(self) -> None:
+        states = getattr(self, "_resumed_rng", None)
+        if states is not None:
+            _set_rng_states(states)
+            self._resumed_rng = None
 
     def _frozen_keys(self) -> list[str]:
         if self.model is None or self.backbone.is_tiny or self.device_mesh is not None:
@@ -43,6 +51,7 @@ class FrozenOutOfCheckpoint:
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[SYSTEM_KEY] = self.trained_system_prompt()  # what an export's chat template must insert
+        checkpoint[RNG_KEY] = _collect_rng_states()  # dropout and sampling resume where they were
         state, keys = checkpoint.get("state_dict"), self._frozen_keys()
         if state is None or not keys:
             return
@@ -53,6 +62,7 @@ class FrozenOutOfCheckpoint:
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._trained_system = checkpoint.get(SYSTEM_KEY)
+        self._resumed_rng = checkpoint.get(RNG_KEY)  # set when training starts, after the loops' own set-up
         saved = checkpoint.get(KEY)
         if not saved:
             return

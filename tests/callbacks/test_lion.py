@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from lightning_utilities.core.apply_func import apply_to_collection
 from rouge_score import rouge_scorer
 
 from ltune.backbone import Backbone
@@ -194,6 +195,12 @@ def test_lion_config_runs_offline_through_the_cli(tmp_path, solver_dir, one_thre
     teacher = {"class_path": "ltune.judges.LMJudge", "init_args": {"backbone": {"name_or_path": str(solver_dir)}}}
     main(["fit", "--config", str(lion_config(tmp_path, teacher))])
     history = _check_run(tmp_path / "runs/lion/version_0")
+    saved = torch.load(tmp_path / "runs/lion/version_0/rounds/last.ckpt", map_location="cpu", weights_only=False)
+    held = []
+    apply_to_collection(saved["callbacks"], torch.Tensor, held.append)
+    # the callbacks' state holds RNG states (uint8) and scores, no teacher or referee weights
+    assert held and all(t.dtype == torch.uint8 or t.numel() == 1 for t in held)
+    assert all(k.startswith("model.") for k in saved["state_dict"])  # the policy's weights only
     assert history[1]["unjudged"] == 0  # a local judge always yields a rating (an expectation over 1..10)
     assert 1 <= history[1]["referee_teacher"] <= 10 and 1 <= history[1]["referee_student"] <= 10
 

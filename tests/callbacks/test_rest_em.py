@@ -117,6 +117,18 @@ def test_rest_em_config_runs_through_the_cli(tmp_path, solver_dir, one_thread):
     assert (run / "hf/config.json").is_file()
 
 
+def test_a_lora_rounds_checkpoint_holds_the_adapter_not_the_base(tmp_path, solver_dir, one_thread):
+    """The rounds' last.ckpt (written around each E-step, the resume point) leaves the frozen base out under LoRA."""
+    import torch
+
+    config = rest_em_config(tmp_path, solver_dir, rounds=2)
+    main(["fit", "--config", str(config), "--model.init_args.backbone.lora={r: 4, dropout: 0.0}"])
+    saved = torch.load(tmp_path / "runs/rest_em/version_0/rounds/last.ckpt", map_location="cpu", weights_only=False)
+    weights = [k for k in saved["state_dict"] if k.startswith("model.")]
+    assert weights and all("lora_" in k for k in weights), weights[:3]
+    assert saved["ltune_frozen"]["keys"] and saved["ltune_frozen"]["base"]["name_or_path"] == str(solver_dir)
+
+
 @pytest.mark.parametrize("bad", [{"num_samples": 0}, {"rounds": 0}])
 def test_rest_em_rejects_bad_arguments(bad):
     with pytest.raises(ValueError):

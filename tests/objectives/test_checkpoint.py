@@ -24,9 +24,10 @@ def _base(folder, seed: int) -> str:
     return str(model.export(str(folder)))
 
 
-def _fit(path: str, root, steps: int, ckpt: str | None = None, every: int | None = None):
+def _fit(path: str, root, steps: int, ckpt: str | None = None, every: int | None = None, dropout: float = 0.1):
     L.seed_everything(0)
-    model = SFT(backbone=Backbone(path, lora=LoRA(r=4, dropout=0.0)), optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2))
+    model = SFT(backbone=Backbone(path, lora=LoRA(r=4, dropout=dropout)),
+                optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2))  # fmt: skip
     data = InstructionData(train=EmbeddedTasks(n=64), batch_size=4, seed=0)
     losses = []
 
@@ -56,6 +57,7 @@ def test_a_lora_checkpoint_holds_what_trains_and_resumes_as_the_uninterrupted_ru
     assert frozen and not any(f"model.{n}" in saved["state_dict"] for n in frozen)  # the base, tied embedding too
     assert {k.removeprefix("model.") for k in saved["state_dict"]} >= set(_trainable(straight))
     assert sorted(saved["ltune_frozen"]["keys"]) == sorted(f"model.{n}" for n in frozen)
+    assert set(saved["ltune_rng"]) >= {"torch", "python", "numpy"}  # LoRA dropout (0.1) resumes where it was
     resumed, second = _fit(path, tmp_path / "c", steps=4, ckpt=str(ckpt))
     torch.testing.assert_close(torch.tensor(first + second), torch.tensor(losses), rtol=1e-6, atol=0)
     for (name, a), b in zip(_trainable(straight).items(), _trainable(resumed).values(), strict=True):

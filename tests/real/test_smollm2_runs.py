@@ -142,3 +142,44 @@ def test_the_quickstart_config_runs_shortened_and_exports(tmp_path, monkeypatch,
     assert "validation before -> after fit" in out and "val/exact_match" in out
     hf = tmp_path / "runs/quickstart_smollm2/version_0/hf"
     assert (hf / "model.safetensors").is_file() and (hf / "chat_template.jinja").is_file()
+
+
+def _lora_fit(root, steps: int, ckpt: str | None = None, every: int | None = None):
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from ltune.backbone import Backbone
+
+    L.seed_everything(0)
+    model = SFT(backbone=Backbone(NAME, lora=LoRA(r=16, alpha=32, dropout=0.05)),
+                optimizer=lambda p: torch.optim.AdamW(p, lr=3e-4))  # fmt: skip
+    data = InstructionData(train=EmbeddedTasks(n=32, categories=["add"]), batch_size=2, max_length=64, seed=0)
+    losses = []
+
+    class Record(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            losses.append(float(outputs["loss"]))
+
+    saver = [ModelCheckpoint(dirpath=root, every_n_train_steps=every, save_top_k=-1)] if every else []
+    L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+              enable_checkpointing=bool(saver), callbacks=[Record(), *saver]).fit(
+        model, data, ckpt_path=ckpt, weights_only=False if ckpt else None)  # fmt: skip
+    return model, losses
+
+
+def test_a_lora_checkpoint_is_adapter_sized_and_resumes_as_the_uninterrupted_run(tmp_path, smollm2_dir):
+    """SmolLM2 + LoRA r 16 (dropout on): the checkpoint holds the adapter, AdamW's state and the run's (no base),
+    within 1.2x of adapter + optimizer; 2 steps + resume 2 equal 4 straight steps (losses and weights, rel 1e-6)."""
+    straight, losses = _lora_fit(tmp_path / "a", steps=4)
+    _, first = _lora_fit(tmp_path / "b", steps=2, every=2)
+    (ckpt,) = (tmp_path / "b").glob("*.ckpt")
+    resumed, second = _lora_fit(tmp_path / "c", steps=4, ckpt=str(ckpt))
+    torch.testing.assert_close(torch.tensor(first + second), torch.tensor(losses), rtol=1e-6, atol=0)
+    trained = {n: p for n, p in straight.model.named_parameters() if p.requires_grad}
+    for name, p in resumed.model.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(p, trained[name], rtol=1e-6, atol=1e-8, msg=name)
+    adapter_and_adam = 3 * 4 * sum(p.numel() for p in trained.values())  # float32 weights, exp_avg, exp_avg_sq
+    assert ckpt.stat().st_size < 1.2 * adapter_and_adam, (ckpt.stat().st_size, adapter_and_adam)
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+    assert saved["ltune_frozen"]["base"]["name_or_path"] == NAME and "torch" in saved["ltune_rng"]
