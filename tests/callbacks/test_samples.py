@@ -78,3 +78,19 @@ def test_grpo_logs_the_rollouts_it_trained_on_with_reward_and_advantage(tmp_path
     assert [r[3] for r in rows] == rewards
     assert [r[4] for r in rows] == pytest.approx([x - sum(rewards) / 3 for x in rewards])  # scale_rewards="none"
     assert all(batch["prompt"][0] in r[1] for r in rows)  # the first prompt, as rendered for the model
+
+
+@pytest.mark.parametrize(
+    "config",
+    ["objectives/grpo.yaml", "objectives/ttrl.yaml", "objectives/rlaif.yaml", "objectives/rlaif_direct.yaml",
+     "objectives/sft.yaml", "quickstart.yaml", "quickstart_smollm2.yaml", "loops/rest_em.yaml", "loops/lion.yaml"],
+)  # fmt: skip
+def test_shipped_generative_configs_log_a_completions_table(config):
+    """The GRPO family, the loops and SFT's generative evaluation log completions without the user adding it."""
+    import yaml
+
+    from tests.conftest import ROOT
+
+    callbacks = yaml.safe_load((ROOT / "configs" / config).read_text())["trainer"].get("callbacks") or []
+    (table,) = [c for c in callbacks if c["class_path"] == "ltune.callbacks.SampleTable"]
+    assert table.get("init_args", {}).get("every_n_steps", 100) >= 1
