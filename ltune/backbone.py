@@ -38,7 +38,9 @@ TINY_CHAT_TEMPLATE = (
 class LoRA:
     """The common LoRA settings in short, passed to ``peft.LoraConfig``. For any other field (``use_dora``,
     ``use_rslora``, ``modules_to_save``, ``layers_to_transform``, ...) give the backbone's ``lora`` a
-    ``peft.LoraConfig`` instead: in YAML, its own field names (``{r: 16, lora_alpha: 32, use_dora: true}``).
+    ``peft.LoraConfig`` instead: in YAML, its own field names (``{r: 16, lora_alpha: 32, use_dora: true,
+    target_modules: all-linear}``). A ``LoraConfig`` keeps peft's defaults: without ``target_modules`` peft adapts
+    the architecture's usual modules (q/v projections on Llama), ``lora_alpha`` 8, no dropout.
 
     Args:
         r: Rank of the update.
@@ -146,8 +148,8 @@ class Backbone:
         return locate(self.name_or_path)
 
     def portable_path(self) -> str:
-        """How another machine names the base model: ``name_or_path`` as given, a preset's cached folder relative
-        to the current directory (``ltune fetch`` makes it anywhere)."""
+        """The base model as an exported adapter names it: ``name_or_path`` as given, or a preset's cached folder
+        relative to the current directory (peft resolves it from where the adapter is loaded)."""
         import os
 
         return os.path.relpath(self.path) if self.name_or_path in PRESETS else self.name_or_path

@@ -46,7 +46,8 @@ class LTuneCLI(LightningCLI):
         super().__init__(*args, trainer_defaults=defaults, **kwargs)
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Any:
-        given = [*(config.get("callbacks") or []), *callbacks]
+        own = config.get("callbacks") or []
+        given = [*(own if isinstance(own, list) else [own]), *callbacks]
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in given):
             callbacks = [*callbacks, StepProgress()]  # counts steps, not "Epoch 0/-2"
         return super()._instantiate_trainer(config, callbacks)

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 def with_system_prompt(template: str, system_prompt: str) -> str:
     """``template`` that puts ``system_prompt`` first in every conversation that brings no system message of its own
     (what training did), then renders as before."""
-    literal = json.dumps(system_prompt)  # ASCII with backslash escapes: also a valid Jinja string literal
+    literal = json.dumps(system_prompt, ensure_ascii=False)  # quotes, backslashes, newlines escaped as Jinja reads them
     head = (
         "{%- if not messages or messages[0]['role'] != 'system' -%}"
         f"{{%- set messages = [{{'role': 'system', 'content': {literal}}}] + messages -%}}"
@@ -72,6 +72,11 @@ def export_hf(
         template = getattr(tokenizer, "chat_template", None)
         if system_prompt and isinstance(template, str):
             stack.enter_context(_swapped(tokenizer, "chat_template", with_system_prompt(template, system_prompt)))
+        elif system_prompt and isinstance(template, dict):  # named templates (default, tool_use, ...): each one
+            named = {k: with_system_prompt(v, system_prompt) for k, v in template.items()}
+            stack.enter_context(_swapped(tokenizer, "chat_template", named))
+        elif system_prompt:
+            log.warning("the tokenizer has no chat template: the export cannot insert the trained system prompt")
         tokenizer.save_pretrained(out)
     log.info("exported Hugging Face folder to %s", out)
     return out

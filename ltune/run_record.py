@@ -25,7 +25,9 @@ from ltune.io import atomic_write_text
 from ltune.versions import machine, stack_versions
 
 FILENAME = "run.json"
-SECRET = re.compile(r"^token$|(^|_)(api_?key|auth_token|access_token|hf_token|secret|password)$", re.IGNORECASE)
+SECRET = re.compile(
+    r"^token$|(^|_)(api_?key|(auth|access|bearer|refresh|hf|hub|wandb|api)_token|secret|password)$", re.IGNORECASE
+)
 
 
 def redact(value: Any) -> Any:
@@ -38,6 +40,17 @@ def redact(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [redact(v) for v in value]
     return value
+
+
+def redact_command(argv: list[str]) -> list[str]:
+    """``argv`` with the value of every secret-looking flag (``--judge.api_key=...``, ``--hub_token X``) redacted."""
+    out, hide_next = [], False
+    for arg in argv:
+        flag, eq, _ = arg.partition("=")
+        secret = arg.startswith("--") and bool(SECRET.search(flag.lstrip("-").rsplit(".", 1)[-1]))
+        out.append("<redacted>" if hide_next else f"{flag}=<redacted>" if secret and eq else arg)
+        hide_next = secret and not eq
+    return out
 
 
 def source_commit() -> dict[str, Any] | None:
@@ -100,7 +113,7 @@ class RunRecord(SaveConfigCallback):
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._started = time.time()
         record = {
-            "command": self.command,
+            "command": redact_command(self.command),
             "config": redact(json.loads(json.dumps(self.config.as_dict(), default=str))),
             "ltune": source_commit(),
             "versions": stack_versions(),
@@ -113,6 +126,13 @@ class RunRecord(SaveConfigCallback):
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):  # the config's own keys at the top: model, data, trainer, seed
                 logger.experiment.config.update(wandb_config, allow_val_change=True)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        log_dir = getattr(self, "log_dir", None)
+        if trainer.is_global_zero and log_dir and (Path(log_dir) / FILENAME).is_file():
+            stage = trainer.state.stage.value if trainer.state.stage else "unknown"
+            ended = {"global_step": trainer.global_step, "interrupted": True, "error": repr(exception)[:500]}
+            update_record(log_dir, stages={stage: ended})
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         log_dir = getattr(self, "log_dir", None)

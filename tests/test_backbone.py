@@ -175,7 +175,7 @@ def test_the_export_serves_the_system_prompt_it_trained_with(tmp_path, monkeypat
     from tests.conftest import MICRO, ROOT
 
     monkeypatch.chdir(tmp_path)
-    system = 'Answer "briefly".\nEnd with: The answer is <answer>.'
+    system = 'Answer "briefly" 🙂 {{ no jinja }}.\nEnd with: The answer is <answer>.'
     args = [
         "fit",
         "--config",

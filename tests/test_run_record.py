@@ -13,7 +13,7 @@ import wandb
 from ltune.cli import main
 from ltune.datamodules import EmbeddedTasks, InstructionData
 from ltune.objectives import SFT
-from ltune.run_record import redact
+from ltune.run_record import redact, redact_command
 from tests.conftest import MICRO, ROOT, micro_backbone, quiet_trainer, read_metrics
 
 
@@ -77,6 +77,9 @@ def test_a_run_writes_its_record_and_wandb_gets_the_whole_config(tmp_path, monke
 
 
 def test_secrets_never_reach_the_record():
+    argv = ["ltune", "fit", "--model.judge.api_key=sk-1", "--hub_token", "hf_x", "--model.max_new_tokens=8"]
+    assert redact_command(argv) == ["ltune", "fit", "--model.judge.api_key=<redacted>", "--hub_token", "<redacted>",
+                                    "--model.max_new_tokens=8"]  # fmt: skip
     config = {"judge": {"api_key": "sk-1", "hf_token": "hf_x", "max_new_tokens": 8, "pad_token": "<pad>"},
               "loggers": [{"password": "p", "name": "run"}], "token": "t"}  # fmt: skip
     assert redact(config) == {

@@ -12,6 +12,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.strategies import FSDPStrategy
 from torch import Tensor
 
 from ltune.backbone import Backbone, fully_shard_model, reference_model
@@ -101,9 +102,11 @@ class Objective(FrozenOutOfCheckpoint, L.LightningModule):
         """Log ``train/learning_rate`` and ``train/grad_norm`` (the total 2-norm of the gradients that step, before
         any clipping), as TRL's trainers do."""
         grads = [p.grad for p in self.parameters() if p.grad is not None]
-        if grads:
-            norm = torch.nn.utils.get_total_norm(grads)
-            norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP2: the norm over every shard
+        norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.device)
+        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP2: the norm over every shard
+        if isinstance(self.trainer.strategy, FSDPStrategy):  # FSDP1: each rank holds a shard of each gradient
+            norm = self.trainer.strategy.reduce(norm.square(), reduce_op="sum").sqrt()
+        if grads or norm.item():
             self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
         self.log("train/learning_rate", float(optimizer.param_groups[0]["lr"]), on_step=True, on_epoch=False)
 
@@ -177,7 +180,8 @@ class Objective(FrozenOutOfCheckpoint, L.LightningModule):
             cats = set().union(*gathered)
         if cats == {"all"}:  # no row names a category ("all" is the data's default): val/exact_match says it all
             cats = set()
-            self.category_match["all"].reset()
+            if "all" in self.category_match:  # a rank without evaluation rows has none
+                self.category_match["all"].reset()
         for cat in sorted(cats):
             metric = self._category_metric(cat)
             self.log(f"val/exact_match/{cat}", metric.compute())

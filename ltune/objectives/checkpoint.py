@@ -6,16 +6,38 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 
+import numpy as np
 import torch
-from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 
 from ltune.backbone import unwrap
 
 KEY = "ltune_frozen"  # the checkpoint entry: the keys left out and the base model they come from
 SYSTEM_KEY = "ltune_system_prompt"  # the system message the run's prompts were rendered with
-RNG_KEY = "ltune_rng"  # torch (CPU, CUDA), python and numpy RNG states at the save
+RNG_KEY = "ltune_rng"  # each rank's torch (CPU, its CUDA device), python and numpy RNG states at the save
 VOLATILE = ("_name_or_path", "transformers_version", "torch_dtype", "dtype")  # not part of what a base model is
+
+
+def rng_states(device: torch.device) -> dict:
+    """This process's RNG states (torch CPU, ``device``'s CUDA generator, python, numpy) in types that
+    ``torch.load(weights_only=True)`` reads."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    states = {"torch": torch.get_rng_state(), "python": random.getstate(),
+              "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached]}  # fmt: skip
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def set_rng_states(states: dict, device: torch.device) -> None:
+    """Restore what :func:`rng_states` saved."""
+    torch.set_rng_state(states["torch"])
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in states["python"]))
+    name, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if device.type == "cuda" and "cuda" in states:
+        torch.cuda.set_rng_state(states["cuda"], device)
 
 
 class CheckpointMismatch(ValueError):
@@ -33,7 +55,7 @@ class FrozenOutOfCheckpoint:
     def on_train_start(self) -> None:
         states = getattr(self, "_resumed_rng", None)
         if states is not None:
-            _set_rng_states(states)
+            set_rng_states(states, self.device)
             self._resumed_rng = None
 
     def _frozen_keys(self) -> list[str]:
@@ -51,7 +73,11 @@ class FrozenOutOfCheckpoint:
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[SYSTEM_KEY] = self.trained_system_prompt()  # what an export's chat template must insert
-        checkpoint[RNG_KEY] = _collect_rng_states()  # dropout and sampling resume where they were
+        states = [rng_states(self.device)]  # one per rank (every rank builds the checkpoint; rank 0 writes it)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            states = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(states, rng_states(self.device))
+        checkpoint[RNG_KEY] = states  # dropout and sampling resume where they were
         state, keys = checkpoint.get("state_dict"), self._frozen_keys()
         if state is None or not keys:
             return
@@ -62,7 +88,8 @@ class FrozenOutOfCheckpoint:
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._trained_system = checkpoint.get(SYSTEM_KEY)
-        self._resumed_rng = checkpoint.get(RNG_KEY)  # set when training starts, after the loops' own set-up
+        states = checkpoint.get(RNG_KEY)  # this rank's, set when training starts (after the loops' own set-up)
+        self._resumed_rng = states[self.global_rank % len(states)] if states else None
         saved = checkpoint.get(KEY)
         if not saved:
             return

@@ -92,5 +92,4 @@ def test_shipped_generative_configs_log_a_completions_table(config):
     from tests.conftest import ROOT
 
     callbacks = yaml.safe_load((ROOT / "configs" / config).read_text())["trainer"].get("callbacks") or []
-    (table,) = [c for c in callbacks if c["class_path"] == "ltune.callbacks.SampleTable"]
-    assert table.get("init_args", {}).get("every_n_steps", 100) >= 1
+    assert [c["class_path"] for c in callbacks].count("ltune.callbacks.SampleTable") == 1

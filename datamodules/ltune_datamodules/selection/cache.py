@@ -32,9 +32,14 @@ def fingerprint(rows: list[dict]) -> str:
     return h.hexdigest()
 
 
+def _stable(value: Any) -> Any:
+    """JSON for what ``json`` cannot write: sets sorted (their order varies by process), anything else ``str``."""
+    return sorted(value, key=str) if isinstance(value, (set, frozenset)) else str(value)
+
+
 def config_key(fingerprint: str, config: dict[str, Any]) -> str:
     """Cache key of a dataset fingerprint and a scorer configuration."""
-    blob = json.dumps({"data": fingerprint, "scorer": config}, sort_keys=True, default=str)
+    blob = json.dumps({"data": fingerprint, "scorer": config}, sort_keys=True, default=_stable)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 

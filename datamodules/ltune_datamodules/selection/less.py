@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ltune.backbone import Backbone, completion_logprobs
+from ltune.backbone import Backbone, LoRA, completion_logprobs
 from ltune.datamodules.base import LTuneData
 from ltune.datamodules.batching import pad_right
 from ltune.datamodules.selection.base import Selection, pair_text
@@ -197,7 +197,10 @@ class LESS(Selection):
         bb = self.scoring_backbone(self.scorer, keep_lora=True)
         if bb.lora is None:
             raise RuntimeError("LESS needs a backbone with LoRA settings (the warmup run's): set `scorer` or use LoRA")
-        return dataclasses.replace(bb, lora=dataclasses.replace(bb.lora_config(), lora_dropout=0.0))
+        no_dropout = (
+            {"dropout": 0.0} if isinstance(bb.lora, LoRA) else {"lora_dropout": 0.0}
+        )  # the short form or peft's
+        return dataclasses.replace(bb, lora=dataclasses.replace(bb.lora, **no_dropout))
 
     def scorer_config(self) -> dict[str, Any]:
         stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in self.checkpoint_files()]
