@@ -10,7 +10,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from ltune.backbone import Backbone, LoRA
 from ltune.datamodules import EmbeddedTasks, InstructionData
-from ltune.objectives import DPO, SFT, CheckpointMismatch, Objective
+from ltune.objectives import DPO, GRPO, SFT, CheckpointMismatch, Objective
 from tests.conftest import micro_backbone
 
 
@@ -81,9 +81,13 @@ def test_a_checkpoint_of_another_base_model_is_refused_with_one_line(tmp_path):
     assert "\n" not in str(err.value)
 
 
-def test_the_reference_copy_is_never_saved(tmp_path):
-    """Full fine-tuning DPO keeps a frozen reference copy out of the module tree: not in the checkpoint."""
-    model = DPO(backbone=micro_backbone())
+@pytest.mark.parametrize(
+    "make", [lambda bb: DPO(backbone=bb), lambda bb: GRPO(backbone=bb, beta=0.04)], ids=["dpo", "grpo"]
+)
+def test_the_reference_copy_is_never_saved(tmp_path, make):
+    """Full fine-tuning DPO (and GRPO with a KL) keeps a frozen reference copy out of the module tree: not in the
+    checkpoint."""
+    model = make(micro_backbone())
     model.configure_model()
     model.keep_reference_copy()
     assert model._frozen_reference
