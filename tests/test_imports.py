@@ -33,7 +33,7 @@ def layer_of_module(name: str) -> str | None:
         return parts[1]
     if parts[1] in ("seeding", "versions"):  # stdlib-only leaves like io
         return "io"
-    if parts[1] == "errors":  # the CLI's one-line error reports
+    if parts[1] in ("errors", "run_record"):  # the CLI's one-line error reports and its run record
         return "cli"
     if parts[1] in ("backbone", "presets", "packing", "export"):
         return "backbone"

@@ -4,17 +4,17 @@ gradient norm is the total norm before clipping."""
 
 import json
 import struct
+import subprocess
+import sys
 
 import lightning as L
 import pytest
 import torch
-import wandb
 
-from ltune.cli import main
 from ltune.datamodules import EmbeddedTasks, InstructionData
 from ltune.objectives import SFT
 from ltune.run_record import redact, redact_command
-from tests.conftest import MICRO, ROOT, micro_backbone, quiet_trainer, read_metrics
+from tests.conftest import MICRO, ROOT, cpu_env, micro_backbone, quiet_trainer, read_metrics
 
 
 def wandb_records(path):
@@ -38,15 +38,15 @@ def wandb_records(path):
             yield record
 
 
-def test_a_run_writes_its_record_and_wandb_gets_the_whole_config(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    main(["fit", "--config", str(ROOT / "configs/objectives/sft.yaml"), *MICRO, "--trainer.max_steps=3",
-          "--trainer.log_every_n_steps=1", "--validate_around_fit=true", "--seed_everything=7"])  # fmt: skip
-    wandb.finish()  # as at the end of the `ltune` process: the run's file is complete
+def test_a_run_writes_its_record_and_wandb_gets_the_whole_config(tmp_path):
+    args = ["fit", "--config", str(ROOT / "configs/objectives/sft.yaml"), *MICRO, "--trainer.max_steps=3",
+            "--trainer.log_every_n_steps=1", "--validate_around_fit=true", "--seed_everything=7"]  # fmt: skip
+    env = {**cpu_env(), "WANDB_MODE": "offline"}  # a process of its own: W&B's settings are per process
+    subprocess.run([sys.executable, "-m", "ltune.cli", *args], cwd=tmp_path, env=env, check=True, capture_output=True,
+                   timeout=600)  # fmt: skip
     run = tmp_path / "runs/sft/version_0"
     record = json.loads((run / "run.json").read_text())
-    assert record["command"][:3] == ["ltune", "fit", "--config"] and record["command"][-1] == "--seed_everything=7"
+    assert record["command"][1:4] == ["fit", "--config", args[2]] and record["command"][-1] == "--seed_everything=7"
     config = record["config"]
     lr = config["model"]["init_args"]["optimizer"]["init_args"]["lr"]
     assert config["trainer"]["max_steps"] == 3 and config["seed_everything"] == 7
