@@ -243,7 +243,7 @@ class MajorityVote:
     completions of each prompt) and, always, ``majority_voting_reward``.
 
     Args:
-        placebo: Shuffle each prompt's pseudo-rewards among its completions (the control of issue 16: the same reward
+        placebo: Shuffle each prompt's pseudo-rewards among its completions (a matched control: the same reward
             counts, no information on which completion agrees with the majority).
         kept: Completions per prompt that enter the update (TTRL's N_train), for ``post_ground_truth_ratio``.
     """

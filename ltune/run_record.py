@@ -138,7 +138,10 @@ class RunRecord(SaveConfigCallback):
         log_dir = getattr(self, "log_dir", None)
         if not trainer.is_global_zero or not log_dir or not (Path(log_dir) / FILENAME).is_file():
             return
-        ended = {"global_step": trainer.global_step, "interrupted": trainer.interrupted,
-                 "elapsed_s": round(time.time() - getattr(self, "_started", time.time()), 1),
-                 "metrics": scalar_metrics(trainer.callback_metrics)}  # fmt: skip
+        ended = {
+            "global_step": trainer.global_step,
+            "interrupted": trainer.interrupted,
+            "elapsed_s": round(time.time() - getattr(self, "_started", time.time()), 1),
+            "metrics": scalar_metrics(trainer.callback_metrics),
+        }
         update_record(log_dir, stages={stage: ended})

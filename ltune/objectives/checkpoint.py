@@ -23,8 +23,11 @@ def rng_states(device: torch.device) -> dict:
     """This process's RNG states (torch CPU, ``device``'s CUDA generator, python, numpy) in types that
     ``torch.load(weights_only=True)`` reads."""
     name, keys, pos, has_gauss, cached = np.random.get_state()
-    states = {"torch": torch.get_rng_state(), "python": random.getstate(),
-              "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached]}  # fmt: skip
+    states = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+    }
     if device.type == "cuda":
         states["cuda"] = torch.cuda.get_rng_state(device)
     return states

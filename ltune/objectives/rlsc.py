@@ -34,7 +34,7 @@ class RLSC(Objective):
         alpha: Smoothing constant of the loss (paper: 0.1).
         length_normalized_weight: Weight by exp(s_i / |y_i|) instead of exp(s_i) (not in the paper).
         generation_batch_size: Completions per ``generate`` call (a multiple of ``num_samples``); None = all.
-        placebo: The control of issue 16: each completion is weighted by the confidence of another completion of its
+        placebo: A matched control: each completion is weighted by the confidence of another completion of its
             prompt (a random permutation within every group), so the steps, samples and weights are RLSC's but the
             weight no longer says which answer the model is sure of.
         share_prompt: Score each prompt's samples as one sequence around the prompt they share (exact, fewer tokens

@@ -25,7 +25,7 @@ class TTRL(GRPO):
 
     Args:
         num_votes: Samples per prompt for the vote (N_vote >= ``num_generations``).
-        placebo: The control of issue 16: each prompt's pseudo-rewards are shuffled among its samples (a random
+        placebo: A matched control: each prompt's pseudo-rewards are shuffled among its samples (a random
             permutation within the group), so every step has TTRL's reward counts and advantages' spread, but the
             reward no longer says which sample agrees with the majority.
         **kwargs: Arguments of :class:`~ltune.objectives.grpo.GRPO` (``num_generations`` is N_train).
