@@ -19,7 +19,7 @@ import lightning as L
 import numpy as np
 
 from ltune.callbacks.rounds import Rounds
-from ltune.datamodules import SKIPPED, ScoringError, Selection, pair_text, resolve_budget
+from ltune.datamodules import IFD, SKIPPED, ScoringError, Selection, pair_text, resolve_budget
 
 _LOSSES = ("ifd", "loss_cond", "loss_direct")
 
@@ -75,9 +75,14 @@ class CherryPreExperience(Rounds):
     def ifd(self, trainer: L.Trainer) -> Selection:
         """The IFD selector over the DataModule's pool (its prompt format, scoring and ``choose``)."""
         if self._ifd is None:
-            self._ifd = trainer.datamodule.ifd_over_pool(budget=self.budget, ratio=self.ratio,
-                                                         direct_prefix=self.direct_prefix, max_length=self.max_length,
-                                                         score_batch_size=self.score_batch_size)  # fmt: skip
+            settings = dict(
+                budget=self.budget,
+                ratio=self.ratio,
+                direct_prefix=self.direct_prefix,
+                max_length=self.max_length,
+                score_batch_size=self.score_batch_size,
+            )
+            self._ifd = IFD(trainer.datamodule.pool, progress=False, **settings)  # the DataModule's pool, IFD's rules
         return self._ifd
 
     def e_step_items(self, trainer: L.Trainer, pl_module: L.LightningModule, round: int) -> list[dict]:
@@ -111,12 +116,8 @@ class CherryPreExperience(Rounds):
             scores[SKIPPED][p["index"]] = p["skipped"]
             for k in _LOSSES:
                 scores[k][p["index"]] = np.nan if p[k] is None else p[k]
-        ifd = self.ifd(trainer)
-        selected = ifd.choose(scores, resolve_budget(self.budget, n))
+        selected = self.ifd(trainer).keep(scores, n, report_dir=self.dir / f"round_{round}" / "selection")
         self.selected = selected.tolist()
-        if trainer.is_global_zero:
-            ifd.report_dir = str(self.dir / f"round_{round}" / "selection")
-            ifd.report(scores, selected, n)
         ok = ~scores[SKIPPED]
         chars = np.array([len(pair_text(r)[1]) for r in dm.rows], dtype=float)  # IFD's length bias, as the spec asks
         self._figures = {

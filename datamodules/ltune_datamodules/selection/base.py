@@ -165,14 +165,9 @@ class Selection(LTuneData):
         scores, scored = score_in_chunks(n, lambda idx: self._score_sharded(rows, idx), size, self.cache, key,
                                          self._check_finite, meta)  # fmt: skip
         seconds = time.perf_counter() - start  # the cost of scoring the `scored` rows not found in the cache
-        k = resolve_budget(self.budget, n)
-        selected = np.asarray(self.choose(scores, k), dtype=np.int64)
+        selected = self.keep(scores, n)
         self.scores, self.selected = scores, selected.tolist()
-        if len(selected) < k and not self.budget_is_cap:
-            log.warning("%s kept %d rows, fewer than the budget %d (the rest were filtered)", type(self).__name__,
-                        len(selected), k)  # fmt: skip
         if rank()[0] == 0:
-            self.report(scores, selected, n)
             rate = round(scored / max(seconds, 1e-9), 1) if scored else None  # None: every score came from the cache
             cost = {"rows": n, "scored": scored, "seconds": round(seconds, 2), "rows_per_s": rate}
             atomic_write_text(self.output_dir() / "scoring.json", json.dumps(cost) + "\n")
@@ -190,22 +185,28 @@ class Selection(LTuneData):
         pool.set_train_rows(kept)
         return kept
 
+    def keep(self, scores: dict[str, np.ndarray], n: int, report_dir: str | Path | None = None) -> np.ndarray:
+        """The indices this strategy keeps of ``n`` scored rows (its ``choose`` within the budget), with the report
+        written (rank 0) to ``report_dir`` (default :meth:`output_dir`). ``select`` ends here, and so do rounds that
+        score the pool themselves (Cherry's pre-experienced stage)."""
+        k = resolve_budget(self.budget, n)
+        selected = np.asarray(self.choose(scores, k), dtype=np.int64)
+        if len(selected) < k and not self.budget_is_cap:
+            log.warning(
+                "%s kept %d rows, fewer than the budget %d (the rest were filtered)",
+                type(self).__name__,
+                len(selected),
+                k,
+            )
+        if rank()[0] == 0:
+            self.report(scores, selected, n, report_dir)
+        return selected
+
     def _score_sharded(self, rows: list[dict], idx: list[int]) -> dict[str, np.ndarray]:
         """Score rows ``idx`` (a chunk): ``idx[rank::world]`` on each rank, reassembled on every rank."""
         mine = idx[rank()[0] :: rank()[1]] if self.sharded else idx
         part = self.score([rows[i] for i in mine], [self.row_name(i) for i in mine])
         return gather_shards(part, len(idx)) if self.sharded else part
-
-    def ifd_over_pool(self, **settings: Any) -> Selection:
-        """An :class:`~ltune.datamodules.IFD` selector over this DataModule's pool (same rows, prompt format and
-        length policy), for rounds that score the pool with the model they trained (Cherry's pre-experienced stage).
-
-        Args:
-            **settings: IFD's arguments (``budget``, ``ratio``, ``direct_prefix``, ``max_length``, ...).
-        """
-        from ltune.datamodules.selection.ifd import IFD
-
-        return IFD(self.pool, **{"progress": False, **settings})
 
     def row_name(self, i: int) -> str:
         return f"{getattr(self, 'source_name', 'pool')}: row {i + 1}"
@@ -269,11 +270,14 @@ class Selection(LTuneData):
             return Path(self.trainer.log_dir) / "selection"
         return Path("runs/select") / type(self).__name__.lower()
 
-    def report(self, scores: dict[str, np.ndarray], selected: np.ndarray, n: int) -> tuple[Path, Path]:
-        """Write ``selection.csv`` (index, 1-D scores, selected) and ``selection.png`` (histogram, cut marked)."""
+    def report(
+        self, scores: dict[str, np.ndarray], selected: np.ndarray, n: int, report_dir: str | Path | None = None
+    ) -> tuple[Path, Path]:
+        """Write ``selection.csv`` (index, 1-D scores, selected) and ``selection.png`` (histogram, cut marked) to
+        ``report_dir`` (default :meth:`output_dir`)."""
         loggers = self.trainer.loggers if self.trainer is not None else []
-        return write_selection_report(self.output_dir(), scores, selected, n, self.cut(scores, selected),
-                                      type(self).__name__, SKIPPED, loggers)  # fmt: skip
+        out, cut = Path(report_dir) if report_dir else self.output_dir(), self.cut(scores, selected)
+        return write_selection_report(out, scores, selected, n, cut, type(self).__name__, SKIPPED, loggers)
 
     def embed_texts(self, texts: list[str], names: list[str], embedder: Backbone | None, desc: str) -> np.ndarray:
         """``[N, D]`` float32 embeddings (see :func:`ltune.datamodules.selection.embed.embed_texts`)."""
