@@ -15,13 +15,44 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 from pathlib import Path
 
-from ltune.datamodules.tasks import lion_teacher_rows
+from ltune.datamodules.tasks import generate_problems
+
+LION_HARD = "Write a similar problem: {instruction}"  # the tiny teacher's short forms of Lion's hard/easy prompts
+LION_EASY = "Write a rarer problem: {instruction}"
+
+
+def lion_teacher_rows(n: int = 4000, seed: int = 0) -> list[dict]:
+    """Rows that teach a small model to act as Lion's teacher on ``sum``: ``n`` answer rows (difficulties 1-2) and ``n``
+    instruction-writing rows, half hard and half easy, shuffled (``teacher-data`` writes them).
+
+    Hard: the response is another problem of the seed's difficulty. Easy ("rarer"): a problem of the other
+    difficulty, phrased in one of the three less common phrasings. All from the train split.
+    """
+    rng = random.Random(seed)
+    by_level = {d: generate_problems(n, seed, "train", ["sum"], [d]) for d in (1, 2)}
+    answers = [p for d in (1, 2) for p in by_level[d][: n // 2]]
+    rows = [{"prompt": p.question, "response": p.solution} for p in answers]
+    pool = {d: by_level[d][n // 2 :] for d in (1, 2)}
+    for i in range(n):
+        seed_problem = answers[i % len(answers)]
+        level, hard = seed_problem.difficulty, i % 2 == 0
+        target = rng.choice(pool[level] if hard else pool[3 - level])
+        response = target.question if hard else rng.choice(target.paraphrases)
+        rows.append(
+            {
+                "prompt": (LION_HARD if hard else LION_EASY).format(instruction=seed_problem.question),
+                "response": response,
+            }
+        )
+    rng.shuffle(rows)
+    return rows
 
 
 def teacher_data(out: str, n: int = 4000, seed: int = 0) -> None:
-    """Write :func:`ltune.datamodules.tasks.lion_teacher_rows` as jsonl (the tiny teacher's training rows)."""
+    """Write :func:`lion_teacher_rows` as jsonl (the tiny teacher's training rows)."""
     rows = lion_teacher_rows(n, seed)
     Path(out).write_text("".join(json.dumps(r) + "\n" for r in rows))
     print(f"{len(rows)} rows -> {out}")

@@ -1,8 +1,8 @@
-"""The rows that teach the tiny Lion teacher to write instructions (used by benchmarks/lion_effect.py)."""
+"""The rows that teach the tiny Lion teacher to write instructions (benchmarks/lion_effect.py, the lab side)."""
 
 import re
 
-from ltune.datamodules.tasks import lion_teacher_rows
+from benchmarks.lion_effect import lion_teacher_rows
 from ltune.problems import solve
 
 
