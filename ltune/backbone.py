@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -150,8 +151,6 @@ class Backbone:
     def portable_path(self) -> str:
         """The base model as an exported adapter names it: ``name_or_path`` as given, or a preset's cached folder
         relative to the current directory (peft resolves it from where the adapter is loaded)."""
-        import os
-
         return os.path.relpath(self.path) if self.name_or_path in PRESETS else self.name_or_path
 
     @property

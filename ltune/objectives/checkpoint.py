@@ -33,6 +33,15 @@ def rng_states(device: torch.device) -> dict:
     return states
 
 
+def per_rank(value: object) -> list:
+    """``value`` of every rank, in rank order (all ranks call it: every rank builds a checkpoint, rank 0 writes it)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return [value]
+    values = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(values, value)
+    return values
+
+
 def set_rng_states(states: dict, device: torch.device) -> None:
     """Restore what :func:`rng_states` saved."""
     torch.set_rng_state(states["torch"])
@@ -76,11 +85,7 @@ class FrozenOutOfCheckpoint:
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[SYSTEM_KEY] = self.trained_system_prompt()  # what an export's chat template must insert
-        states = [rng_states(self.device)]  # one per rank (every rank builds the checkpoint; rank 0 writes it)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            states = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(states, rng_states(self.device))
-        checkpoint[RNG_KEY] = states  # dropout and sampling resume where they were
+        checkpoint[RNG_KEY] = per_rank(rng_states(self.device))  # dropout and sampling resume where they were
         state, keys = checkpoint.get("state_dict"), self._frozen_keys()
         if state is None or not keys:
             return

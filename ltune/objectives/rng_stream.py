@@ -8,6 +8,8 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
+from ltune.objectives.checkpoint import per_rank
+
 
 class OwnRNG:
     """Training steps that draw random numbers (sampling, dropout) from the objective's own stream, saved in
@@ -33,11 +35,7 @@ class OwnRNG:
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)
-        states = [self._rng_state]  # one stream per rank (every rank builds the checkpoint; rank 0 writes it)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            states = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(states, self._rng_state)
-        checkpoint["rng_streams"] = states
+        checkpoint["rng_streams"] = per_rank(self._rng_state)  # one stream per rank
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
