@@ -1,8 +1,10 @@
 """Torchmetrics for verifiable answers: exact match, majority@N and unbiased pass@k.
 
 All states are sums (``dist_reduce_fx="sum"``), so the metrics reduce correctly across DDP ranks.
-Answers are taken out of raw completions with ``ltune.rewards.extract_answer`` and compared with
-``ltune.rewards.is_equivalent``.
+Answers are read out of raw completions with ``ltune.rewards.final_answer``: strictly by default (only an answer the
+reply states, or a reply that is one bare value), leniently with ``strict=False`` (else the last number). References
+are read with ``ltune.rewards.reference_answer`` (a bare value, GSM8K's ``#### N``, MATH's ``\\boxed{...}``) and
+compared with ``ltune.rewards.is_equivalent``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from math import comb
 import torch
 from torchmetrics import Metric
 
-from ltune.rewards import extract_answer, is_equivalent, majority_vote
+from ltune.rewards import answer_matches, final_answer, is_equivalent, majority_vote, reference_answer
 
 __all__ = ["ExactMatch", "MajorityAtN", "PassAtK", "pass_at_k"]
 
@@ -39,9 +41,11 @@ def _check_lengths(predictions: Sequence, references: Sequence) -> None:
 
 
 class ExactMatch(Metric):
-    """Fraction of completions whose extracted answer is equivalent to the reference answer.
+    """Fraction of completions whose answer is equivalent to the reference answer.
 
     Args:
+        strict: Read only stated answers and bare values (:func:`ltune.rewards.final_answer`); False also takes the
+            last number of a reply, which can score a false sentence ("3 is larger than 39.") as right.
         categories: Optional fixed list of task categories. When given, ``update`` takes the category
             of each example and ``compute`` returns a dict: ``"all"`` plus one accuracy per category
             (``nan`` for a category with no examples).
@@ -51,8 +55,9 @@ class ExactMatch(Metric):
     higher_is_better = True
     full_state_update = False
 
-    def __init__(self, categories: Sequence[str] | None = None, **kwargs) -> None:
+    def __init__(self, categories: Sequence[str] | None = None, strict: bool = True, **kwargs) -> None:
         super().__init__(**kwargs)
+        self.strict = strict
         self.categories = None if categories is None else list(categories)
         self.add_state("correct", default=torch.tensor(0.0), dist_reduce_fx="sum")
         self.add_state("total", default=torch.tensor(0.0), dist_reduce_fx="sum")
@@ -72,7 +77,7 @@ class ExactMatch(Metric):
             categories: Category of each example; required when the metric was built with categories.
         """
         _check_lengths(predictions, references)
-        hits = [is_equivalent(extract_answer(p), r) for p, r in zip(predictions, references)]
+        hits = [answer_matches(p, r, self.strict) for p, r in zip(predictions, references)]
         self.correct += sum(hits)
         self.total += len(hits)
         if self.categories is None:
@@ -97,14 +102,19 @@ class ExactMatch(Metric):
 
 class MajorityAtN(Metric):
     """maj@N: fraction of prompts whose majority-vote answer (over equivalence classes of the N
-    samples' extracted answers) is equivalent to the reference. TTRL logs this as ``label_accuracy``."""
+    samples' answers) is equivalent to the reference. TTRL logs this as ``label_accuracy``.
+
+    Args:
+        strict: Read answers as :class:`ExactMatch` does.
+    """
 
     is_differentiable = False
     higher_is_better = True
     full_state_update = False
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, strict: bool = True, **kwargs) -> None:
         super().__init__(**kwargs)
+        self.strict = strict
         self.add_state("correct", default=torch.tensor(0.0), dist_reduce_fx="sum")
         self.add_state("total", default=torch.tensor(0.0), dist_reduce_fx="sum")
 
@@ -117,8 +127,8 @@ class MajorityAtN(Metric):
         """
         _check_lengths(samples, references)
         for completions, reference in zip(samples, references):
-            voted, _ = majority_vote([extract_answer(c) for c in completions])
-            self.correct += float(is_equivalent(voted, reference))
+            voted, _ = majority_vote([final_answer(c, self.strict) for c in completions])
+            self.correct += float(is_equivalent(voted, reference_answer(reference)))
             self.total += 1
 
     def compute(self) -> torch.Tensor:
@@ -134,14 +144,16 @@ class PassAtK(Metric):
 
     Args:
         k: Number of attempts.
+        strict: Read answers as :class:`ExactMatch` does.
     """
 
     is_differentiable = False
     higher_is_better = True
     full_state_update = False
 
-    def __init__(self, k: int = 1, **kwargs) -> None:
+    def __init__(self, k: int = 1, strict: bool = True, **kwargs) -> None:
         super().__init__(**kwargs)
+        self.strict = strict
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         self.k = k
@@ -157,7 +169,7 @@ class PassAtK(Metric):
         """
         _check_lengths(samples, references)
         for completions, reference in zip(samples, references):
-            correct = sum(is_equivalent(extract_answer(c), reference) for c in completions)
+            correct = sum(answer_matches(c, reference, self.strict) for c in completions)
             self.score += pass_at_k(len(completions), correct, self.k)
             self.total += 1
 

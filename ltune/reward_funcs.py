@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from ltune.metrics import pass_at_k
-from ltune.rewards import extract_answer, is_equivalent, majority_vote, stated_answer
+from ltune.rewards import answer_matches, extract_answer, is_equivalent, majority_vote, reference_answer, stated_answer
 
 RewardFunc = Callable[..., Sequence[float | None]]
 
@@ -175,12 +175,13 @@ def score_rollouts(
 
 # ---- built-in rewards --------------------------------------------------------------------------------------------
 def accuracy_reward(completions: list, answer: list[str | None] | None = None, **kwargs: Any) -> list[float | None]:
-    """1.0 when a completion's final answer (:func:`ltune.rewards.extract_answer`) is equivalent to its row's
-    ``answer``, else 0.0; None for a row without one (the share it scores is logged as ``rewards/<name>/scored``)."""
+    """1.0 when a completion's final answer, read leniently (:func:`ltune.rewards.extract_answer`), is equivalent to
+    its row's ``answer`` (a bare value or a worked solution: :func:`ltune.rewards.reference_answer`), else 0.0; None
+    for a row without one (the share it scores is logged as ``rewards/<name>/scored``)."""
     if answer is None:
         raise ValueError("the rows have no 'answer' column (the reference answer this reward checks against)")
     return [
-        None if a is None else float(is_equivalent(extract_answer(completion_text(c)), a))
+        None if a is None else float(answer_matches(completion_text(c), a, strict=False))
         for c, a in zip(completions, answer)
     ]
 
@@ -254,7 +255,7 @@ class MajorityVote:
     def __call__(self, completions: list, group_size: int, answer: list | None = None, log_metric=None, **kwargs):
         n = group_size
         answers = [extract_answer(completion_text(c)) for c in completions]
-        truths = answer[::n] if answer is not None else [None] * (len(answers) // n)
+        truths = [reference_answer(a) for a in answer[::n]] if answer is not None else [None] * (len(answers) // n)
         rewards: list[float] = []
         stats: dict[str, list[float]] = {}
         for b, truth in enumerate(truths):

@@ -1,7 +1,13 @@
 """Answer extraction, answer equivalence, majority vote and the verifier reward.
 
-Extraction follows the order of the TTRL / Qwen-Math parser: the last ``\\boxed{...}`` (brace-matched),
-else the last "the answer is X", else the last number. Equivalence is the plain normaliser first
+A reply's *stated* answer is the last ``\\boxed{...}`` (brace-matched), else GSM8K's last ``#### X`` line, else the
+last "the answer is X"; a reply that is one bare value (``"81"``, ``"tac"``, ``"$\\frac{1}{2}$."``) states it too.
+The strict reading (:func:`final_answer`, evaluation's default) stops there: a number picked out of a sentence is never
+an answer, so "3 is larger than 39." answers nothing. The lenient reading (:func:`extract_answer`, the order of the TTRL
+/ Qwen-Math parser, used by rewards and votes) falls back to the last number. Reference answers are read the same way
+(:func:`reference_answer`): a GSM8K solution, a MATH solution with its boxed answer, or a bare value.
+
+Equivalence is the plain normaliser first
 (``"4.0" == "4"``, ``"1,234" == "1234"``), then symbolic equivalence with ``math_verify`` when both
 sides look like mathematics. Words never go to ``math_verify``: it would read ``"tac"`` as
 ``t*a*c`` and call it equal to ``"cat"``.
@@ -20,8 +26,19 @@ from collections.abc import Callable, Sequence
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 
-__all__ = ["answer_groups", "extract_answer", "is_equivalent", "majority_vote", "normalize_answer", "stated_answer",
-           "verifier_reward"]  # fmt: skip
+__all__ = [
+    "answer_groups",
+    "answer_matches",
+    "bare_answer",
+    "extract_answer",
+    "final_answer",
+    "is_equivalent",
+    "majority_vote",
+    "normalize_answer",
+    "reference_answer",
+    "stated_answer",
+    "verifier_reward",
+]
 
 _MAX_MATH_CHARS = 64
 _ANSWER_IS = re.compile(r"the\s+(?:final\s+)?answer\s+is\s*:?\s*", re.IGNORECASE)
@@ -31,6 +48,8 @@ _PLAIN_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 _THOUSANDS_COMMA = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 _LATEX_COMMAND = re.compile(r"\\[a-zA-Z]+")
 _WORD = re.compile(r"[a-zA-Z]{2,}")
+_HASHES = re.compile(r"^[ \t]*####[ \t]*(.+?)[ \t]*$", re.MULTILINE)  # GSM8K's final line: "#### 72"
+_EMPHASIS = re.compile(r"^(\*\*|__|`)(.*)\1$")
 
 
 def _last_boxed(text: str) -> str | None:
@@ -63,29 +82,68 @@ def _answer_is(text: str) -> str | None:
     return tail or None
 
 
+def _hashes(text: str) -> str | None:
+    """What follows GSM8K's last ``#### `` line marker."""
+    found = _HASHES.findall(text)
+    return found[-1].rstrip(".").strip() or None if found else None
+
+
 def stated_answer(text: str) -> str | None:
-    """The answer a text states explicitly: the last ``\\boxed{...}``, else the last "the answer is X"; else None."""
-    return (_last_boxed(text) or _answer_is(text)) if text else None
+    """The answer a text states explicitly: the last ``\\boxed{...}``, else the last ``#### X`` line, else the last
+    "the answer is X"; else None."""
+    return (_last_boxed(text) or _hashes(text) or _answer_is(text)) if text else None
 
 
-def extract_answer(text: str) -> str | None:
-    """The final answer in a completion.
+def bare_answer(text: str) -> str | None:
+    """The text itself when it is one bare value: no whitespace inside once stripped of a trailing period, of ``$``
+    delimiters and of markdown emphasis (``"81"``, ``"**tac**"``, ``"$\\frac{1}{2}$."``), at most 64 characters, its
+    braces balanced and no ``\\boxed`` left open."""
+    s = (text or "").strip().rstrip(".").strip()
+    if len(s) >= 2 and s[0] == s[-1] == "$":
+        s = s[1:-1].strip()
+    if m := _EMPHASIS.fullmatch(s):
+        s = m.group(2).strip()
+    if not s or len(s) > _MAX_MATH_CHARS or any(c.isspace() for c in s) or "\\boxed" in s:
+        return None
+    return s if s.count("{") == s.count("}") else None  # an unclosed brace is a cut-off reply
 
-    Order: the last ``\\boxed{...}`` (nested braces ok), else the last "the answer is X"
-    (case-insensitive, trailing period stripped), else the last number in the text.
+
+def final_answer(text: str, strict: bool = True) -> str | None:
+    """The answer a reply gives.
 
     Args:
         text: A model completion.
+        strict: Only an answer the reply states (:func:`stated_answer`) or a reply that is one bare value
+            (:func:`bare_answer`); when False, else the last number in the text (:func:`extract_answer`).
 
     Returns:
-        The answer string, or ``None`` when the text holds none of the three.
+        The answer string, or ``None`` when the reply gives none.
     """
     if not text:
         return None
-    if found := stated_answer(text):
+    if found := stated_answer(text) or bare_answer(text):
         return found
-    numbers = _NUMBER.findall(text)
+    numbers = [] if strict else _NUMBER.findall(text)
     return numbers[-1] if numbers else None
+
+
+def reference_answer(reference: str | None) -> str | None:
+    """A reference answer in the form public sets give it: the answer a worked solution states (GSM8K's ``#### N``,
+    MATH's ``\\boxed{...}``, "the answer is X"), else the whole reference (a bare value)."""
+    if reference is None:
+        return None
+    return stated_answer(reference) or reference.strip() or None
+
+
+def answer_matches(text: str, reference: str | None, strict: bool = True) -> bool:
+    """Whether a completion's answer (:func:`final_answer`) is equivalent to a reference (:func:`reference_answer`)."""
+    return is_equivalent(final_answer(text, strict), reference_answer(reference))
+
+
+def extract_answer(text: str) -> str | None:
+    """The final answer in a completion, read leniently: :func:`final_answer` with ``strict=False`` (the stated
+    answer, else a bare value, else the last number in the text). Rewards and majority votes read answers this way."""
+    return final_answer(text, strict=False)
 
 
 def normalize_answer(ans: str) -> str:
@@ -194,14 +252,15 @@ def majority_vote(answers: Sequence[str | None]) -> tuple[str | None, float]:
 
 
 def verifier_reward(completions: Sequence[str], references: Sequence[str]) -> list[float]:
-    """1.0 for each completion whose extracted answer is equivalent to its reference, else 0.0.
+    """1.0 for each completion whose answer, read leniently (:func:`extract_answer`), is equivalent to its reference
+    (:func:`reference_answer`), else 0.0.
 
     Raises:
         ValueError: If the two sequences differ in length.
     """
     if len(completions) != len(references):
         raise ValueError(f"{len(completions)} completions but {len(references)} references")
-    return [float(is_equivalent(extract_answer(c), r)) for c, r in zip(completions, references)]
+    return [float(answer_matches(c, r, strict=False)) for c, r in zip(completions, references)]
 
 
 def answer_groups(texts: Sequence[str], n: int, truths: Sequence[str | None]):
@@ -213,8 +272,9 @@ def answer_groups(texts: Sequence[str], n: int, truths: Sequence[str | None]):
         truths: One reference answer per prompt, ``None`` where the rows carry none (label-free).
 
     Yields:
-        ``(answers, truth)`` per prompt: ``n`` extracted answers (``None`` where a completion has none).
+        ``(answers, truth)`` per prompt: ``n`` extracted answers (``None`` where a completion has none) and the
+        reference read by :func:`reference_answer`.
     """
     answers = [extract_answer(t) for t in texts]
     for k, truth in enumerate(truths):
-        yield answers[k * n : (k + 1) * n], truth
+        yield answers[k * n : (k + 1) * n], reference_answer(truth)

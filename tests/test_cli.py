@@ -1,5 +1,6 @@
 """The real CLI: every config parses, the quickstart runs (shortened), export reloads, resume, DDP on CPU."""
 
+import json
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import yaml
 from transformers import AutoModelForCausalLM
 
 from ltune.cli import main
+from ltune.rewards import answer_matches, final_answer, is_equivalent
 from tests.conftest import MICRO, ROOT, read_metrics
 
 
@@ -76,6 +78,7 @@ def test_quickstart_runs_through_the_cli_and_exports(tmp_path, monkeypatch, caps
             "--data.init_args.eval_prompts.init_args.n=8",
             "--data.init_args.train.init_args.n=64",
             "--trainer.enable_progress_bar=false",
+            "--model.init_args.eval_samples=2",
         ]
     )
     out = capsys.readouterr().out
@@ -83,6 +86,18 @@ def test_quickstart_runs_through_the_cli_and_exports(tmp_path, monkeypatch, caps
     run = tmp_path / "runs/quickstart/version_0"
     rows = read_metrics(run)
     assert any(r.get("train/loss") for r in rows) and sum(1 for r in rows if r.get("val/exact_match")) >= 3
+    # every evaluation saved its completions; val/exact_match is the share of them marked correct
+    saved = sorted(p.name for p in (run / "completions").glob("*.jsonl"))
+    assert saved == ["fit-step3.jsonl", "fit-step6.jsonl", "validate-step0.jsonl", "validate-step6.jsonl"]
+    evals = [r for r in rows if r.get("val/maj@2")]  # in order: validate-step0, fit-step3, fit-step6, validate-step6
+    assert len(evals) == 4
+    for name, row in zip(["validate-step0.jsonl", "fit-step3.jsonl", "fit-step6.jsonl", "validate-step6.jsonl"], evals):
+        done = [json.loads(line) for line in (run / "completions" / name).read_text().splitlines()]
+        assert len(done) == 8 and all(len(d["samples"]) == 2 and d["prompt"] for d in done)
+        assert all(d["correct"] == is_equivalent(final_answer(d["completion"]), d["reference"]) for d in done)
+        assert float(row["val/exact_match"]) == pytest.approx(sum(d["correct"] for d in done) / 8)
+        pass1 = sum(answer_matches(t, d["reference"]) for d in done for t in d["samples"]) / 16
+        assert float(row["val/pass@1"]) == pytest.approx(pass1)
     assert (run / "config.yaml").is_file()
     hf = AutoModelForCausalLM.from_pretrained(run / "hf")
     (ckpt,) = (run / "checkpoints").glob("*.ckpt")
@@ -177,6 +192,15 @@ def test_ddp_two_cpu_processes_reduce_metrics_across_ranks(tmp_path):
     assert float(ddp["val/tokens"]) == float(single["val/tokens"]) > 0  # every val token counted exactly once
     for key in ("val/loss", "val/token_accuracy", "val/exact_match"):
         assert float(ddp[key]) == pytest.approx(float(single[key]), rel=1e-4), key
+    # rank 0 saved every rank's completions once: the same greedy completions as the one process
+    ddp_done, single_done = (
+        sorted(json.loads(line)["prompt"] + json.loads(line)["completion"] for line in f.read_text().splitlines())
+        for f in (
+            ddp_run / "completions/fit-step4.jsonl",
+            tmp_path / "runs/sft/version_1/completions/validate-step0.jsonl",
+        )
+    )
+    assert len(ddp_done) == 11 and ddp_done == single_done
 
 
 def test_budget_list_reads_fractions_and_row_counts():

@@ -57,3 +57,27 @@ def test_pass_at_k_metric():
     metric.update([[right, right, right, wrong]], ["1"])  # 1.0
     assert metric.compute().item() == pytest.approx((0.7 + 0.0 + 1.0) / 3)
     assert isinstance(metric.compute(), torch.Tensor)
+
+
+def test_exact_match_is_strict_by_default_and_reads_gsm8k_references():
+    gsm8k = "Betty has 100/2 = <<100/2=50>>50 dollars.\nShe needs 100-50-15-30 = <<100-50-15-30=5>>5 more.\n#### 5"
+    replies = ["3 is larger than 39.", "The answer is 5.", "5", "She needs 5 more dollars."]
+    references = ["39", gsm8k, gsm8k, gsm8k]
+    strict, lenient = ExactMatch(), ExactMatch(strict=False)
+    strict.update(replies, references)
+    lenient.update(replies, references)
+    assert strict.compute().item() == pytest.approx(2 / 4)  # the stated 5 and the bare 5
+    assert lenient.compute().item() == pytest.approx(4 / 4)  # also the last numbers: 39 of a false sentence, 5
+
+
+def test_majority_and_pass_at_k_read_answers_as_exact_match_does():
+    samples = [["9 is larger than 12.", "9 is larger than 12.", "The answer is 9."]]  # the truth is 12
+    strict_maj, lenient_maj = MajorityAtN(), MajorityAtN(strict=False)
+    strict_maj.update(samples, ["12"])
+    lenient_maj.update(samples, ["12"])
+    assert strict_maj.compute().item() == 0.0  # one stated answer: 9
+    assert lenient_maj.compute().item() == 1.0  # two last numbers 12 outvote the 9
+    strict_pass, lenient_pass = PassAtK(1), PassAtK(1, strict=False)
+    strict_pass.update(samples, ["12"])
+    lenient_pass.update(samples, ["12"])
+    assert strict_pass.compute().item() == 0.0 and lenient_pass.compute().item() == pytest.approx(2 / 3)

@@ -96,3 +96,41 @@ def test_answer_groups_pair_each_prompts_answers_with_its_reference():
     texts = ["The answer is 4.", "5", "no number here", "The answer is cba."]
     groups = list(answer_groups(texts, 2, ["4", None]))
     assert groups == [(["4", "5"], "4"), ([None, "cba"], None)]
+
+
+@pytest.mark.parametrize(
+    ("text", "strict", "lenient"),
+    [
+        ("3 is larger than 39.", None, "39"),  # a number picked out of a false sentence is no answer
+        ("39 is larger than 3. The answer is 39.", "39", "39"),
+        ("81", "81", "81"),
+        ("**tac**.", "tac", "tac"),
+        (r"$\frac{1}{2}$.", r"\frac{1}{2}", r"\frac{1}{2}"),
+        ("She has 5 left.\n#### 5", "5", "5"),
+        ("I think so", None, None),
+        (r"\boxed{unclosed", None, None),
+    ],
+)
+def test_strict_reads_only_a_stated_answer_or_a_bare_value(text, strict, lenient):
+    from ltune.rewards import final_answer
+
+    assert final_answer(text) == strict
+    assert final_answer(text, strict=False) == extract_answer(text) == lenient
+
+
+@pytest.mark.parametrize(
+    ("reference", "expected"),
+    [
+        ("Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nNatalia sold 48+24 = <<48+24=72>>72 clips.\n#### 72", "72"),
+        (r"The sum is $\frac{1}{2}+\frac{1}{4}$, so it is $\boxed{\frac{3}{4}}$.", r"\frac{3}{4}"),
+        ("23+58=81. The answer is 81.", "81"),
+        ("  1,234 ", "1,234"),
+        ("tac", "tac"),
+    ],
+)
+def test_references_are_read_in_the_forms_public_sets_use(reference, expected):
+    from ltune.rewards import answer_matches, reference_answer
+
+    assert reference_answer(reference) == expected
+    assert answer_matches(f"The answer is {expected}.", reference)
+    assert not answer_matches("The answer is 7.", reference)

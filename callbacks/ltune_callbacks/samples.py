@@ -11,7 +11,7 @@ from typing import Literal
 import lightning as L
 import torch
 
-from ltune.rewards import extract_answer, is_equivalent
+from ltune.rewards import answer_matches
 
 COLUMNS = ["step", "prompt", "completion", "answer", "correct"]
 ROLLOUT_COLUMNS = ["step", "prompt", "completion", "reward", "advantage"]
@@ -94,6 +94,7 @@ class SampleTable(L.Callback):
         prompts = pl_module.tokenizer.batch_decode(batch["prompt_ids"], skip_special_tokens=True)
         out = []
         for prompt, text, answer in zip(prompts, texts, batch["answer"]):
-            correct = None if answer is None else is_equivalent(extract_answer(text), answer)
+            strict = getattr(pl_module, "answer_match", "strict") == "strict"  # as the objective's evaluation reads
+            correct = None if answer is None else answer_matches(text, answer, strict)
             out.append({"prompt": prompt, "completion": text, "answer": answer, "correct": correct})
         return out

@@ -1,5 +1,5 @@
 """What every objective shares: the backbone (loaded in ``configure_model``), the optimizer, the non-finite-loss
-guard, and evaluation by greedy generation + exact match of the final answer. No method logic lives here.
+guard, and evaluation by generation (:mod:`ltune.objectives.evaluation`). No method logic lives here.
 """
 
 from __future__ import annotations
@@ -17,16 +17,15 @@ from torch import Tensor
 
 from ltune.backbone import Backbone, fully_shard_model, reference_model
 from ltune.export import export_hf
-from ltune.generation import GenerationProgress, HFSampler, decode
-from ltune.metrics import ExactMatch
 from ltune.objectives.checkpoint import FrozenOutOfCheckpoint
+from ltune.objectives.evaluation import AnswerMatch, GenerationEval
 
 
 class NonFiniteLossError(FloatingPointError):
     """A loss was NaN or infinite; training stops instead of stepping on it."""
 
 
-class Objective(FrozenOutOfCheckpoint, L.LightningModule):
+class Objective(FrozenOutOfCheckpoint, GenerationEval, L.LightningModule):
     """Base LightningModule of ltune objectives. Its checkpoints hold what trains, not the frozen base model
     (:mod:`ltune.objectives.checkpoint`).
 
@@ -34,7 +33,13 @@ class Objective(FrozenOutOfCheckpoint, L.LightningModule):
         backbone: The model to fine-tune (default: the embedded ``tiny`` preset).
         optimizer: Optimizer factory called with the trainable parameters.
         scheduler: Optional LR scheduler factory, stepped every optimizer step.
-        max_new_tokens: Token budget of greedy generation on ``eval_prompts``.
+        max_new_tokens: Token budget of generation on ``eval_prompts``.
+        answer_match: How evaluation reads a reply's answer: ``strict`` (only an answer it states, boxed, after
+            ``####`` or "the answer is", or a reply that is one bare value) or ``lenient`` (else its last number,
+            which can score a false sentence as right). References are read the same way.
+        eval_samples: Completions sampled per evaluation prompt for ``val/maj@N``, ``val/pass@1`` and ``val/pass@N``
+            (1: greedy exact match only).
+        eval_temperature: Sampling temperature of those completions.
     """
 
     def __init__(
@@ -43,6 +48,9 @@ class Objective(FrozenOutOfCheckpoint, L.LightningModule):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = None,
         max_new_tokens: int = 32,
+        answer_match: AnswerMatch = "strict",
+        eval_samples: int = 1,
+        eval_temperature: float = 1.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "scheduler", "reward_funcs"])
@@ -50,8 +58,7 @@ class Objective(FrozenOutOfCheckpoint, L.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.max_new_tokens = max_new_tokens
         self.model: torch.nn.Module | None = None
-        self.exact_match = ExactMatch()
-        self.category_match: dict[str, ExactMatch] = {}
+        self.init_evaluation(answer_match, eval_samples, eval_temperature)
         self._frozen_reference: list[torch.nn.Module] = []  # kept out of the module tree: not trained or saved
 
     @property
@@ -118,74 +125,6 @@ class Objective(FrozenOutOfCheckpoint, L.LightningModule):
                 f"non-finite loss ({loss.item()}) at global step {self.global_step}, batch {batch_idx} on some rank; "
                 "lower the learning rate, check the data, or use a wider dtype"
             )
-
-    # ---- evaluation by generation --------------------------------------------------------------------------------
-    def generate_text(
-        self, prompt_ids: Tensor, prompt_mask: Tensor, max_new_tokens: int | None = None, temperature: float = 0.0
-    ) -> list[str]:
-        """One completion of each left-padded prompt (moved to this module's device): greedy by default, within
-        ``max_new_tokens`` (default: the evaluation budget). Evaluation and the rounds' callbacks generate here; with
-        a progress bar on, a bar follows the batch's decode steps."""
-        tok, budget = self.tokenizer, max_new_tokens or self.max_new_tokens
-        trainer = self._trainer
-        shown = trainer is not None and trainer.progress_bar_callback is not None and trainer.is_global_zero
-        samples = HFSampler()(
-            self.model,
-            prompt_ids.to(self.device),
-            prompt_mask.to(self.device),
-            max_new_tokens=budget,
-            temperature=temperature,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id,
-            streamer=GenerationProgress(len(prompt_ids), budget) if shown else None,  # progress inside the batch
-        )
-        return decode(tok, samples)
-
-    def eval_step(self, batch: dict) -> None:
-        """Exact match of the final answer of greedy completions (``val/exact_match`` and per category)."""
-        texts = self.generate_text(batch["prompt_ids"], batch["prompt_mask"])
-        self.exact_match.update(texts, batch["answer"])
-        for cat in sorted(set(batch["category"])):
-            idx = [i for i, c in enumerate(batch["category"]) if c == cat]
-            self._category_metric(cat).update([texts[i] for i in idx], [batch["answer"][i] for i in idx])
-
-    def _category_metric(self, category: str) -> ExactMatch:
-        if category not in self.category_match:  # created lazily, outside inference mode so states stay updatable
-            with torch.inference_mode(False):
-                self.category_match[category] = ExactMatch().to(self.device)
-        return self.category_match[category]
-
-    def on_validation_epoch_start(self) -> None:
-        # Lightning resets logged metrics inside ``trainer.validate``'s inference mode, but fit's validation runs
-        # outside it: re-create validation metric states as normal tensors so both can update them.
-        from torchmetrics import Metric
-
-        with torch.inference_mode(False):
-            for name, module in self.named_modules():
-                if name.startswith("val") and isinstance(module, Metric):
-                    module.reset()
-
-    def on_validation_epoch_end(self) -> None:
-        with torch.inference_mode(False):  # reset() re-creates metric states: keep them normal (updatable) tensors
-            self._log_exact_match()
-
-    def _log_exact_match(self) -> None:
-        if self.exact_match.update_count:
-            self.log("val/exact_match", self.exact_match.compute(), sync_dist=False)
-            self.exact_match.reset()
-        cats = set(self.category_match)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():  # same metrics on every rank
-            gathered = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(gathered, cats)
-            cats = set().union(*gathered)
-        if cats == {"all"}:  # no row names a category ("all" is the data's default): val/exact_match says it all
-            cats = set()
-            if "all" in self.category_match:  # a rank without evaluation rows has none
-                self.category_match["all"].reset()
-        for cat in sorted(cats):
-            metric = self._category_metric(cat)
-            self.log(f"val/exact_match/{cat}", metric.compute())
-            metric.reset()
 
     def trained_system_prompt(self) -> str | None:
         """The system message this run's prompts are rendered with: the attached DataModule's, else the one its
