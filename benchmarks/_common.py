@@ -11,6 +11,7 @@ import sys
 import time
 from collections import defaultdict
 from contextlib import contextmanager
+from pathlib import Path
 
 
 def matmul_gflops(threads: int, n: int = 2048, repeats: int = 5) -> float:
@@ -51,6 +52,25 @@ def summary(runs: list[dict], key: str) -> tuple[float, float, float]:
 
 def load_average() -> str:
     return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+STARTED = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "load_average": os.getloadavg()}  # when the script began
+
+
+def provenance() -> dict:
+    """What a benchmark record holds besides its figures: the command, ltune's commit, the stack's versions, the
+    machine, and the load average when the script started and now."""
+    from ltune.run_record import source_commit
+    from ltune.versions import machine, stack_versions
+
+    return {
+        "command": [Path(sys.argv[0]).as_posix(), *sys.argv[1:]],
+        "started": STARTED["time"],
+        "ltune": source_commit(),
+        "versions": stack_versions(),
+        "machine": machine(),
+        "load_average": {"start": STARTED["load_average"], "end": os.getloadavg()},
+    }
 
 
 def rss_mb() -> float:

@@ -19,6 +19,7 @@ import statistics
 import time
 
 import torch
+from _common import provenance
 
 
 def _median_time(fn, repeats: int) -> float:
@@ -60,8 +61,17 @@ def generate_s(model, rows: int, prompt: int, new: int, repeats: int, **kwargs) 
     def run():
         torch.manual_seed(0)
         with torch.no_grad():
-            model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new,
-                           do_sample=True, temperature=1.0, top_k=None, pad_token_id=0, **kwargs)  # fmt: skip
+            model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=new,
+                min_new_tokens=new,
+                do_sample=True,
+                temperature=1.0,
+                top_k=None,
+                pad_token_id=0,
+                **kwargs,
+            )
 
     return _median_time(run, repeats)
 
@@ -104,7 +114,7 @@ def main() -> None:
     print(json.dumps(res, indent=1))
     if a.json:
         with open(a.json, "w") as f:
-            json.dump(res, f, indent=1)
+            json.dump({**res, "provenance": provenance()}, f, indent=1)
 
 
 if __name__ == "__main__":

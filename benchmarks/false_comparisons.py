@@ -55,9 +55,16 @@ def main() -> None:
         for r in compare
         if " equal" in r["text"] or any(Decimal(x) <= Decimal(y) for x, y in CLAIM.findall(r["text"]))
     ]
-    report = {"config": a.config, "ckpt": a.ckpt, "prompts": len(rows), "scored_right": len(right),
-              "compare_prompts": sum(r["category"] == "compare" for r in rows), "compare_scored_right": len(compare),
-              "of_which_stated": len(stated), "of_which_false_comparison": len(false)}  # fmt: skip
+    report = {
+        "config": a.config,
+        "ckpt": a.ckpt,
+        "prompts": len(rows),
+        "scored_right": len(right),
+        "compare_prompts": sum(r["category"] == "compare" for r in rows),
+        "compare_scored_right": len(compare),
+        "of_which_stated": len(stated),
+        "of_which_false_comparison": len(false),
+    }
     print(json.dumps(report))
 
 

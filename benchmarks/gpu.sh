@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU figure RESULTS.md is missing, in one device call: the compiled Triton kernels' tests, the kernel benchmark
+# Every GPU figure the report is missing, in one device call: the compiled Triton kernels' tests, the kernel benchmark
 # (issue sizes) and the selection benchmark (k-center, IFD and LESS batching at the issue sizes). The device image
 # has torch, triton, lightning, transformers and peft but not ltune's other imports; they travel as wheels.
 #

@@ -1,5 +1,6 @@
-"""Where IFD puts the embedded pool's noisy rows (RESULTS.md, "Measured effect vs random"): the mean IFD of clean and
-noisy rows, the share that IFD >= 1 drops, and the noisy share of the top fraction that Cherry keeps.
+"""Where IFD puts the embedded pool's noisy rows (notebook figures: the hand-written RESULTS.md of commit
+07c8cc9): the mean IFD of clean and noisy rows, the share that IFD >= 1 drops, and the noisy share of the top
+fraction that Cherry keeps.
 
     python benchmarks/ifd_noise.py --scorer runs/quickstart/version_0/hf          # the selection-effect pool (20k)
 """

@@ -30,6 +30,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from _common import provenance
 
 import ltune.kernels as K
 
@@ -291,7 +292,7 @@ def main() -> None:
     print(markdown(rows))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+            json.dump({"rows": rows, "provenance": provenance()}, f, indent=1)
 
 
 if __name__ == "__main__":

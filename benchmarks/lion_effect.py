@@ -5,7 +5,8 @@ Lion needs a teacher that answers instructions *and* writes new ones from a seed
 hard seed, a rarer kind for an easy seed), and a referee that can tell a right answer from a wrong one. At tiny scale
 the teacher is the sum SFT model fine-tuned on a mix of answers and instruction-writing rows (this file writes them),
 and the referee is ``ltune.judges.VerifierJudge`` (answers checked against ``problems.solve``). Recipe and figures:
-benchmarks/RESULTS.md, "Lion on the sum task".
+"Lion on the sum task" in the hand-written RESULTS.md of commit 07c8cc9 (a notebook study; the report
+keeps the real-model one).
 
     python benchmarks/lion_effect.py teacher-data --out teacher.jsonl
     python benchmarks/lion_effect.py summary runs/lion/version_0

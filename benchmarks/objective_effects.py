@@ -1,4 +1,5 @@
-"""Measurements behind the ORPO / CUT / CoIN rows of README (see benchmarks/RESULTS.md for the commands).
+"""Notebook measurements of ORPO / CUT / CoIN on the tiny model (commands and figures in the hand-written
+RESULTS.md of commit 07c8cc9).
 
 python benchmarks/objective_effects.py paraphrase-prompts --n 50 --out para_eval.jsonl
     held-out prompts, each problem under its 4 phrasings, category "phrasing<k>": pass as eval_prompts and
@@ -132,9 +133,13 @@ def vote_headroom(
         texts = decode(model.tokenizer, model.rollout(batch))
         tok = model.tokenizer
         greedy_samples = model.sampler(
-            model.model, batch["prompt_ids"], batch["prompt_mask"], max_new_tokens=max_tokens,
-            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-        )  # fmt: skip
+            model.model,
+            batch["prompt_ids"],
+            batch["prompt_mask"],
+            max_new_tokens=max_tokens,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
         best = decode(tok, greedy_samples)
         for i, truth in enumerate(batch["answer"]):
             answers = [extract_answer(t) for t in texts[samples * i : samples * (i + 1)]]
@@ -240,8 +245,17 @@ def main() -> None:
     elif args.cmd == "cut-flags":
         cut_flags(args.ckpt, args.n, args.threshold, difficulties=args.difficulties, categories=args.categories)
     elif args.cmd == "vote-headroom":
-        vote_headroom(args.ckpt, args.temperature, args.n, args.samples, args.difficulties, args.categories, args.split,
-                      args.system_prompt, args.max_tokens)  # fmt: skip
+        vote_headroom(
+            args.ckpt,
+            args.temperature,
+            args.n,
+            args.samples,
+            args.difficulties,
+            args.categories,
+            args.split,
+            args.system_prompt,
+            args.max_tokens,
+        )
     else:
         phrasing_spread(args.metrics)
 

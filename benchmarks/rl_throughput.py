@@ -31,7 +31,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import Phases, alternate, lightning_clock, load_average, matmul_gflops, summary  # noqa: E402
+from _common import Phases, alternate, lightning_clock, load_average, matmul_gflops, provenance, summary  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
@@ -119,8 +119,10 @@ def run_trl(a: argparse.Namespace) -> dict:
     bb = _backbone(a.model)
     tok = bb.tokenizer
     rows = _prompts(a.prompts * a.steps)
-    render = [tok.apply_chat_template([{"role": "user", "content": r["prompt"]}], tokenize=False,
-                                      add_generation_prompt=True) for r in rows]  # fmt: skip
+    render = [
+        tok.apply_chat_template([{"role": "user", "content": r["prompt"]}], tokenize=False, add_generation_prompt=True)
+        for r in rows
+    ]
     dataset = Dataset.from_list([{"prompt": p, "answer": r["answer"]} for p, r in zip(render, rows)])
 
     def reward(completions, answer, **kwargs):
@@ -167,12 +169,18 @@ def run_trl(a: argparse.Namespace) -> dict:
     if a.lora:
         from peft import LoraConfig
 
-        peft = LoraConfig(r=a.lora, lora_alpha=2 * a.lora, lora_dropout=0.0, target_modules="all-linear",
-                          task_type="CAUSAL_LM")  # fmt: skip
+        peft = LoraConfig(
+            r=a.lora, lora_alpha=2 * a.lora, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
+        )
     trainer = GRPOTrainer(
-        model=bb.load_model(), reward_funcs=reward, args=config, train_dataset=dataset, processing_class=tok,
-        callbacks=[Clock()], peft_config=peft,
-    )  # fmt: skip
+        model=bb.load_model(),
+        reward_funcs=reward,
+        args=config,
+        train_dataset=dataset,
+        processing_class=tok,
+        callbacks=[Clock()],
+        peft_config=peft,
+    )
     generate = trainer._generate_and_score_completions
 
     def counted_generate(inputs):
@@ -216,9 +224,12 @@ def main() -> None:
     p.add_argument("--prompts", type=int, default=8, help="prompts per step")
     p.add_argument("--generations", type=int, default=8, help="G, completions per prompt")
     p.add_argument("--max_new_tokens", type=int, default=32)
-    p.add_argument("--no_share", action="store_true",
-                   help="ltune prefills every sample's prompt and scores the B x G rows as they are (its prompt "
-                        "sharing in generation and update off)")  # fmt: skip
+    p.add_argument(
+        "--no_share",
+        action="store_true",
+        help="ltune prefills every sample's prompt and scores the B x G rows as they are (its prompt "
+        "sharing in generation and update off)",
+    )
     p.add_argument("--steps", type=int, default=6, help="optimizer steps (the first is warm-up)")
     p.add_argument("--threads", type=int, default=2, help="torch threads per side")
     p.add_argument("--repeats", type=int, default=2, help="runs per side, alternated; medians reported")
@@ -238,8 +249,11 @@ def main() -> None:
         f"{a.objective} {a.model} {tuning}; {a.prompts} prompts x G {a.generations}, {a.max_new_tokens} new tokens, "
         f"{a.steps} steps (1 warm-up), {a.threads} threads; float32 matmul {peak:.0f} GFLOP/s; {load_average()}"
     )
-    args = [f"--{k}" if v is True else f"--{k}={v}" for k, v in vars(a).items()
-            if k not in ("json", "side") and v is not False]  # fmt: skip
+    args = [
+        f"--{k}" if v is True else f"--{k}={v}"
+        for k, v in vars(a).items()
+        if k not in ("json", "side") and v is not False
+    ]
     runs = alternate(__file__, args, ("ltune", "trl"), a.repeats)
     print(f"{'side':6s} {'completions/s (min-max)':>26s} {'s/step':>7s} {'peak RSS MiB':>13s} {'of floor':>9s}  phases")
     for side, rs in runs.items():
@@ -252,7 +266,8 @@ def main() -> None:
     print(f"ltune / TRL: {ratio:.2f}x completions/s, {rss:.2f}x peak RSS; {load_average()}")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"args": vars(a), "matmul_gflops": peak, "runs": runs, "ratio": ratio, "rss_ratio": rss}, f)
+            record = {"args": vars(a), "matmul_gflops": peak, "runs": runs, "ratio": ratio, "rss_ratio": rss}
+            json.dump({**record, "provenance": provenance()}, f)
 
 
 if __name__ == "__main__":

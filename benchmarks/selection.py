@@ -136,8 +136,10 @@ def main() -> None:
     ap.add_argument("--only", default="kcenter,filter,ifd,less")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    out = {"device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x{torch.get_num_threads()}",
-           "load": os.getloadavg()[0]}  # fmt: skip
+    out = {
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x{torch.get_num_threads()}",
+        "load": os.getloadavg()[0],
+    }
     only = args.only.split(",")
     if "kcenter" in only:
         out["kcenter"] = bench_kcenter(args.n, 768, args.k, device)

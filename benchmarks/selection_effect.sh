@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Held-out exact match of each selection strategy vs a random subset of the same size (RESULTS.md, "Measured effect
-# vs random"). Pool: 20k difficulty-1 `pool` rows (20% noisy), budget 0.5; each subset trains the tiny preset from
+# Held-out exact match of each selection strategy vs a random subset of the same size (notebook figures:
+# "Measured effect vs random" in the hand-written RESULTS.md of commit 07c8cc9). Pool: 20k difficulty-1 `pool` rows (20% noisy), budget 0.5; each subset trains the tiny preset from
 # random init for 600 OneCycle steps. SCORER is a trained export (e.g. the quickstart's runs/quickstart/version_0/hf).
 #
 #   bash benchmarks/selection_effect.sh <SCORER> <OUT_DIR> [seeds...]     # then read <OUT_DIR>/*/result.txt

@@ -2,7 +2,7 @@
 run's ``selection.csv`` per noise kind of the pool's rows (the pool's ``noise`` column: none, wrong, off_task,
 garbled, truncated), and each kind's share of the kept rows. A scorer that sees the noise ranks the clean rows apart.
 
-    python benchmarks/selection_scores.py runs/effects/selection/deita/seed0     # any folder holding selection.csv
+    python benchmarks/selection_scores.py runs/lab/selection/deita/seed0     # any folder holding selection.csv
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from real_effects import POOL  # noqa: E402  (the study's pool arguments, read from its recipe)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.prepare import tasks  # noqa: E402  (the study's pool, read from its configs)
 
-from ltune.datamodules import EmbeddedTasks  # noqa: E402
+POOL = (["configs/selection/random.yaml", "configs/real/selection.yaml"], "data.init_args.pool.init_args.train")
 
 
 def main() -> None:
@@ -27,7 +27,7 @@ def main() -> None:
     if not reports:
         sys.exit(f"{a.run} holds no selection/selection.csv")
     scores = pd.read_csv(reports[-1])
-    pool = pd.DataFrame(EmbeddedTasks(**POOL).rows())
+    pool = pd.DataFrame(tasks(*POOL))
     scores["noise"] = pool["noise"].to_numpy()[scores["index"]]
     columns = [c for c in scores.columns if c not in ("index", "selected", "noise")]
     table = scores.groupby("noise")[columns].mean()

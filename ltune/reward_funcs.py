@@ -222,8 +222,10 @@ class SoftOverlongPunishment:
 
     def __call__(self, completion_ids: list[list[int]], **kwargs: Any) -> list[float]:
         free = self.max_length - self.cache
-        return [0.0 if len(c) <= free else -1.0 if len(c) > self.max_length else (free - len(c)) / self.cache
-                for c in completion_ids]  # fmt: skip
+        return [
+            0.0 if len(c) <= free else -1.0 if len(c) > self.max_length else (free - len(c)) / self.cache
+            for c in completion_ids
+        ]
 
 
 def majority_rewards(answers: list[str | None]) -> tuple[list[float], str | None, float]:

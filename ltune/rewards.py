@@ -97,13 +97,13 @@ def stated_answer(text: str) -> str | None:
 def bare_answer(text: str) -> str | None:
     """The text itself when it is one bare value: no whitespace inside once stripped of a trailing period, of ``$``
     delimiters and of markdown emphasis (``"81"``, ``"**tac**"``, ``"$\\frac{1}{2}$."``), at most 64 characters, its
-    braces balanced and no ``\\boxed`` left open."""
+    braces balanced, no ``\\boxed`` left open and no ``=``, ``<`` or ``>`` (``"19+16=3"`` is a claim, not a value)."""
     s = (text or "").strip().rstrip(".").strip()
     if len(s) >= 2 and s[0] == s[-1] == "$":
         s = s[1:-1].strip()
     if m := _EMPHASIS.fullmatch(s):
         s = m.group(2).strip()
-    if not s or len(s) > _MAX_MATH_CHARS or any(c.isspace() for c in s) or "\\boxed" in s:
+    if not s or len(s) > _MAX_MATH_CHARS or any(c.isspace() for c in s) or "\\boxed" in s or any(c in s for c in "=<>"):
         return None
     return s if s.count("{") == s.count("}") else None  # an unclosed brace is a cut-off reply
 

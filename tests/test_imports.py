@@ -110,3 +110,15 @@ def test_the_rules_catch_a_forbidden_edge(tmp_path):
     bad.write_text("from ltune.backbone import Backbone\nimport torch\n")
     assert [layer_of_module(n) for n in imports(bad)] == ["backbone", None]
     assert "backbone" not in ALLOWED["losses"]
+
+
+def test_the_lab_imports_the_library_and_the_library_never_the_lab():
+    """benchmarks/ (the lab: studies, runner, report, benchmark scripts) uses ltune; ltune never imports the lab."""
+    lab = [p for p in (ROOT / "benchmarks").rglob("*.py")]
+    assert any(n.split(".")[0] == "ltune" for p in lab for n in imports(p))
+    wrong = [
+        p.relative_to(ROOT).as_posix()
+        for p in library_files()
+        if any(n.split(".")[0] == "benchmarks" for n in imports(p))
+    ]
+    assert not wrong, wrong

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import re
 
+from benchmarks.report import anchor
 from tests.conftest import ROOT
 
 
 def anchors(markdown: str) -> set[str]:
-    heads = (m.group(1).strip().lower() for m in re.finditer(r"^#+ (.*)$", markdown, re.M))
-    return {re.sub(r"[^\w\- ]", "", h).replace(" ", "-") for h in heads}
+    return {anchor(m.group(1).strip()) for m in re.finditer(r"^#+ (.*)$", markdown, re.M)}
 
 
 def test_anchor_rule_by_hand():

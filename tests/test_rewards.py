@@ -108,6 +108,7 @@ def test_answer_groups_pair_each_prompts_answers_with_its_reference():
         (r"$\frac{1}{2}$.", r"\frac{1}{2}", r"\frac{1}{2}"),
         ("She has 5 left.\n#### 5", "5", "5"),
         ("I think so", None, None),
+        ("19+16=3", None, "3"),  # an equation is a claim, not a bare value: strict reads no answer
         (r"\boxed{unclosed", None, None),
     ],
 )

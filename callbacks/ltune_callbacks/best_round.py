@@ -51,9 +51,14 @@ class BestRound:
         return self.value is not None and value != self.value and not self.better(value)
 
     def update(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, round: int, value: float, folder: Path,
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        round: int,
+        value: float,
+        folder: Path,
         save: bool = True,
-    ) -> bool:  # fmt: skip
+    ) -> bool:
         """Make ``round`` the best one if ``value`` is better, writing its trainable weights when ``save``; True if
         it was."""
         if not self.better(value):

@@ -58,8 +58,15 @@ class CherryPreExperience(Rounds):
         if ratio not in ("loss", "ppl"):
             raise ValueError(f"ratio must be 'loss' or 'ppl', got {ratio!r}")
         resolve_budget(budget, 1)  # fail on a malformed budget now, not after the first round
-        super().__init__(rounds=2, epochs_per_round=epochs_per_round, reset_to_base=True, start_with_e_step=False,
-                         chunk_size=chunk_size, seed=seed, output_dir=output_dir)  # fmt: skip
+        super().__init__(
+            rounds=2,
+            epochs_per_round=epochs_per_round,
+            reset_to_base=True,
+            start_with_e_step=False,
+            chunk_size=chunk_size,
+            seed=seed,
+            output_dir=output_dir,
+        )
         self.budget, self.ratio, self.direct_prefix, self.max_length = budget, ratio, direct_prefix, max_length
         self.score_batch_size = score_batch_size
         self.selected: list[int] | None = None
@@ -68,8 +75,10 @@ class CherryPreExperience(Rounds):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit" and not isinstance(trainer.datamodule, Selection):
-            raise TypeError("CherryPreExperience trains round 0 on a selection DataModule's rows and scores its pool: "
-                            "use ltune.datamodules.IFDPreExperience (or another Selection) as `data`")  # fmt: skip
+            raise TypeError(
+                "CherryPreExperience trains round 0 on a selection DataModule's rows and scores its pool: "
+                "use ltune.datamodules.IFDPreExperience (or another Selection) as `data`"
+            )
         super().setup(trainer, pl_module, stage)
 
     def ifd(self, trainer: L.Trainer) -> Selection:
@@ -93,8 +102,13 @@ class CherryPreExperience(Rounds):
         model, training = pl_module.model, pl_module.model.training
         model.eval()
         try:
-            s = self.ifd(trainer).score_with(model, pl_module.tokenizer, [dm.rows[i] for i in idx],
-                                             [dm.row_name(i) for i in idx], device=pl_module.device)  # fmt: skip
+            s = self.ifd(trainer).score_with(
+                model,
+                pl_module.tokenizer,
+                [dm.rows[i] for i in idx],
+                [dm.row_name(i) for i in idx],
+                device=pl_module.device,
+            )
         finally:
             model.train(training)
         out = []

@@ -31,8 +31,13 @@ class SaveOnTrainEnd(L.Callback):
 
 def last_checkpoint(run: str) -> str:
     """The newest checkpoint of a run folder (``<run>/checkpoints/*.ckpt``, or ``<run>/*.ckpt``)."""
-    files = [os.path.join(d, f) for d in (os.path.join(run, "checkpoints"), run) if os.path.isdir(d)
-             for f in os.listdir(d) if f.endswith(".ckpt")]  # fmt: skip
+    files = [
+        os.path.join(d, f)
+        for d in (os.path.join(run, "checkpoints"), run)
+        if os.path.isdir(d)
+        for f in os.listdir(d)
+        if f.endswith(".ckpt")
+    ]
     if not files:
         raise FileNotFoundError(2, "no checkpoint in this run folder", os.path.join(run, "checkpoints"))
     return max(files, key=os.path.getmtime)

@@ -157,8 +157,16 @@ class Lion(Rounds):
             s_s = (order1[1][i] + order2[0][i]) / 2
             judged = not (math.isnan(s_t) or math.isnan(s_s))
             hard = judged and s_t - s_s >= self.threshold
-            out.append({"prompt": p, "teacher": teacher[i], "student": student[i], "s_teacher": s_t,
-                        "s_student": s_s, "label": ("hard" if hard else "easy") if judged else "unjudged"})  # fmt: skip
+            out.append(
+                {
+                    "prompt": p,
+                    "teacher": teacher[i],
+                    "student": student[i],
+                    "s_teacher": s_t,
+                    "s_student": s_s,
+                    "label": ("hard" if hard else "easy") if judged else "unjudged",
+                }
+            )
         return out
 
     # ---- generation and pools -------------------------------------------------------------------------------------
@@ -216,8 +224,13 @@ class Lion(Rounds):
         judged = [p for p in produced if p["label"] != "unjudged"]
         mean = (lambda k: sum(p[k] for p in judged) / len(judged)) if judged else (lambda k: math.nan)
         counts = {k: float(sum(p["label"] == k for p in produced)) for k in ("hard", "easy", "unjudged")}
-        return {**counts, "referee_teacher": mean("s_teacher"), "referee_student": mean("s_student"),
-                **self._stats, "train_pool": float(len(rows))}  # fmt: skip
+        return {
+            **counts,
+            "referee_teacher": mean("s_teacher"),
+            "referee_student": mean("s_student"),
+            **self._stats,
+            "train_pool": float(len(rows)),
+        }
 
     # ---- helpers --------------------------------------------------------------------------------------------------
     def _cache_path(self, round: int):

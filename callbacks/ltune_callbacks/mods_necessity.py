@@ -34,8 +34,15 @@ class MoDSNecessity(Rounds):
         seed: int | None = None,
         output_dir: str = "rounds",
     ) -> None:
-        super().__init__(rounds=2, epochs_per_round=epochs_per_round, reset_to_base=True, start_with_e_step=False,
-                         chunk_size=chunk_size, seed=seed, output_dir=output_dir)  # fmt: skip
+        super().__init__(
+            rounds=2,
+            epochs_per_round=epochs_per_round,
+            reset_to_base=True,
+            start_with_e_step=False,
+            chunk_size=chunk_size,
+            seed=seed,
+            output_dir=output_dir,
+        )
         self.batch_size = batch_size
 
     def e_step_items(self, trainer: L.Trainer, pl_module: L.LightningModule, round: int) -> list[dict]:

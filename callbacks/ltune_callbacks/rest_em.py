@@ -102,8 +102,9 @@ class ReSTEM(Rounds):
             for i, row in enumerate(source.load(), start=1):
                 if not isinstance(row.get("prompt"), str) or not isinstance(row.get("answer"), str):
                     raise ValueError(f"{source.name}: row {i}: ReST-EM problems need string 'prompt' and 'answer'")
-                self._items.append({"prompt": row["prompt"], "answer": row["answer"],
-                                    "category": row.get("category") or "all"})  # fmt: skip
+                self._items.append(
+                    {"prompt": row["prompt"], "answer": row["answer"], "category": row.get("category") or "all"}
+                )
         return self._items
 
     @torch.no_grad()
@@ -111,11 +112,19 @@ class ReSTEM(Rounds):
         data, tok, k = trainer.datamodule, pl_module.tokenizer, self.num_samples
         ids, mask = data.prompt_batch([it["prompt"] for it in items])
         samples = sample_groups(
-            HFSampler(), pl_module.model, ids.to(pl_module.device), mask.to(pl_module.device),
-            num_samples=k, generation_batch_size=self.generation_batch_size, max_new_tokens=self.max_new_tokens,
-            temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, eos_token_id=tok.eos_token_id,
+            HFSampler(),
+            pl_module.model,
+            ids.to(pl_module.device),
+            mask.to(pl_module.device),
+            num_samples=k,
+            generation_batch_size=self.generation_batch_size,
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            eos_token_id=tok.eos_token_id,
             pad_token_id=tok.pad_token_id,
-        )  # fmt: skip
+        )
         texts = [t.strip() for t in decode(tok, samples)]
         rewards = verifier_reward(texts, [it["answer"] for it in items for _ in range(k)])
         done = terminated(samples, tok.eos_token_id).tolist()
@@ -150,8 +159,10 @@ class ReSTEM(Rounds):
             return False
         value = self.best.value_of(trainer)
         if value is None:
-            rank_zero_warn(f"ReSTEM: no {self.best.monitor!r} after the M-step of round {round}: add eval_prompts "
-                           "(or validation) to keep the best round; the round counts as no improvement")  # fmt: skip
+            rank_zero_warn(
+                f"ReSTEM: no {self.best.monitor!r} after the M-step of round {round}: add eval_prompts "
+                "(or validation) to keep the best round; the round counts as no improvement"
+            )
         regressed = value is not None and self.best.worse(value)
         if value is not None:
             self.best.update(trainer, pl_module, round, value, self.dir, save=self.keep_best)

@@ -95,8 +95,9 @@ class Rounds(L.Callback):
         output_dir: str = "rounds",
     ) -> None:
         if rounds < 1 or epochs_per_round < 1 or chunk_size < 1:
-            raise ValueError(f"rounds, epochs_per_round and chunk_size must be >= 1, got {rounds}, "
-                             f"{epochs_per_round}, {chunk_size}")  # fmt: skip
+            raise ValueError(
+                f"rounds, epochs_per_round and chunk_size must be >= 1, got {rounds}, {epochs_per_round}, {chunk_size}"
+            )
         self.rounds, self.epochs_per_round = rounds, epochs_per_round
         self.reset_to_base, self.start_with_e_step = reset_to_base, start_with_e_step
         self.chunk_size, self.seed, self.output_dir = chunk_size, run_seed(seed), output_dir
@@ -136,8 +137,10 @@ class Rounds(L.Callback):
         if stage != "fit":
             return
         if trainer.max_steps not in (-1, None):
-            raise ValueError(f"{type(self).__name__} schedules epochs (rounds x epochs_per_round); "
-                             f"leave trainer.max_steps unset (got {trainer.max_steps})")  # fmt: skip
+            raise ValueError(
+                f"{type(self).__name__} schedules epochs (rounds x epochs_per_round); "
+                f"leave trainer.max_steps unset (got {trainer.max_steps})"
+            )
         if not hasattr(trainer.datamodule, "set_train_rows"):
             raise TypeError(f"{type(self).__name__} needs an ltune DataModule (with set_train_rows)")
         trainer.fit_loop.max_epochs = self.rounds * self.epochs_per_round
@@ -163,10 +166,14 @@ class Rounds(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if (trainer.current_epoch + 1) % self.epochs_per_round:
             return
-        self._record(trainer, self.round, {f"held_out/{k[4:]}": float(v) for k, v in trainer.callback_metrics.items()
-                                           if k.startswith("val/")})  # fmt: skip
-        stop = trainer.strategy.reduce_boolean_decision(bool(self.end_of_round(trainer, pl_module, self.round)),
-                                                        all=False)  # fmt: skip
+        self._record(
+            trainer,
+            self.round,
+            {f"held_out/{k[4:]}": float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")},
+        )
+        stop = trainer.strategy.reduce_boolean_decision(
+            bool(self.end_of_round(trainer, pl_module, self.round)), all=False
+        )
         if stop:
             trainer.should_stop = True
         if stop or self.round + 1 >= self.rounds:
@@ -183,8 +190,11 @@ class Rounds(L.Callback):
     # ---- state --------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         name, keys, pos, has_gauss, gauss = np.random.get_state()  # plain types: checkpoints load with weights_only
-        rng = {"torch": torch.get_rng_state(), "python": random.getstate(),
-               "numpy": [name, keys.tolist(), pos, has_gauss, gauss]}  # fmt: skip
+        rng = {
+            "torch": torch.get_rng_state(),
+            "python": random.getstate(),
+            "numpy": [name, keys.tolist(), pos, has_gauss, gauss],
+        }
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
         return {
@@ -263,8 +273,9 @@ class Rounds(L.Callback):
         if trainer.is_global_zero:
             atomic_write_text(self.dir / "rounds.json", json.dumps(self.history, indent=1))
             for logger in trainer.loggers:
-                logger.log_metrics({"round/index": round, **{f"round/{k}": v for k, v in metrics.items()}},
-                                   step=trainer.global_step)  # fmt: skip
+                logger.log_metrics(
+                    {"round/index": round, **{f"round/{k}": v for k, v in metrics.items()}}, step=trainer.global_step
+                )
         log.info("round %d: %s", round, metrics)
 
     def _checkpoint(self, trainer: L.Trainer) -> None:

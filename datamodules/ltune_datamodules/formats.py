@@ -37,9 +37,18 @@ class InstructionData(LTuneData):
     """
 
     fields = {}
-    optional = {"prompt": (str, list), "completion": (str, list), "response": (str, list), "input": str,
-                "messages": list, "conversations": list, "text": str, "tools": (list, str), "answer": str,
-                "category": str}  # fmt: skip
+    optional = {
+        "prompt": (str, list),
+        "completion": (str, list),
+        "response": (str, list),
+        "input": str,
+        "messages": list,
+        "conversations": list,
+        "text": str,
+        "tools": (list, str),
+        "answer": str,
+        "category": str,
+    }
 
     def __init__(
         self,
@@ -74,8 +83,10 @@ class InstructionData(LTuneData):
                 if isinstance(value, list):
                     row[name] = chat_messages(value, self.message_keys, self.roles)
                 elif not isinstance(value, str) or not value.strip():
-                    return (f"field '{name}' (column '{self._col(name)}') is missing or empty (or give 'messages', "
-                            "'conversations' or 'text')")  # fmt: skip
+                    return (
+                        f"field '{name}' (column '{self._col(name)}') is missing or empty (or give 'messages', "
+                        "'conversations' or 'text')"
+                    )
         except ValueError as e:
             return f"field '{conv or name}' {e}"
         if isinstance(completion_of(row), list) and not any(m["role"] == "assistant" for m in completion_of(row)):

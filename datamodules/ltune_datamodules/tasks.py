@@ -144,9 +144,11 @@ class EmbeddedTasks(Source):
             return self._pool_rows(rng)
         if self.format == "phrasings":
             phrasings = 1 + _PARAPHRASES
-            return [{"prompt": q, "answer": p.answer, "category": f"phrasing{k}"}
-                    for p in self.problems(-(-self.n // phrasings))
-                    for k, q in enumerate((p.question, *p.paraphrases[:_PARAPHRASES]))][: self.n]  # fmt: skip
+            return [
+                {"prompt": q, "answer": p.answer, "category": f"phrasing{k}"}
+                for p in self.problems(-(-self.n // phrasings))
+                for k, q in enumerate((p.question, *p.paraphrases[:_PARAPHRASES]))
+            ][: self.n]
         problems = self.problems()
         negatives = set(rng.sample(range(len(problems)), round(self.negative_fraction * len(problems))))
         return [self._row(p, rng, negative=i in negatives) for i, p in enumerate(problems)]

@@ -121,9 +121,14 @@ class LMJudge(PairJudge):
                 tok.padding_side = "right"
             device = next(model.parameters()).device
             samples = HFSampler()(
-                model, batch["input_ids"].to(device), batch["attention_mask"].to(device), max_new_tokens=max_new_tokens,
-                temperature=temperature, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-            )  # fmt: skip
+                model,
+                batch["input_ids"].to(device),
+                batch["attention_mask"].to(device),
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id,
+            )
             out += [t.strip() for t in decode(tok, samples)]
             cut += (~terminated(samples, tok.eos_token_id)).tolist()
         return out, cut

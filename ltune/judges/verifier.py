@@ -53,5 +53,6 @@ class VerifierJudge(PairJudge):
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> Tensor:
         """A reward on ``LMJudge.score``'s [-1, 1] scale, so it can serve as a sequence scorer (e.g. MoDS's reward):
         +1 for a verified answer, -1 for any other, NaN when the question is unreadable."""
-        return torch.tensor([v if math.isnan(v) else 1.0 if v == self.correct else -1.0
-                             for v in self.verdicts(prompts, responses)])  # fmt: skip
+        return torch.tensor(
+            [v if math.isnan(v) else 1.0 if v == self.correct else -1.0 for v in self.verdicts(prompts, responses)]
+        )

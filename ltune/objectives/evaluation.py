@@ -28,10 +28,11 @@ class GenerationEval:
     """Evaluation by generation. Set up by :meth:`init_evaluation` from the objective's arguments."""
 
     def init_evaluation(self, answer_match: AnswerMatch, eval_samples: int, eval_temperature: float) -> None:
+        """Set up the metrics (the objective's arguments of the same names, documented there)."""
         if answer_match not in ("strict", "lenient"):
             raise ValueError(f"answer_match must be 'strict' or 'lenient', got {answer_match!r}")
-        if eval_samples < 1:
-            raise ValueError(f"eval_samples must be >= 1, got {eval_samples}")
+        if eval_samples < 1 or (eval_samples > 1 and eval_temperature <= 0):
+            raise ValueError(f"eval_samples must be >= 1 (sampled at eval_temperature > 0), got {eval_samples}")
         self.answer_match, self.eval_samples, self.eval_temperature = answer_match, eval_samples, eval_temperature
         strict = answer_match == "strict"
         self.exact_match = ExactMatch(strict=strict)
@@ -41,6 +42,7 @@ class GenerationEval:
             self.pass_at_1 = PassAtK(1, strict=strict)
             self.pass_at_n = PassAtK(eval_samples, strict=strict)
         self._completions: list[dict] = []
+        self._eval_batches = 0  # seeds each evaluation batch's sampling: the same samples for the same weights
 
     def generate_text(
         self, prompt_ids: Tensor, prompt_mask: Tensor, max_new_tokens: int | None = None, temperature: float = 0.0
@@ -76,7 +78,12 @@ class GenerationEval:
         if self.eval_samples > 1:
             n = self.eval_samples
             ids, mask = batch["prompt_ids"].repeat_interleave(n, 0), batch["prompt_mask"].repeat_interleave(n, 0)
-            flat = self.generate_text(ids, mask, temperature=self.eval_temperature)
+            rank = self._trainer.global_rank if self._trainer is not None else 0
+            devices = [self.device] if self.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):  # the run's own RNG streams (dropout, data) stay untouched
+                torch.manual_seed(hash((self.global_step, rank, self._eval_batches)) % 2**31)
+                flat = self.generate_text(ids, mask, temperature=self.eval_temperature)
+            self._eval_batches += 1
             samples = [flat[i * n : (i + 1) * n] for i in range(len(texts))]
             for metric in (self.majority_at_n, self.pass_at_1, self.pass_at_n):
                 metric.update(samples, answers)
@@ -114,7 +121,7 @@ class GenerationEval:
         self._save_completions()
 
     def _save_completions(self) -> None:
-        rows, self._completions = self._completions, []
+        rows, self._completions, self._eval_batches = self._completions, [], 0
         if self._trainer is None or self.trainer.sanity_checking:
             return
         rows = [r for rank_rows in per_rank(rows) for r in rank_rows]  # every rank calls: a rank may have no rows
@@ -126,10 +133,12 @@ class GenerationEval:
         path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
     def _log_exact_match(self) -> None:
-        if self.exact_match.update_count:
+        # compute() gathers across ranks: decide on every rank alike (a rank may have had no evaluation rows)
+        used = any(per_rank(bool(self.exact_match.update_count)))
+        if used:
             self.log("val/exact_match", self.exact_match.compute(), sync_dist=False)
             self.exact_match.reset()
-        if self.eval_samples > 1 and self.majority_at_n.update_count:
+        if self.eval_samples > 1 and used:
             n = self.eval_samples
             for name, metric in (
                 (f"maj@{n}", self.majority_at_n),

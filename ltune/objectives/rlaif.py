@@ -61,8 +61,9 @@ class JudgeScore:
         self.judge.bind(objective.backbone)
 
     def __call__(self, prompts: list, completions: list, **kwargs: Any) -> list[float]:
-        questions = [p if isinstance(p, str) else "\n".join(m["content"] for m in p if m["role"] != "system")
-                     for p in prompts]  # fmt: skip
+        questions = [
+            p if isinstance(p, str) else "\n".join(m["content"] for m in p if m["role"] != "system") for p in prompts
+        ]
         return self.judge.score(questions, [completion_text(c) for c in completions]).tolist()
 
 
@@ -89,8 +90,9 @@ class RLAIF(GRPO):
         super().__init__(**kwargs)
         given = (reward_model is not None) + (judge is not None) + (kwargs.get("reward_funcs") is not None)
         if given != 1:
-            raise ValueError("RLAIF needs exactly one reward: reward_model (a checkpoint path), judge (direct RLAIF) "
-                             "or reward_funcs")  # fmt: skip
+            raise ValueError(
+                "RLAIF needs exactly one reward: reward_model (a checkpoint path), judge (direct RLAIF) or reward_funcs"
+            )
         self.reward_model_path, self.judge = reward_model, judge
 
     def default_rewards(self) -> list[RewardFunc]:

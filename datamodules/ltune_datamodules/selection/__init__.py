@@ -12,6 +12,18 @@ from ltune.datamodules.selection.scoring import SKIPPED, ScoringError
 from ltune.datamodules.selection.subset import Subset
 
 __all__ = [
-    "DEITA", "HFRewardModel", "IFD", "IFDPreExperience", "LESS", "LIMA", "MoDS", "SKIPPED", "ScoreCache",
-    "ScoringError", "Selection", "Subset", "pair_text", "resolve_budget",
-]  # fmt: skip
+    "DEITA",
+    "HFRewardModel",
+    "IFD",
+    "IFDPreExperience",
+    "LESS",
+    "LIMA",
+    "MoDS",
+    "SKIPPED",
+    "ScoreCache",
+    "ScoringError",
+    "Selection",
+    "Subset",
+    "pair_text",
+    "resolve_budget",
+]

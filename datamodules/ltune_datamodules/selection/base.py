@@ -121,8 +121,12 @@ class Selection(LTuneData):
     def scorer_config(self) -> dict[str, Any]:
         """Everything the scores depend on besides the rows (extend in subclasses; the budget is not included)."""
         p = self.pool
-        return {"strategy": type(self).__name__, "template": p.template, "system": self.system_message(),
-                "pool": type(p).__name__}  # fmt: skip
+        return {
+            "strategy": type(self).__name__,
+            "template": p.template,
+            "system": self.system_message(),
+            "pool": type(p).__name__,
+        }
 
     def score(self, rows: list[dict], names: list[str]) -> dict[str, np.ndarray]:
         """Score ``rows`` (this rank's shard); ``names`` are their labels for error messages."""
@@ -162,8 +166,9 @@ class Selection(LTuneData):
         size = self.score_chunk if self.sharded else max(n, 1)  # unsharded scores depend on the whole pool
         meta = {"source": source.name, "rows": n, "scorer": config}
         start = time.perf_counter()
-        scores, scored = score_in_chunks(n, lambda idx: self._score_sharded(rows, idx), size, self.cache, key,
-                                         self._check_finite, meta)  # fmt: skip
+        scores, scored = score_in_chunks(
+            n, lambda idx: self._score_sharded(rows, idx), size, self.cache, key, self._check_finite, meta
+        )
         seconds = time.perf_counter() - start  # the cost of scoring the `scored` rows not found in the cache
         selected = self.keep(scores, n)
         self.scores, self.selected = scores, selected.tolist()
@@ -171,15 +176,23 @@ class Selection(LTuneData):
             rate = round(scored / max(seconds, 1e-9), 1) if scored else None  # None: every score came from the cache
             cost = {"rows": n, "scored": scored, "seconds": round(seconds, 2), "rows_per_s": rate}
             atomic_write_text(self.output_dir() / "scoring.json", json.dumps(cost) + "\n")
-            log.info("%s scored %d of %d rows in %.1f s (%s rows/s; the rest from the cache)", type(self).__name__,
-                     scored, n, seconds, rate)  # fmt: skip
+            log.info(
+                "%s scored %d of %d rows in %.1f s (%s rows/s; the rest from the cache)",
+                type(self).__name__,
+                scored,
+                n,
+                seconds,
+                rate,
+            )
         if not len(selected):
             name, threshold = self.cut(scores, selected)
             values = scores[name][np.isfinite(scores[name])]
             spread = f"scores from {values.min():.4g} to {values.max():.4g}" if len(values) else "no finite score"
-            raise DataError(f"{self.source_name}: {type(self).__name__} kept none of {n} rows: none passed the cut on "
-                            f"'{name}' ({threshold}; {spread}); loosen the threshold or use a scorer that separates "
-                            f"the rows (report: {self.output_dir()})")  # fmt: skip
+            raise DataError(
+                f"{self.source_name}: {type(self).__name__} kept none of {n} rows: none passed the cut on "
+                f"'{name}' ({threshold}; {spread}); loosen the threshold or use a scorer that separates "
+                f"the rows (report: {self.output_dir()})"
+            )
         self.rows = rows
         kept = [rows[i] for i in self.selected]
         pool.set_train_rows(kept)
@@ -233,8 +246,12 @@ class Selection(LTuneData):
     def renderer(self, tokenizer, max_length: int | None = None) -> LTuneData:
         """The pool's prompt format (template, system message or the backbone's prompt style) with another tokenizer
         (e.g. a scorer's), skipping over-long rows: ``encode_pair`` raises :class:`Overlong` for them."""
-        r = LTuneData(template=self.pool.template, system=self.system_message(), overlong="skip",
-                      max_length=max_length or self.pool.max_length)  # fmt: skip
+        r = LTuneData(
+            template=self.pool.template,
+            system=self.system_message(),
+            overlong="skip",
+            max_length=max_length or self.pool.max_length,
+        )
         r.tokenizer, r._truncated = tokenizer, 0
         return r
 

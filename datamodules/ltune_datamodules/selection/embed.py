@@ -15,8 +15,15 @@ from ltune.datamodules.batching import pad_right
 Batched = Callable[..., dict[str, np.ndarray]]
 
 
-def embed_texts(texts: list[str], names: list[str], embedder: Backbone | None, device: torch.device, batched: Batched,
-                max_length: int, desc: str) -> np.ndarray:  # fmt: skip
+def embed_texts(
+    texts: list[str],
+    names: list[str],
+    embedder: Backbone | None,
+    device: torch.device,
+    batched: Batched,
+    max_length: int,
+    desc: str,
+) -> np.ndarray:
     """``[N, D]`` float32 embeddings of raw texts: MiniLM (``embedder=None``) or ``embedder``'s last-token state.
 
     Args:

@@ -35,8 +35,9 @@ def kmeans(
     from sklearn.cluster import KMeans
 
     points = x.detach().to("cpu", torch.float32).numpy()
-    km = KMeans(n_clusters=min(k, len(points)), init="k-means++", n_init=n_init, max_iter=max_iter, tol=tol,
-                random_state=seed).fit(points)  # fmt: skip
+    km = KMeans(
+        n_clusters=min(k, len(points)), init="k-means++", n_init=n_init, max_iter=max_iter, tol=tol, random_state=seed
+    ).fit(points)
     labels = torch.from_numpy(km.labels_.astype(np.int64))
     return labels, torch.from_numpy(np.ascontiguousarray(km.cluster_centers_, dtype=np.float32)).to(x.device)
 

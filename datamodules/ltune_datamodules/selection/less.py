@@ -205,10 +205,18 @@ class LESS(Selection):
     def scorer_config(self) -> dict[str, Any]:
         stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in self.checkpoint_files()]
         target = [as_source(self.target).name, fingerprint(self.target_rows())]  # its rows, not only its name
-        return {**super().scorer_config(), "scorer": dataclasses.asdict(self.scorer_backbone()), "checkpoints": stats,
-                "target": target, "subtask": self.subtask_field, "d": self.projection_dim,
-                "seed": self.projection_seed, "adam": self.adam, "max_length": self.pool.max_length,
-                **({"projection": self.projection} if self.projection != "rademacher" else {})}  # fmt: skip
+        return {
+            **super().scorer_config(),
+            "scorer": dataclasses.asdict(self.scorer_backbone()),
+            "checkpoints": stats,
+            "target": target,
+            "subtask": self.subtask_field,
+            "d": self.projection_dim,
+            "seed": self.projection_seed,
+            "adam": self.adam,
+            "max_length": self.pool.max_length,
+            **({"projection": self.projection} if self.projection != "rademacher" else {}),
+        }
         # (the default projection adds no key, so score caches written before the option existed stay valid)
 
     def _encode(self, rows: list[dict], names: list[str], tok) -> tuple[list[dict | None], np.ndarray]:
@@ -228,8 +236,11 @@ class LESS(Selection):
         def fn(batch):
             ids, mask = pad_right([enc[j]["input_ids"] for j in batch], tok.pad_token_id)
             labels = pad_right([enc[j]["labels"] for j in batch], IGNORE_INDEX)[0]
-            g = per_example_grads(model, {"input_ids": ids.to(device), "attention_mask": mask.to(device),
-                                          "labels": labels.to(device)}, trainable)  # fmt: skip
+            g = per_example_grads(
+                model,
+                {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)},
+                trainable,
+            )
             if ckpt is not None:
                 g = (b1 * m + (1 - b1) * g) / torch.sqrt(b2 * v + (1 - b2) * g * g + eps)
             return {"f": torch.nn.functional.normalize(proj(g), dim=1).cpu().numpy()}

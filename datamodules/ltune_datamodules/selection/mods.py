@@ -70,8 +70,9 @@ class HFRewardModel:
         out = []
         for s in range(0, len(prompts), self.batch_size):
             p, r = list(prompts[s : s + self.batch_size]), list(responses[s : s + self.batch_size])
-            enc = self._tok(p, r, truncation="longest_first", max_length=self.max_length, padding=True,
-                            return_tensors="pt")  # fmt: skip
+            enc = self._tok(
+                p, r, truncation="longest_first", max_length=self.max_length, padding=True, return_tensors="pt"
+            )
             out.append(self._model(**enc.to(self._model.device)).logits[:, 0].float().cpu())
         return torch.cat(out)
 

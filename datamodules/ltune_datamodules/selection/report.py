@@ -11,8 +11,16 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
-def write_selection_report(out: Path, scores: dict[str, np.ndarray], selected: np.ndarray, n: int, cut: tuple,
-                           title: str, skipped_key: str, loggers: list = ()) -> tuple[Path, Path]:  # fmt: skip
+def write_selection_report(
+    out: Path,
+    scores: dict[str, np.ndarray],
+    selected: np.ndarray,
+    n: int,
+    cut: tuple,
+    title: str,
+    skipped_key: str,
+    loggers: list = (),
+) -> tuple[Path, Path]:
     """Write ``selection.csv`` and ``selection.png`` into ``out`` and log both to any W&B logger in ``loggers``.
 
     Args:

@@ -40,9 +40,15 @@ def agreed(arrays: dict[str, np.ndarray] | None) -> dict[str, np.ndarray] | None
     return arrays
 
 
-def score_in_chunks(n: int, score: Callable[[list[int]], dict[str, np.ndarray]], size: int, cache: ScoreCache,
-                    key: str | None, check: Callable[[dict[str, np.ndarray], int], None],
-                    meta: dict[str, Any]) -> tuple[dict[str, np.ndarray], int]:  # fmt: skip
+def score_in_chunks(
+    n: int,
+    score: Callable[[list[int]], dict[str, np.ndarray]],
+    size: int,
+    cache: ScoreCache,
+    key: str | None,
+    check: Callable[[dict[str, np.ndarray], int], None],
+    meta: dict[str, Any],
+) -> tuple[dict[str, np.ndarray], int]:
     """Scores of rows ``0..n-1`` and how many of them were scored now (the rest came from the cache): the cache entry
     ``key`` when every rank reads it, else computed ``size`` rows at a time (chunk bounds do not depend on the rank
     layout) and then cached whole, with ``meta`` beside them.
@@ -83,8 +89,15 @@ def score_in_chunks(n: int, score: Callable[[list[int]], dict[str, np.ndarray]],
     return scores, n - reused
 
 
-def batched(n: int, lengths: list[int], fn: Callable[[list[int]], dict[str, np.ndarray]], names: list[str], desc: str,
-            batch_size: int, progress: bool) -> dict[str, np.ndarray]:  # fmt: skip
+def batched(
+    n: int,
+    lengths: list[int],
+    fn: Callable[[list[int]], dict[str, np.ndarray]],
+    names: list[str],
+    desc: str,
+    batch_size: int,
+    progress: bool,
+) -> dict[str, np.ndarray]:
     """Run ``fn`` over length-sorted batches of ``range(n)`` and return its arrays in row order.
 
     When a batch raises, its rows are retried one at a time so that the error names the failing row.
