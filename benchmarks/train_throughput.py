@@ -9,6 +9,9 @@ full fine-tuning or LoRA; each side in its own process, sides alternated over ``
     python benchmarks/train_throughput.py --method orpo --model tiny --batch 2 --steps 3 --warmup 1 --repeats 1  # smoke
     python benchmarks/train_throughput.py --method dpo --lora 16 --precompute --repeats 3   # both sides cache the
                                                                                            # reference log-probs
+    python benchmarks/workload.py sft --rows 64 --out /tmp/sft.jsonl                      # rows of real lengths:
+    python benchmarks/train_throughput.py --method sft --workload /tmp/sft.jsonl --max-length 4096 --warmup 1 \
+        --trl-packing                                       # one pass over them; TRL packs (BFD), padding-free
 
 Gradient checkpointing is the same on both sides: off unless ``--gradient-checkpointing`` (TRL's SFT/ORPO/DPO configs
 default to on, ltune's ``Backbone`` to off; figures before 2026-11-30 20:30 left TRL's default on, see RESULTS).
@@ -120,7 +123,8 @@ def run_ltune(a: argparse.Namespace) -> dict:
     clock = lightning_clock(phases, a.warmup, lambda batch: tokens.append(int(batch["attention_mask"].sum())))
     trainer = L.Trainer(
         accelerator="cpu",
-        max_steps=a.steps,
+        max_steps=-1 if a.workload else a.steps,  # a workload: one pass over all its rows, as TRL's side
+        max_epochs=1 if a.workload else None,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -152,7 +156,8 @@ def run_trl(a: argparse.Namespace) -> dict:
     common = dict(
         output_dir=a.tmp,
         per_device_train_batch_size=a.batch,
-        max_steps=a.steps,
+        max_steps=-1 if a.workload else a.steps,
+        num_train_epochs=1,
         learning_rate=1e-5,
         max_length=a.max_length,
         lr_scheduler_type="constant",
@@ -214,10 +219,16 @@ def run_trl(a: argparse.Namespace) -> dict:
     else:
         from trl import SFTConfig, SFTTrainer
 
-        data = [dict(zip(("prompt", "completion"), split(r["prompt"], r["response"]))) for r in rows]
+        if "messages" in rows[0]:  # conversational rows: TRL renders them with the same chat template
+            data = [{"messages": r["messages"]} for r in rows]
+        else:
+            data = [dict(zip(("prompt", "completion"), split(r["prompt"], r["response"]))) for r in rows]
+        # TRL's BFD packing, padding-free: a step is one packed sequence of up to max_length tokens
+        best = {"packing": True, "padding_free": True, "per_device_train_batch_size": 1} if a.trl_packing else {}
+        common = {k: v for k, v in common.items() if k not in best}
         trainer = SFTTrainer(
             model=model,
-            args=SFTConfig(**common),
+            args=SFTConfig(**best, **common),
             processing_class=tok,
             train_dataset=datasets.Dataset.from_list(data),
             peft_config=peft,
@@ -227,7 +238,10 @@ def run_trl(a: argparse.Namespace) -> dict:
     inner = trainer.compute_loss
 
     def compute_loss(model, inputs, *args, **kwargs):
-        tokens[-1] += sum(int(inputs[k].sum()) for k in keys if k in inputs)
+        if any(k in inputs for k in keys):
+            tokens[-1] += sum(int(inputs[k].sum()) for k in keys if k in inputs)
+        else:  # padding-free: one flat sequence, no mask
+            tokens[-1] += int(inputs["input_ids"].numel())
         with phases("forward"):
             return inner(model, inputs, *args, **kwargs)
 
@@ -273,6 +287,11 @@ def main() -> None:
         action="store_true",
         help="ORPO/DPO: ltune runs the 2B rows as they are (its shared-prefix forward of each pair off)",
     )
+    p.add_argument(
+        "--workload",
+        help="a jsonl of rows in TRL's layout (benchmarks/workload.py): both sides run one pass over all of them",
+    )
+    p.add_argument("--trl-packing", action="store_true", help="SFT: TRL packs (best-fit-decreasing), padding-free")
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--warmup", type=int, default=2, help="first steps left out of the timing")
     p.add_argument("--max-length", type=int, default=256)
@@ -302,17 +321,18 @@ def main() -> None:
     )
     fmt = "instruction" if a.method == "sft" else "preference"
     with tempfile.TemporaryDirectory() as tmp:
-        data = os.path.join(tmp, "rows.jsonl")
-        with open(data, "w") as f:
-            for r in EmbeddedTasks(format=fmt, n=a.batch * a.steps, split="train", seed=0).rows():
-                f.write(json.dumps(r) + "\n")
-        skip = ("json", "side", "data", "tmp")
+        data = os.path.abspath(a.workload) if a.workload else os.path.join(tmp, "rows.jsonl")
+        if not a.workload:
+            with open(data, "w") as f:
+                for r in EmbeddedTasks(format=fmt, n=a.batch * a.steps, split="train", seed=0).rows():
+                    f.write(json.dumps(r) + "\n")
+        skip = ("json", "side", "data", "tmp", "workload")
         args = [
             f"--{k.replace('_', '-')}" + ("" if v is True else f"={v}")
             for k, v in vars(a).items()
             if k not in skip and v is not False
         ]
-        args += ["--data", data, "--tmp", tmp]
+        args += ["--data", data, "--tmp", tmp] + (["--workload", data] if a.workload else [])
         runs = alternate(__file__, args, ("ltune", "trl"), a.repeats)
     head = f"{'side':6s} {'tokens/s (min-max)':>24s} {'ms/step':>8s} {'peak RSS MB':>12s} {'of matmul peak':>15s}"
     print(head + "  phases")
@@ -332,6 +352,9 @@ def main() -> None:
     if a.json:
         with open(a.json, "w") as f:
             record = {"args": vars(a), "matmul_gflops": peak, "runs": runs, "ratio": ratio, "rss_ratio": rss}
+            summary_file = os.path.splitext(a.workload)[0] + ".summary.json" if a.workload else None
+            if summary_file and os.path.exists(summary_file):  # the workload's lengths, from benchmarks/workload.py
+                record["workload"] = json.load(open(summary_file))
             json.dump({**record, "provenance": provenance()}, f)
 
 

@@ -49,6 +49,7 @@ _THOUSANDS_COMMA = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 _LATEX_COMMAND = re.compile(r"\\[a-zA-Z]+")
 _WORD = re.compile(r"[a-zA-Z]{2,}")
 _HASHES = re.compile(r"^[ \t]*####[ \t]*(.+?)[ \t]*$", re.MULTILINE)  # GSM8K's final line: "#### 72"
+_ARITHMETIC = re.compile(r"\d\s*[-+*×]\s*\d")  # numbers joined by an operator: an expression, not a value
 _EMPHASIS = re.compile(r"^(\*\*|__|`)(.*)\1$")
 
 
@@ -97,13 +98,16 @@ def stated_answer(text: str) -> str | None:
 def bare_answer(text: str) -> str | None:
     """The text itself when it is one bare value: no whitespace inside once stripped of a trailing period, of ``$``
     delimiters and of markdown emphasis (``"81"``, ``"**tac**"``, ``"$\\frac{1}{2}$."``), at most 64 characters, its
-    braces balanced, no ``\\boxed`` left open and no ``=``, ``<`` or ``>`` (``"19+16=3"`` is a claim, not a value)."""
+    braces balanced, no ``\\boxed`` left open, no ``=``, ``<`` or ``>`` (``"19+16=3"`` is a claim) and no numbers joined
+    by an operator (``"16+14"`` is the question's expression; ``"3+\\sqrt{2}"`` and ``"3/4"`` are values)."""
     s = (text or "").strip().rstrip(".").strip()
     if len(s) >= 2 and s[0] == s[-1] == "$":
         s = s[1:-1].strip()
     if m := _EMPHASIS.fullmatch(s):
         s = m.group(2).strip()
     if not s or len(s) > _MAX_MATH_CHARS or any(c.isspace() for c in s) or "\\boxed" in s or any(c in s for c in "=<>"):
+        return None
+    if _ARITHMETIC.search(s):  # "16+14" restates a question; math_verify would evaluate it to the answer
         return None
     return s if s.count("{") == s.count("}") else None  # an unclosed brace is a cut-off reply
 

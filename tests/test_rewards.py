@@ -109,6 +109,9 @@ def test_answer_groups_pair_each_prompts_answers_with_its_reference():
         ("She has 5 left.\n#### 5", "5", "5"),
         ("I think so", None, None),
         ("19+16=3", None, "3"),  # an equation is a claim, not a bare value: strict reads no answer
+        ("16+14", None, "14"),  # the question's expression is not a value (math_verify would evaluate it)
+        ("3/4", "3/4", "3/4"),
+        (r"3+\sqrt{2}", r"3+\sqrt{2}", r"3+\sqrt{2}"),
         (r"\boxed{unclosed", None, None),
     ],
 )
