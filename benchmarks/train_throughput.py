@@ -79,6 +79,7 @@ def _result(a, tokens: list[int], times: list[float], phases: Phases, n_params: 
             "gflops": flops / seconds / 1e9,
         },
         "tokens_total": sum(tokens),
+        "tokens_per_step": tokens,  # a step's size: peak memory follows the largest
         "precompute_s": precompute_s,
         "phases": {k: v / seconds for k, v in phases.total.items()},
         "rss_mb": dict(phases.rss),
