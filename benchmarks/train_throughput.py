@@ -11,7 +11,8 @@ full fine-tuning or LoRA; each side in its own process, sides alternated over ``
                                                                                            # reference log-probs
     python benchmarks/workload.py sft --rows 64 --out /tmp/sft.jsonl                      # rows of real lengths:
     python benchmarks/train_throughput.py --method sft --workload /tmp/sft.jsonl --max-length 4096 --warmup 1 \
-        --trl-packing                                       # one pass over them; TRL packs (BFD), padding-free
+        --trl-packing --batch-tokens 4096   # one pass over them; TRL packs (BFD), padding-free; ltune steps on the
+                                            # same bins of <= 4,096 tokens (its batch_tokens)
 
 Gradient checkpointing is the same on both sides: off unless ``--gradient-checkpointing`` (TRL's SFT/ORPO/DPO configs
 default to on, ltune's ``Backbone`` to off; figures before 2026-11-30 20:30 left TRL's default on, see RESULTS).
@@ -57,7 +58,7 @@ def _data(a: argparse.Namespace):
     from ltune.datamodules import InstructionData, PreferenceData
 
     cls = InstructionData if a.method == "sft" else PreferenceData
-    return cls(train=a.data, batch_size=a.batch, max_length=a.max_length, seed=0)
+    return cls(train=a.data, batch_size=a.batch, batch_tokens=a.batch_tokens, max_length=a.max_length, seed=0)
 
 
 def _backbone(a: argparse.Namespace):
@@ -293,6 +294,12 @@ def main() -> None:
         help="a jsonl of rows in TRL's layout (benchmarks/workload.py): both sides run one pass over all of them",
     )
     p.add_argument("--trl-packing", action="store_true", help="SFT: TRL packs (best-fit-decreasing), padding-free")
+    p.add_argument(
+        "--batch-tokens",
+        type=int,
+        help="ltune: a token budget per step (the DataModule's batch_tokens) instead of --batch rows; with "
+        "--trl-packing and --max-length equal to it, both sides step on the same best-fit-decreasing bins",
+    )
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--warmup", type=int, default=2, help="first steps left out of the timing")
     p.add_argument("--max-length", type=int, default=256)
@@ -314,6 +321,7 @@ def main() -> None:
     peak = matmul_gflops(a.threads)
     tuning = (f"LoRA r={a.lora}" if a.lora else "full FT") + (", reference precomputed" if a.precompute else "")
     tuning += ", gradient checkpointing" if a.gradient_checkpointing else ", no gradient checkpointing"
+    tuning += f", ltune's steps at most {a.batch_tokens} tokens" if a.batch_tokens else ""
     if a.method != "sft":
         tuning += ", ltune's pairs as 2B rows" if a.no_share_prompt else ", ltune's pairs share their prefix"
     print(
@@ -331,7 +339,7 @@ def main() -> None:
         args = [
             f"--{k.replace('_', '-')}" + ("" if v is True else f"={v}")
             for k, v in vars(a).items()
-            if k not in skip and v is not False
+            if k not in skip and v is not False and v is not None
         ]
         args += ["--data", data, "--tmp", tmp] + (["--workload", data] if a.workload else [])
         runs = alternate(__file__, args, ("ltune", "trl"), a.repeats)

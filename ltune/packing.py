@@ -20,6 +20,7 @@ Rows with nothing in common pack the same way with an empty prefix (every row it
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -76,24 +77,30 @@ def consecutive_groups(n_rows: int, size: int, device: torch.device | str | None
     return torch.where(rows < n_rows, rows, -1).view(-1, size)
 
 
-def best_fit_groups(sizes: Sequence[int], capacity: int, device: torch.device | str | None = None) -> Tensor:
-    """Best-fit decreasing: ``[G, K]`` row indices of bins whose ``sizes`` sum to at most ``capacity`` (-1 filling).
+def best_fit(sizes: Sequence[int], capacity: int) -> list[list[int]]:
+    """Best-fit decreasing: bins of indices whose ``sizes`` sum to at most ``capacity``.
 
-    Rows are placed longest first, each into the bin it fills most tightly, or a new bin when none has room (a row
-    larger than ``capacity`` gets a bin of its own). TRL packs a dataset the same way (``packing_strategy="bfd"``).
+    Items are placed largest first (ties by index), each into the bin it fills most tightly, or a new bin when none
+    has room (an item larger than ``capacity`` gets a bin of its own). TRL packs a dataset the same way
+    (``packing_strategy="bfd"``). ``O(n log n)`` search over the bins' rooms, so a whole data set packs in seconds.
     """
-    order = sorted(range(len(sizes)), key=lambda i: -sizes[i])
     bins: list[list[int]] = []
-    room: list[int] = []
-    for i in order:
-        fits = [b for b, r in enumerate(room) if r >= sizes[i]]
-        if fits:
-            b = min(fits, key=lambda b: room[b])
+    rooms: list[tuple[int, int]] = []  # (room left, bin), sorted
+    for i in sorted(range(len(sizes)), key=lambda i: -sizes[i]):
+        at = bisect.bisect_left(rooms, (sizes[i], -1))
+        if at < len(rooms):
+            room, b = rooms.pop(at)
             bins[b].append(i)
-            room[b] -= sizes[i]
+            bisect.insort(rooms, (room - sizes[i], b))
         else:
             bins.append([i])
-            room.append(capacity - sizes[i])
+            bisect.insort(rooms, (capacity - sizes[i], len(bins) - 1))
+    return bins
+
+
+def best_fit_groups(sizes: Sequence[int], capacity: int, device: torch.device | str | None = None) -> Tensor:
+    """:func:`best_fit` as a ``[G, K]`` tensor of row indices, -1 filling the shorter bins."""
+    bins = best_fit(sizes, capacity)
     k = max(len(b) for b in bins)
     return torch.tensor([b + [-1] * (k - len(b)) for b in bins], dtype=torch.long, device=device)
 

@@ -43,7 +43,7 @@ def test_every_config_validates_with_print_config(config, capsys):
 
 @pytest.mark.parametrize("fragment", FRAGMENTS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_fragments_compose(fragment, capsys):
-    base = "grpo" if fragment.parent.name == "rewards" else "sft"  # a reward list belongs to the GRPO family
+    base = "grpo" if fragment.parent.name in ("rewards", "samplers") else "sft"  # pieces of the GRPO family
     _run(
         ["fit", "--config", str(ROOT / f"configs/objectives/{base}.yaml"), "--config", str(fragment), "--print_config"]
     )

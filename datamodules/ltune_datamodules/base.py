@@ -17,7 +17,16 @@ from typing import Any, ClassVar, Literal
 import lightning as L
 from torch.utils.data import DataLoader
 
-from ltune.datamodules.batching import ResumableLoader, ResumableSampler, Shard, pad_left, pad_right
+from ltune.datamodules.batching import (
+    Batches,
+    ResumableLoader,
+    ResumableSampler,
+    Shard,
+    TokenBudgetSampler,
+    pad_left,
+    pad_right,
+    row_tokens,
+)
 from ltune.datamodules.encoding import Encoding
 from ltune.datamodules.length import Overlong, Policy
 from ltune.datamodules.sources import DataError, SourceLike, as_source
@@ -44,6 +53,10 @@ class LTuneData(Encoding, L.LightningDataModule):
         overlong: Length policy: ``"truncate_prompt"`` (keep the end, cutting from the left after the system
             message), ``"keep_start"`` (cut the end: a conversation's, a text's, or the completion's) or ``"skip"``.
         batch_size: Rows per batch per device.
+        batch_tokens: Tokens per training batch per device instead of a row count: rows are packed best-fit-decreasing
+            into batches whose tokens (a row's: the sum of its sequences) sum to at most this, as TRL packs SFT data,
+            so long-tailed data steps on a bounded size; ``batch_size`` then sets evaluation's batches only. None:
+            ``batch_size`` rows per batch.
         eval_batch_size: Rows per validation batch (defaults to ``batch_size``).
         num_workers: DataLoader worker processes.
         seed: Seed of the shuffling order (epoch ``e`` uses ``seed + e``); None: the run's seed (``seed_everything``).
@@ -64,6 +77,7 @@ class LTuneData(Encoding, L.LightningDataModule):
         max_length: int = 1024,
         overlong: Policy = "truncate_prompt",
         batch_size: int = 8,
+        batch_tokens: int | None = None,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         seed: int | None = None,
@@ -74,6 +88,9 @@ class LTuneData(Encoding, L.LightningDataModule):
         self.template, self.system = template, system
         self.max_length, self.overlong = max_length, overlong
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
+        if batch_tokens is not None and batch_tokens < 1:
+            raise ValueError(f"batch_tokens={batch_tokens} must be >= 1 (or null: batch_size rows per batch)")
+        self.batch_tokens = batch_tokens
         self.num_workers, self.seed = num_workers, run_seed(seed)
         self.tokenizer = None  # set by the user, or taken from the LightningModule in setup()
         self.default_system: str | None = None  # the backbone's prompt style, taken with the tokenizer
@@ -214,6 +231,17 @@ class LTuneData(Encoding, L.LightningDataModule):
         data = self.data[split]
         world = self.trainer.world_size if self.trainer else 1
         rank = self.trainer.global_rank if self.trainer else 0
+        if shuffle and self.batch_tokens:
+            sizes = [row_tokens(e) for e in data]
+            sampler = TokenBudgetSampler(sizes, world, rank, self.seed, self.batch_tokens)
+            return ResumableLoader(
+                Batches(data),
+                self._batches_done,
+                batch_size=None,
+                sampler=sampler,
+                collate_fn=self.collate,
+                num_workers=self.num_workers,
+            )
         if shuffle:
             sampler = ResumableSampler(data, world, rank, self.seed, self.batch_size)
             return ResumableLoader(

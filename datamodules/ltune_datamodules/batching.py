@@ -1,13 +1,17 @@
-"""Batching pieces of every DataModule: padding (right for training, left for generation), a seeded sampler that
-shards over ranks and resumes mid-epoch, the loader that checkpoints its position, and an in-order eval shard."""
+"""Batching pieces of every DataModule: padding (right for training, left for generation), seeded samplers (rows per
+batch, or a token budget per batch) that shard over ranks and resume mid-epoch, the loader that checkpoints its
+position, and an in-order eval shard."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
+
+from ltune.packing import best_fit
 
 
 def pad_right(seqs: Sequence[Sequence[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,6 +56,59 @@ class ResumableSampler(DistributedSampler):
             if epoch == self.epoch:
                 indices = indices[done * self.batch_size :]
         return iter(indices)
+
+
+def row_tokens(example: dict[str, Any]) -> int:
+    """Tokens of an encoded row: the sum of its sequences' lengths (a pair's chosen and rejected rows both count)."""
+    seqs = [v for k, v in example.items() if k.endswith("input_ids") or k == "prompt_ids"]
+    seqs += [s["input_ids"] for s in example.get("sequences", ())]
+    return sum(sum(map(len, v)) if v and isinstance(v[0], (list, tuple)) else len(v) for v in seqs)
+
+
+class TokenBudgetSampler(DistributedSampler):
+    """Batches of rows whose tokens sum to at most ``budget``, packed best-fit-decreasing over the whole data set (as
+    TRL packs with ``packing_strategy="bfd"``): the batches are fixed, their order is shuffled with ``seed + epoch``,
+    dealt to ranks in turn (the last ones repeated so every rank steps as often), and an epoch resumes mid-way.
+
+    Each item it yields is a list of row indices (one batch); use it with ``batch_size=None`` and :class:`Batches`.
+    A row longer than ``budget`` is a batch of its own.
+    """
+
+    def __init__(self, sizes: Sequence[int], world: int, rank: int, seed: int, budget: int) -> None:
+        super().__init__(sizes, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=False)
+        self.batches = best_fit(sizes, budget)
+        self.num_samples = math.ceil(len(self.batches) / world)
+        self.total_size = self.num_samples * world
+        self.resume: tuple[int, int] | None = None  # (epoch, batches already trained in it)
+
+    def __iter__(self):
+        g = torch.Generator()
+        g.manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.batches), generator=g).tolist()
+        order = (order * math.ceil(self.total_size / len(order)))[: self.total_size]
+        mine = order[self.rank : self.total_size : self.num_replicas]
+        if self.resume is not None:
+            epoch, done = self.resume
+            self.resume = None
+            if epoch == self.epoch:
+                mine = mine[done:]
+        return iter([self.batches[b] for b in mine])
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+class Batches(Sequence):
+    """Rows indexed by a list of indices at once, for a loader whose sampler yields whole batches."""
+
+    def __init__(self, rows: Sequence) -> None:
+        self.rows = rows
+
+    def __getitem__(self, index: list[int]) -> list:
+        return [self.rows[i] for i in index]
+
+    def __len__(self) -> int:
+        return len(self.rows)
 
 
 class ResumableLoader(DataLoader):

@@ -64,6 +64,8 @@ class ParaphraseData(LTuneData):
 
     def __init__(self, *args: Any, hard_negative_key: str | None = "category", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if self.batch_tokens is not None:
+            raise ValueError("ParaphraseData batches whole hard-negative pairs by batch_size; batch_tokens is not used")
         if self.batch_size % 2 or self.eval_batch_size % 2:
             raise ValueError(f"batch sizes must be even (whole hard-negative pairs), got {self.batch_size}")
         self.hard_negative_key = hard_negative_key

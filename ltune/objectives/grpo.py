@@ -78,6 +78,10 @@ class GRPO(OwnRNG, Objective):
         normalize_advantages: With ``rloo``, standardise the advantages over the batch (TRL's RLOO option).
         share_prompt: Score each prompt's completions as one sequence around the prompt they share (exact, fewer
             tokens through the decoder: :mod:`ltune.packing`); False scores the ``B x G`` rows as they are.
+        sampler: What samples the completions, any :class:`ltune.generation.Sampler`: None is
+            :class:`~ltune.generation.HFSampler` (``generate``, each prompt prefilled once);
+            :class:`ltune.continuous.ContinuousSampler` is ``transformers``' continuous batching (finished completions
+            leave the batch; TRL's ``use_transformers_continuous_batching``).
         **kwargs: Arguments of :class:`~ltune.objectives.base.Objective` (backbone, optimizer, scheduler, ...).
     """
 
@@ -100,6 +104,7 @@ class GRPO(OwnRNG, Objective):
         advantage_estimator: Literal["grpo", "rloo"] = "grpo",
         normalize_advantages: bool = False,
         share_prompt: bool = True,
+        sampler: Sampler | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -126,7 +131,7 @@ class GRPO(OwnRNG, Objective):
         self.reward_funcs: list[RewardFunc] = []  # set in configure_model: the given ones, or default_rewards()
         self._rollout: list | None = None  # [samples, advantages, metrics, old log-probs] reused over num_iterations
         self._updates = 0
-        self.sampler: Sampler = HFSampler()
+        self.sampler: Sampler = sampler or HFSampler()
         self.last_rollouts: dict | None = None  # the latest step's scored completions (SampleTable logs them)
 
     @property
