@@ -8,6 +8,13 @@ is its own; sides alternate over ``--repeats`` in one invocation; medians, sprea
     python benchmarks/rl_throughput.py --model tiny --objective ttrl --steps 6        # framework overhead
     python benchmarks/rl_throughput.py --model tiny --objective ttrl --prompts 2 --generations 2 --max_new_tokens 8 \
         --steps 2 --repeats 1                                                           # smoke, ~30 s
+    python benchmarks/workload.py prompts --rows 16 --out /tmp/prompts.jsonl        # prompts of 100-1,000 tokens:
+    python benchmarks/rl_throughput.py --workload /tmp/prompts.jsonl --prompts 2 --generations 4 --max_new_tokens 128 \
+        --sampler continuous --trl_continuous     # both sides decode with transformers' continuous batching
+
+With ``--workload`` the prompts are the file's rows (rendered by the same chat template on both sides) and the
+reward is the same on both sides: minus the completion's length in characters over 100 (it varies within a group,
+so every group has advantages and an update).
 
 Completions/s counts the completions that enter the update (prompts x G) per second of wall time, over the steps after
 the first (warm-up). Both sides: full fine-tuning or LoRA (``--lora r``, all linear layers), float32, beta = 0 (no
@@ -38,10 +45,24 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def _prompts(n: int) -> list[dict]:
+def _prompts(n: int, workload: str | None = None) -> list[dict]:
     from ltune.datamodules import EmbeddedTasks
 
+    if workload:
+        return [json.loads(line) for line in open(workload)][:n]
     return EmbeddedTasks(format="prompts", n=n, split="train", seed=0).rows()
+
+
+def _blocks(tok, prompts: list[str], a: argparse.Namespace, page: int = 256) -> int:
+    """KV blocks for one step's requests at the longest prompt, as ltune's ContinuousSampler sizes its cache (TRL
+    otherwise sizes it from half of the free memory, which on a CPU is half of the machine's RAM)."""
+    longest = max(len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts)
+    return -(-(longest + a.max_new_tokens) // page) * a.prompts * a.generations
+
+
+def brevity(completions: list[str], **kwargs) -> list[float]:
+    """The workload's reward on both sides: minus the length in characters over 100."""
+    return [-len(c) / 100 for c in completions]
 
 
 def _backbone(model: str, lora: int = 0):
@@ -69,10 +90,16 @@ def run_ltune(a: argparse.Namespace) -> dict:
         beta=0.0,
         share_prompt=not a.no_share,
     )
+    if a.workload:
+        common["reward_funcs"] = [brevity]
     model = TTRL(num_votes=a.generations, **common) if a.objective == "ttrl" else GRPO(**common)
     model.sampler = HFSampler(share_prefill=not a.no_share)
-    rows = EmbeddedTasks(format="prompts", n=a.prompts * a.steps, split="train", seed=0)  # the prompts TRL gets
-    data = PromptData(train=rows, batch_size=a.prompts, max_length=128)
+    if a.sampler == "continuous":
+        from ltune.continuous import ContinuousSampler
+
+        model.sampler = ContinuousSampler()
+    rows = a.workload or EmbeddedTasks(format="prompts", n=a.prompts * a.steps, split="train", seed=0)  # as TRL's
+    data = PromptData(train=rows, batch_size=a.prompts, max_length=4096, seed=0)
     phases, tokens = Phases(), {"sampled": 0, "update": 0}
     rollout = model.rollout
 
@@ -118,15 +145,15 @@ def run_trl(a: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     bb = _backbone(a.model)
     tok = bb.tokenizer
-    rows = _prompts(a.prompts * a.steps)
+    rows = _prompts(a.prompts * a.steps, a.workload)
     render = [
         tok.apply_chat_template([{"role": "user", "content": r["prompt"]}], tokenize=False, add_generation_prompt=True)
         for r in rows
     ]
-    dataset = Dataset.from_list([{"prompt": p, "answer": r["answer"]} for p, r in zip(render, rows)])
+    dataset = Dataset.from_list([{"prompt": p, "answer": r.get("answer", "")} for p, r in zip(render, rows)])
 
     def reward(completions, answer, **kwargs):
-        return verifier_reward(completions, answer)
+        return brevity(completions) if a.workload else verifier_reward(completions, answer)
 
     times, phases, tokens = [], Phases(), {"sampled": 0, "update": 0}
 
@@ -164,6 +191,8 @@ def run_trl(a: argparse.Namespace) -> dict:
         report_to="none",
         shuffle_dataset=False,
         seed=0,
+        use_transformers_continuous_batching=a.trl_continuous,
+        transformers_continuous_batching_config={"num_blocks": _blocks(tok, render, a)} if a.trl_continuous else None,
     )
     peft = None
     if a.lora:
@@ -230,6 +259,9 @@ def main() -> None:
         help="ltune prefills every sample's prompt and scores the B x G rows as they are (its prompt "
         "sharing in generation and update off)",
     )
+    p.add_argument("--workload", help="a jsonl of prompt rows (benchmarks/workload.py prompts); reward: brevity")
+    p.add_argument("--sampler", choices=["generate", "continuous"], default="generate", help="ltune's sampler")
+    p.add_argument("--trl_continuous", action="store_true", help="TRL: use_transformers_continuous_batching")
     p.add_argument("--steps", type=int, default=6, help="optimizer steps (the first is warm-up)")
     p.add_argument("--threads", type=int, default=2, help="torch threads per side")
     p.add_argument("--repeats", type=int, default=2, help="runs per side, alternated; medians reported")
@@ -244,7 +276,8 @@ def main() -> None:
         print("RESULT " + json.dumps((run_ltune if a.side == "ltune" else run_trl)(a)))
         return
     peak = matmul_gflops(a.threads)
-    tuning = f"LoRA r={a.lora}" if a.lora else "full FT"
+    tuning = (f"LoRA r={a.lora}" if a.lora else "full FT") + f"; ltune samples with {a.sampler}"
+    tuning += ", TRL with continuous batching" if a.trl_continuous else ", TRL with generate"
     print(
         f"{a.objective} {a.model} {tuning}; {a.prompts} prompts x G {a.generations}, {a.max_new_tokens} new tokens, "
         f"{a.steps} steps (1 warm-up), {a.threads} threads; float32 matmul {peak:.0f} GFLOP/s; {load_average()}"
@@ -252,7 +285,7 @@ def main() -> None:
     args = [
         f"--{k}" if v is True else f"--{k}={v}"
         for k, v in vars(a).items()
-        if k not in ("json", "side") and v is not False
+        if k not in ("json", "side") and v is not False and v is not None
     ]
     runs = alternate(__file__, args, ("ltune", "trl"), a.repeats)
     print(f"{'side':6s} {'completions/s (min-max)':>26s} {'s/step':>7s} {'peak RSS MiB':>13s} {'of floor':>9s}  phases")
@@ -267,6 +300,9 @@ def main() -> None:
     if a.json:
         with open(a.json, "w") as f:
             record = {"args": vars(a), "matmul_gflops": peak, "runs": runs, "ratio": ratio, "rss_ratio": rss}
+            summary_file = os.path.splitext(a.workload)[0] + ".summary.json" if a.workload else None
+            if summary_file and os.path.exists(summary_file):  # the workload's lengths, from benchmarks/workload.py
+                record["workload"] = json.load(open(summary_file))
             json.dump({**record, "provenance": provenance()}, f)
 
 

@@ -68,14 +68,18 @@ class GRPO(OwnRNG, Objective):
         generation_batch_size: Completions per ``generate`` call (a multiple of the completions per prompt); None
             generates the whole batch at once.
         loss_type: Aggregation: ``grpo``, ``bnpo``, ``dapo`` (default) or ``dr_grpo``.
-        scale_rewards: Advantage scaling: ``group`` (default), ``batch`` or ``none`` (Dr. GRPO).
+        scale_rewards: Advantage scaling: ``group`` (default), ``batch`` or ``none`` (Dr. GRPO). ``batch`` takes the
+            standard deviation over this process's batch (per rank under DDP, per micro-batch under accumulation;
+            TRL's spans every process's generation batch); ``loss_type: dapo`` divides by the global batch's tokens
+            (every rank's, as TRL does).
         beta: Coefficient of the k3 KL to the reference (default 0: no reference forward).
         epsilon: Lower clip range of the ratio.
         epsilon_high: Upper clip range (None = ``epsilon``; DAPO uses 0.28); CISPO's cap of the weight.
         importance_sampling_level: ``token`` (GRPO) or ``sequence`` (GSPO: one ratio per completion).
         num_iterations: Optimizer steps per generation (mu; 1 = on-policy).
         advantage_estimator: ``grpo`` (group-normalised, ``scale_rewards``) or ``rloo`` (leave-one-out baseline).
-        normalize_advantages: With ``rloo``, standardise the advantages over the batch (TRL's RLOO option).
+        normalize_advantages: With ``rloo``, standardise the advantages over the batch (TRL's RLOO option; this
+            process's batch, per rank).
         share_prompt: Score each prompt's completions as one sequence around the prompt they share (exact, fewer
             tokens through the decoder: :mod:`ltune.packing`); False scores the ``B x G`` rows as they are.
         sampler: What samples the completions, any :class:`ltune.generation.Sampler`: None is

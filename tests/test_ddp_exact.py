@@ -1,0 +1,119 @@
+"""DDP stays exact: ``ltune fit`` on two CPU processes (gloo) ends with the same weights as one process, for every
+objective whose step runs through the fused log-prob path, packing, a cached reference or sampling.
+
+Supervised and preference objectives: one row (pair) per rank and step against one process with one row per
+micro-batch and ``accumulate_grad_batches=2``. The sampler shuffles once for both (``seed + epoch``) and deals rank
+``r`` the rows ``r::2``, so rank ``r`` at step ``k`` holds micro-batch ``2k + r`` of the single process; DDP averages
+the two ranks' gradients as accumulation averages the micro-batches'. Plain SGD (lr 0.1), so a gradient off by a factor
+(a sum instead of a mean, a loss scaled per rank) shows, which Adam's normalisation would hide. CoIN runs a pair of
+rows per batch (its hard negatives) with ``gather_negatives: false``: negatives from the rank's own batch, as a
+micro-batch's (with ``gather_negatives: true`` they come from every rank, by design not what one process sees).
+
+The GRPO family samples: every training row is the same prompt, so each rank samples the completions the single
+process samples (the same seed, per-rank streams that start alike) and the averaged gradient is the single process's
+gradient; batch statistics (``scale_rewards: batch``, DAPO's global token count) then agree on every rank, which this
+test cannot tell from per-rank ones: GRPO's docstring says which they are.
+
+Tolerance: halving is exact in floating point, so (g0 + g1) / 2 (all-reduce) and g0 / 2 + g1 / 2 (accumulation) are
+the same float32 numbers: the weights must agree within 1e-5 of the distance they moved from the initialisation.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import MICRO, ROOT, write_jsonl
+
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+COMMON = [*MICRO, "--trainer.enable_progress_bar=false", "--validate_around_fit=false", "--trainer.max_steps=3"]
+SGD = ["--model.init_args.optimizer.class_path=torch.optim.SGD", "--model.init_args.optimizer.init_args.lr=0.1"]
+NO_EVAL = ["--data.init_args.val=null", "--data.init_args.eval_prompts=null"]
+PROMPT = {"prompt": "What is 12 + 30? End with 'The answer is N.'", "answer": "42"}
+
+# objective: (config, extra arguments, "rows" (accumulation over micro-batches) or "same" (identical rows))
+CASES = {
+    "sft": ("sft", ["--data.init_args.train.init_args.n=12"], "rows"),
+    "cft": ("cft", ["--data.init_args.train.init_args.n=12"], "rows"),
+    "orpo": ("orpo", ["--data.init_args.train.init_args.n=12"], "rows"),
+    "dpo": ("dpo", ["--data.init_args.train.init_args.n=12"], "rows"),
+    "dpo_cached": (
+        "dpo",
+        ["--data.init_args.train.init_args.n=12", "--model.init_args.precompute_ref_log_probs=true"],
+        "rows",
+    ),
+    "simpo": ("simpo", ["--data.init_args.train.init_args.n=12"], "rows"),
+    "cut": ("cut", ["--data.init_args.train.init_args.n=12"], "rows"),
+    "coin": ("coin", ["--data.init_args.train.init_args.n=24"], "pairs"),
+    "grpo_group": ("ttrl", ["--model.init_args.scale_rewards=group"], "same"),
+    "grpo_batch": ("ttrl", ["--model.init_args.scale_rewards=batch"], "same"),
+    "rlsc": ("rlsc", ["--model.init_args.num_samples=4"], "same"),
+}
+SAMPLING = [
+    "--model.init_args.max_completion_length=12",
+    "--model.init_args.max_new_tokens=12",
+    "--data.init_args.batch_size=1",
+]
+
+
+def _args(name: str, tmp_path: Path) -> tuple[list[str], list[str]]:
+    """The ``ltune fit`` arguments of the two-process run and of the one-process run."""
+    config, extra, kind = CASES[name]
+    args = ["--config", str(ROOT / f"configs/objectives/{config}.yaml"), *COMMON, *SGD, *NO_EVAL, *extra]
+    if config == "cft":
+        args.remove("--data.init_args.val=null")  # CritiqueData takes no val rows
+        args.append("--model.init_args.scheduler=null")
+    if kind == "same":
+        train = write_jsonl(tmp_path / "train.jsonl", [PROMPT] * 8)
+        args += [f"--data.init_args.train={train}", *SAMPLING]
+        if config == "ttrl":
+            args += ["--model.init_args.num_votes=4", "--model.init_args.num_generations=4"]
+        return [*args, "--trainer.strategy=ddp", "--trainer.devices=2"], args
+    per_batch = "2" if kind == "pairs" else "1"
+    args.append(f"--data.init_args.batch_size={per_batch}")
+    ddp = [*args, "--trainer.strategy=ddp", "--trainer.devices=2"]
+    return ddp, [*args, "--trainer.accumulate_grad_batches=2"]
+
+
+def _fit_both(tmp_path: Path, ddp: list[str], single: list[str]) -> tuple[Path, Path]:
+    jobs = []
+    for name, args in (("ddp", ddp), ("single", single)):
+        (tmp_path / name).mkdir()
+        cmd = [sys.executable, "-m", "ltune.cli", "fit", *args]
+        jobs.append(
+            subprocess.Popen(cmd, cwd=tmp_path / name, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        )
+    for job in jobs:
+        _, err = job.communicate(timeout=600)
+        assert job.returncode == 0, err.decode()[-4000:]
+    return tuple(next((tmp_path / name / "runs").glob("*/version_0")) for name in ("ddp", "single"))
+
+
+def _policy(run: Path) -> dict[str, torch.Tensor]:
+    """The trained model's weights from the run's last checkpoint (a frozen reference copy left out)."""
+    ckpt = sorted((run / "checkpoints").glob("*.ckpt"))[-1]
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    return {k: v.float() for k, v in state.items() if k.startswith("model.")}
+
+
+def _initial() -> dict[str, torch.Tensor]:
+    from ltune.backbone import Backbone, Tiny
+
+    tiny = Tiny(hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=64, init_seed=0)
+    return {f"model.{k}": v.float() for k, v in Backbone(tiny=tiny).load_model().state_dict().items()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(CASES))
+def test_two_ddp_processes_train_the_same_weights_as_one(name, tmp_path):
+    ddp, single = _fit_both(tmp_path, *_args(name, tmp_path))
+    a, b, init = _policy(ddp), _policy(single), _initial()
+    assert a.keys() == b.keys() and set(a) <= set(init)
+    moved = max((a[k] - init[k]).abs().max().item() for k in a)
+    diff = max((a[k] - b[k]).abs().max().item() for k in a)
+    print(f"{name}: weights moved up to {moved:.3g}; 2 processes vs 1: max |diff| {diff:.3g}")
+    assert moved > 1e-4, "the runs did not train: the comparison would be empty"
+    assert diff <= 1e-5 * moved
