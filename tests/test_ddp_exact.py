@@ -1,7 +1,8 @@
 """DDP stays exact: ``ltune fit`` on two CPU processes (gloo) ends with the same weights as one process, for every
 objective whose step runs through the fused log-prob path, packing, a cached reference or sampling.
 
-Supervised and preference objectives: one row (pair) per rank and step against one process with one row per
+Supervised, preference and reward-model objectives (SFT, CFT, ORPO, DPO with a live or a cached reference, SimPO,
+CUT, CoIN, RewardModel on judge-labelled pairs): one row (pair) per rank and step against one process with one row per
 micro-batch and ``accumulate_grad_batches=2``. The sampler shuffles once for both (``seed + epoch``) and deals rank
 ``r`` the rows ``r::2``, so rank ``r`` at step ``k`` holds micro-batch ``2k + r`` of the single process; DDP averages
 the two ranks' gradients as accumulation averages the micro-batches'. Plain SGD (lr 0.1), so a gradient off by a factor
@@ -9,10 +10,11 @@ the two ranks' gradients as accumulation averages the micro-batches'. Plain SGD 
 rows per batch (its hard negatives) with ``gather_negatives: false``: negatives from the rank's own batch, as a
 micro-batch's (with ``gather_negatives: true`` they come from every rank, by design not what one process sees).
 
-The GRPO family samples: every training row is the same prompt, so each rank samples the completions the single
-process samples (the same seed, per-rank streams that start alike) and the averaged gradient is the single process's
-gradient; batch statistics (``scale_rewards: batch``, DAPO's global token count) then agree on every rank, which this
-test cannot tell from per-rank ones: GRPO's docstring says which they are.
+The sampling objectives (GRPO, TTRL with group and batch reward scaling, RLSC, direct RLAIF): every training row is
+the same prompt, so each rank samples the completions the single process samples (the same seed, per-rank streams that
+start alike) and the averaged gradient is the single process's gradient; batch statistics (``scale_rewards: batch``,
+DAPO's global token count) then agree on every rank, which this test cannot tell from per-rank ones: GRPO's docstring
+says which they are.
 
 Tolerance: halving is exact in floating point, so (g0 + g1) / 2 (all-reduce) and g0 / 2 + g1 / 2 (accumulation) are
 the same float32 numbers: the weights must agree within 1e-5 of the distance they moved from the initialisation.
@@ -48,9 +50,12 @@ CASES = {
     "simpo": ("simpo", ["--data.init_args.train.init_args.n=12"], "rows"),
     "cut": ("cut", ["--data.init_args.train.init_args.n=12"], "rows"),
     "coin": ("coin", ["--data.init_args.train.init_args.n=24"], "pairs"),
-    "grpo_group": ("ttrl", ["--model.init_args.scale_rewards=group"], "same"),
-    "grpo_batch": ("ttrl", ["--model.init_args.scale_rewards=batch"], "same"),
+    "reward_model": ("rlaif_reward_model", ["--data.init_args.train.init_args.n=12"], "rows"),
+    "grpo": ("grpo", ["--data.init_args.batch_size=1"], "same"),
+    "ttrl_scale_group": ("ttrl", ["--model.init_args.scale_rewards=group"], "same"),
+    "ttrl_scale_batch": ("ttrl", ["--model.init_args.scale_rewards=batch"], "same"),
     "rlsc": ("rlsc", ["--model.init_args.num_samples=4"], "same"),
+    "rlaif_direct": ("rlaif_direct", ["--model.init_args.num_generations=4"], "same"),
 }
 SAMPLING = [
     "--model.init_args.max_completion_length=12",
