@@ -1,9 +1,8 @@
 """DDP stays exact: ``ltune fit`` on two CPU processes (gloo) ends with the same weights as one process, for every
 objective whose step runs through the fused log-prob path, packing, a cached reference or sampling.
 
-Supervised, preference and reward-model objectives (SFT, CFT, ORPO, DPO with a live or a cached reference, SimPO,
-CUT, CoIN, RewardModel on judge-labelled pairs): one row (pair) per rank and step against one process with one row per
-micro-batch and ``accumulate_grad_batches=2``. The sampler shuffles once for both (``seed + epoch``) and deals rank
+Supervised and preference objectives (SFT, CFT, ORPO, DPO with a live or a cached reference, SimPO, CUT, CoIN): one
+row (pair) per rank and step against one process with one row per micro-batch and ``accumulate_grad_batches=2``. The sampler shuffles once for both (``seed + epoch``) and deals rank
 ``r`` the rows ``r::2``, so rank ``r`` at step ``k`` holds micro-batch ``2k + r`` of the single process; DDP averages
 the two ranks' gradients as accumulation averages the micro-batches'. Plain SGD (lr 0.1), so a gradient off by a factor
 (a sum instead of a mean, a loss scaled per rank) shows, which Adam's normalisation would hide. CoIN runs a pair of
@@ -50,8 +49,15 @@ CASES = {
     "simpo": ("simpo", ["--data.init_args.train.init_args.n=12"], "rows"),
     "cut": ("cut", ["--data.init_args.train.init_args.n=12"], "rows"),
     "coin": ("coin", ["--data.init_args.train.init_args.n=24"], "pairs"),
-    "reward_model": ("rlaif_reward_model", ["--data.init_args.train.init_args.n=12"], "rows"),
-    "grpo": ("grpo", ["--data.init_args.batch_size=1"], "same"),
+    "grpo": (  # a reward that varies within a group at these lengths: the overlong penalty past 4 tokens
+        "grpo",
+        [
+            '--model.init_args.reward_funcs=[{"class_path": "ltune.reward_funcs.SoftOverlongPunishment", '
+            '"init_args": {"max_length": 12, "cache": 8}}]',
+            "--model.init_args.reward_weights=[1.0]",
+        ],
+        "same",
+    ),
     "ttrl_scale_group": ("ttrl", ["--model.init_args.scale_rewards=group"], "same"),
     "ttrl_scale_batch": ("ttrl", ["--model.init_args.scale_rewards=batch"], "same"),
     "rlsc": ("rlsc", ["--model.init_args.num_samples=4"], "same"),

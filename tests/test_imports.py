@@ -7,7 +7,16 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CORE = {"generation", "continuous", "rewards", "reward_funcs", "judges", "metrics", "problems", "loggers"}  # scoring, sampling, tasks
+CORE = {
+    "generation",
+    "continuous",
+    "rewards",
+    "reward_funcs",
+    "judges",
+    "metrics",
+    "problems",
+    "loggers",
+}  # scoring, sampling, tasks
 ALLOWED = {
     "ltune": {"objectives"},  # the package root re-exports the objectives
     "cli": {"objectives", "datamodules", "callbacks", "backbone", "io"},
