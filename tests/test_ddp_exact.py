@@ -2,12 +2,13 @@
 objective whose step runs through the fused log-prob path, packing, a cached reference or sampling.
 
 Supervised and preference objectives (SFT, CFT, ORPO, DPO with a live or a cached reference, SimPO, CUT, CoIN): one
-row (pair) per rank and step against one process with one row per micro-batch and ``accumulate_grad_batches=2``. The sampler shuffles once for both (``seed + epoch``) and deals rank
-``r`` the rows ``r::2``, so rank ``r`` at step ``k`` holds micro-batch ``2k + r`` of the single process; DDP averages
-the two ranks' gradients as accumulation averages the micro-batches'. Plain SGD (lr 0.1), so a gradient off by a factor
-(a sum instead of a mean, a loss scaled per rank) shows, which Adam's normalisation would hide. CoIN runs a pair of
-rows per batch (its hard negatives) with ``gather_negatives: false``: negatives from the rank's own batch, as a
-micro-batch's (with ``gather_negatives: true`` they come from every rank, by design not what one process sees).
+row (pair) per rank and step against one process with one row per micro-batch and ``accumulate_grad_batches=2``. The
+sampler shuffles once for both (``seed + epoch``) and deals rank ``r`` the rows ``r::2``, so rank ``r`` at step ``k``
+holds micro-batch ``2k + r`` of the single process; DDP averages the two ranks' gradients as accumulation averages the
+micro-batches'. Plain SGD (lr 0.1), so a gradient off by a factor (a sum instead of a mean, a loss scaled per rank)
+shows, which Adam's normalisation would hide. CoIN runs a pair of rows per batch (its hard negatives) with
+``gather_negatives: false``: negatives from the rank's own batch, as a micro-batch's (with ``gather_negatives: true``
+they come from every rank, by design not what one process sees).
 
 The sampling objectives (GRPO, TTRL with group and batch reward scaling, RLSC, direct RLAIF): every training row is
 the same prompt, so each rank samples the completions the single process samples (the same seed, per-rank streams that
