@@ -53,11 +53,13 @@ def _prompts(n: int, workload: str | None = None) -> list[dict]:
     return EmbeddedTasks(format="prompts", n=n, split="train", seed=0).rows()
 
 
-def _blocks(tok, prompts: list[str], a: argparse.Namespace, page: int = 256) -> int:
-    """KV blocks for one step's requests at the longest prompt, as ltune's ContinuousSampler sizes its cache (TRL
-    otherwise sizes it from half of the free memory, which on a CPU is half of the machine's RAM)."""
+def _blocks(tok, prompts: list[str], a: argparse.Namespace) -> int:
+    """TRL's KV blocks for one step's requests, sized as ltune's ContinuousSampler sizes its cache (TRL otherwise
+    sizes it from half of the free memory, which on a CPU is half of the machine's RAM)."""
+    from ltune.continuous import kv_blocks
+
     longest = max(len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts)
-    return -(-(longest + a.max_new_tokens) // page) * a.prompts * a.generations
+    return kv_blocks([longest] * a.prompts, a.max_new_tokens, a.generations)
 
 
 def brevity(completions: list[str], **kwargs) -> list[float]:

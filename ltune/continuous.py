@@ -61,8 +61,7 @@ class ContinuousSampler:
             num_return_sequences=num_samples if sampling else 1,  # greedy: one completion, copied
         )
         prompts = [ids[m.bool()].tolist() for ids, m in zip(prompt_ids, prompt_mask, strict=True)]
-        page = self.config.get("page_size", 256)
-        blocks = sum(-(-(len(p) + max_new_tokens) // page) for p in prompts) * num_samples
+        blocks = kv_blocks([len(p) for p in prompts], max_new_tokens, num_samples, self.config.get("page_size", 256))
         config = {"num_blocks": blocks, "seed": int(torch.randint(0, 2**31 - 1, ()).item()), **self.config}
         was_training = model.training
         model.eval()
@@ -98,3 +97,9 @@ class ContinuousSampler:
             mask,
             None,
         )
+
+
+def kv_blocks(prompt_lengths: list[int], max_new_tokens: int, copies: int, page_size: int = 256) -> int:
+    """KV-cache blocks (``page_size`` tokens each) that hold every request of one call at once: each prompt's
+    ``copies`` samples at their longest."""
+    return sum(-(-(n + max_new_tokens) // page_size) for n in prompt_lengths) * copies

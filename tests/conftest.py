@@ -92,3 +92,29 @@ def quiet_trainer(**kwargs):
     defaults = dict(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
                     enable_model_summary=False, num_sanity_val_steps=0)  # fmt: skip
     return L.Trainer(**{**defaults, **kwargs})
+
+
+def fit_side_by_side(tmp_path: Path, runs: dict[str, list[str]]) -> tuple[Path, ...]:
+    """``ltune fit`` with each entry's arguments, all at the same time, each in its own folder ``tmp_path / name``;
+    returns their run folders in order. A run that fails shows the end of its stderr."""
+    import subprocess
+    import sys
+
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "WANDB_MODE": "disabled",
+    }
+    jobs = []
+    for name, args in runs.items():
+        (tmp_path / name).mkdir()
+        cmd = [sys.executable, "-m", "ltune.cli", "fit", *args]
+        jobs.append(
+            subprocess.Popen(cmd, cwd=tmp_path / name, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        )
+    for job in jobs:
+        _, err = job.communicate(timeout=600)
+        assert job.returncode == 0, err.decode()[-4000:]
+    return tuple(next((tmp_path / name / "runs").glob("*/version_0")) for name in runs)

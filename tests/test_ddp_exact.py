@@ -20,17 +20,13 @@ Tolerance: halving is exact in floating point, so (g0 + g1) / 2 (all-reduce) and
 the same float32 numbers: the weights must agree within 1e-5 of the distance they moved from the initialisation.
 """
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import MICRO, ROOT, write_jsonl
+from tests.conftest import MICRO, ROOT, fit_side_by_side, write_jsonl
 
-ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
 COMMON = [*MICRO, "--trainer.enable_progress_bar=false", "--validate_around_fit=false", "--trainer.max_steps=3"]
 SGD = ["--model.init_args.optimizer.class_path=torch.optim.SGD", "--model.init_args.optimizer.init_args.lr=0.1"]
 NO_EVAL = ["--data.init_args.val=null", "--data.init_args.eval_prompts=null"]
@@ -90,20 +86,6 @@ def _args(name: str, tmp_path: Path) -> tuple[list[str], list[str]]:
     return ddp, [*args, "--trainer.accumulate_grad_batches=2"]
 
 
-def _fit_both(tmp_path: Path, ddp: list[str], single: list[str]) -> tuple[Path, Path]:
-    jobs = []
-    for name, args in (("ddp", ddp), ("single", single)):
-        (tmp_path / name).mkdir()
-        cmd = [sys.executable, "-m", "ltune.cli", "fit", *args]
-        jobs.append(
-            subprocess.Popen(cmd, cwd=tmp_path / name, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        )
-    for job in jobs:
-        _, err = job.communicate(timeout=600)
-        assert job.returncode == 0, err.decode()[-4000:]
-    return tuple(next((tmp_path / name / "runs").glob("*/version_0")) for name in ("ddp", "single"))
-
-
 def _policy(run: Path) -> dict[str, torch.Tensor]:
     """The trained model's weights from the run's last checkpoint (a frozen reference copy left out)."""
     ckpt = sorted((run / "checkpoints").glob("*.ckpt"))[-1]
@@ -121,7 +103,8 @@ def _initial() -> dict[str, torch.Tensor]:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(CASES))
 def test_two_ddp_processes_train_the_same_weights_as_one(name, tmp_path):
-    ddp, single = _fit_both(tmp_path, *_args(name, tmp_path))
+    ddp_args, single_args = _args(name, tmp_path)
+    ddp, single = fit_side_by_side(tmp_path, {"ddp": ddp_args, "single": single_args})
     a, b, init = _policy(ddp), _policy(single), _initial()
     assert a.keys() == b.keys() and set(a) <= set(init)
     moved = max((a[k] - init[k]).abs().max().item() for k in a)

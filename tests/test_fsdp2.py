@@ -19,35 +19,15 @@ about that distance). Validation batches differ in shape between 1 and 2 process
 match are exact.
 """
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import MICRO, ROOT, read_metrics, write_jsonl
+from tests.conftest import MICRO, ROOT, fit_side_by_side, read_metrics, write_jsonl
 
 FSDP2 = ["--config", str(ROOT / "configs/trainer/fsdp2.yaml")]
 COMMON = [*MICRO, "--trainer.enable_progress_bar=false", "--validate_around_fit=false", "--trainer.log_every_n_steps=1"]
-ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
-
-
-def _fit_both(tmp_path: Path, sharded: list[str], single: list[str]) -> tuple[Path, Path]:
-    """``ltune fit`` with ``sharded`` (two processes) and ``single`` args, run at the same time in two folders;
-    returns the two run folders."""
-    jobs = []
-    for name, args in (("fsdp2", sharded), ("single", single)):
-        (tmp_path / name).mkdir()
-        cmd = [sys.executable, "-m", "ltune.cli", "fit", *args]
-        jobs.append(
-            subprocess.Popen(cmd, cwd=tmp_path / name, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        )
-    for job in jobs:
-        _, err = job.communicate(timeout=600)
-        assert job.returncode == 0, err.decode()[-4000:]
-    return tuple(next((tmp_path / name / "runs").glob("*/version_0")) for name in ("fsdp2", "single"))
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
@@ -94,10 +74,12 @@ def test_fsdp2_sft_on_two_processes_matches_one_with_accumulation(tmp_path):
         "--data.init_args.batch_size=1",
         "--trainer.max_steps=4",
     ]
-    sharded, single = _fit_both(
+    sharded, single = fit_side_by_side(
         tmp_path,
-        [*args, *FSDP2, "--trainer.val_check_interval=4"],
-        [*args, "--trainer.accumulate_grad_batches=2", "--trainer.val_check_interval=8"],  # 4 steps of 2 rows
+        {
+            "fsdp2": [*args, *FSDP2, "--trainer.val_check_interval=4"],
+            "single": [*args, "--trainer.accumulate_grad_batches=2", "--trainer.val_check_interval=8"],  # 4 x 2 rows
+        },
     )
     _same_weights(sharded, single, "SFT")
     va, vb = _last_val(sharded), _last_val(single)
@@ -126,7 +108,7 @@ def test_fsdp2_grpo_on_two_processes_matches_one(tmp_path):
         "--trainer.max_steps=3",
         "--trainer.val_check_interval=3",
     ]
-    sharded, single = _fit_both(tmp_path, [*args, *FSDP2], args)
+    sharded, single = fit_side_by_side(tmp_path, {"fsdp2": [*args, *FSDP2], "single": args})
     _same_weights(sharded, single, "GRPO")
     keys = ("train/reward", "train/reward_std", "train/majority_voting_reward", "train/entropy")
     ta = [{k: r[k] for k in keys} for r in read_metrics(sharded) if r.get("train/reward")]

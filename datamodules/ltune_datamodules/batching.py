@@ -49,13 +49,17 @@ class ResumableSampler(DistributedSampler):
         self.resume: tuple[int, int] | None = None  # (epoch, batches already trained in it)
 
     def __iter__(self):
-        indices = list(super().__iter__())
+        return iter(self.untrained(list(super().__iter__())))
+
+    def untrained(self, items: list) -> list:
+        """``items`` (this epoch's, in order) without the batches already trained when resuming; the skip applies
+        once."""
         if self.resume is not None:
             epoch, done = self.resume
             self.resume = None
             if epoch == self.epoch:
-                indices = indices[done * self.batch_size :]
-        return iter(indices)
+                return items[done * self.batch_size :]
+        return items
 
 
 def row_tokens(example: dict[str, Any]) -> int:
@@ -65,7 +69,7 @@ def row_tokens(example: dict[str, Any]) -> int:
     return sum(sum(map(len, v)) if v and isinstance(v[0], (list, tuple)) else len(v) for v in seqs)
 
 
-class TokenBudgetSampler(DistributedSampler):
+class TokenBudgetSampler(ResumableSampler):
     """Batches of rows whose tokens sum to at most ``budget``, packed best-fit-decreasing over the whole data set (as
     TRL packs with ``packing_strategy="bfd"``): the batches are fixed, their order is shuffled with ``seed + epoch``,
     dealt to ranks in turn (the last ones repeated so every rank steps as often), and an epoch resumes mid-way.
@@ -75,11 +79,10 @@ class TokenBudgetSampler(DistributedSampler):
     """
 
     def __init__(self, sizes: Sequence[int], world: int, rank: int, seed: int, budget: int) -> None:
-        super().__init__(sizes, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=False)
+        super().__init__(sizes, world, rank, seed, batch_size=1)  # an item is a whole batch
         self.batches = best_fit(sizes, budget)
         self.num_samples = math.ceil(len(self.batches) / world)
         self.total_size = self.num_samples * world
-        self.resume: tuple[int, int] | None = None  # (epoch, batches already trained in it)
 
     def __iter__(self):
         g = torch.Generator()
@@ -87,12 +90,7 @@ class TokenBudgetSampler(DistributedSampler):
         order = torch.randperm(len(self.batches), generator=g).tolist()
         order = (order * math.ceil(self.total_size / len(order)))[: self.total_size]
         mine = order[self.rank : self.total_size : self.num_replicas]
-        if self.resume is not None:
-            epoch, done = self.resume
-            self.resume = None
-            if epoch == self.epoch:
-                mine = mine[done:]
-        return iter([self.batches[b] for b in mine])
+        return iter([self.batches[b] for b in self.untrained(mine)])
 
     def __len__(self) -> int:
         return self.num_samples
