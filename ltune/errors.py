@@ -36,7 +36,12 @@ def one_line(e: BaseException) -> str:
     raw = [line for line in str(e).splitlines() if line.strip()]
     if not isinstance(e, (ArgumentError, ConfigError)):
         return " ".join(line.strip() for line in raw)
-    if isinstance(e, ConfigError):  # jsonargparse keeps the constructor's own message only for a direct type
+    if isinstance(e, ConfigError):  # a constructor's own error sits at the end of the chain jsonargparse wraps
+        inner = e
+        while (nxt := inner.__cause__ or inner.__context__) is not None:
+            inner = nxt
+        if inner is not e and "Does not validate" not in str(inner):
+            raw = [line for line in str(inner).splitlines() if line.strip()]
         return f"config: {raw[0].strip() if raw else type(e.__cause__).__name__} (LTUNE_DEBUG=1 shows where)"
     if len(raw) < 2:
         return "config: " + " ".join(line.strip() for line in raw)

@@ -61,6 +61,15 @@ def test_config_errors_name_the_key_the_class_and_the_reason(tmp_path, monkeypat
     )
 
 
+def test_a_constructors_own_error_is_the_line(tmp_path, monkeypatch):
+    """An objective's ValueError (here DPO's loss weights) reaches the user, not jsonargparse's union report."""
+    monkeypatch.chdir(tmp_path)
+    dpo = str(ROOT / "configs/objectives/dpo.yaml")
+    args = ["--model.init_args.loss_type=[sigmoid,bco_pair]", "--model.init_args.loss_weights=[1.0]"]
+    message = _one_line(["fit", "--config", dpo, *FAST, *args])
+    assert message.startswith("ltune fit: config: loss_weights has 1 weights for the 2 loss types"), message
+
+
 def test_the_optimizer_is_the_objectives_not_lightning_clis(tmp_path, monkeypatch, capsys):
     """LightningCLI's --optimizer would apply to a module whose weights load later (an empty parameter list): not
     offered; the objective's own optimizer flags are named instead."""

@@ -1,11 +1,13 @@
 """FSDP2 on CPUs: ``configs/trainer/fsdp2.yaml`` (Lightning's ModelParallelStrategy, ``fully_shard`` over gloo) on two
-processes trains the same weights as one process, for SFT and for GRPO (TTRL).
+processes trains the same weights as one process, for SFT, for DPO (a frozen reference copy beside the policy), for
+SFT with LoRA (only the adapters train) and for GRPO (TTRL).
 
 Each comparison is built so that both runs do the same arithmetic, and the consolidated checkpoints' weights are
-compared, not only the metrics. SFT: one row per rank and step against one process with one row per micro-batch and
-``accumulate_grad_batches=2`` (rank ``r`` at step ``k`` holds shuffled row ``2k + r``, which is micro-batch ``2k + r``
-of the single process; FSDP2 averages the two ranks' gradients as accumulation averages the micro-batches'), with
-plain SGD so that a gradient off by a factor (a sum instead of a mean) shows, which Adam's normalisation would hide.
+compared, not only the metrics. SFT, DPO and LoRA: one row (pair) per rank and step against one process with one row
+per micro-batch and ``accumulate_grad_batches=2`` (rank ``r`` at step ``k`` holds shuffled row ``2k + r``, which is
+micro-batch ``2k + r`` of the single process; FSDP2 averages the two ranks' gradients as accumulation averages the
+micro-batches'), with plain SGD so that a gradient off by a factor (a sum instead of a mean) shows, which Adam's
+normalisation would hide.
 GRPO: every training row is the same prompt, so both ranks sample the completions the single process samples (same
 seed) and their averaged gradient is its gradient; it keeps the config's AdamW, whose state is sharded. Validation
 runs on disjoint shards per rank (different prompts, so greedy generation stops at different steps per rank).
@@ -52,9 +54,18 @@ def _last_val(run: Path) -> dict[str, str]:
     return [r for r in read_metrics(run) if r.get("val/exact_match")][-1]
 
 
+def _moved(weights: dict[str, torch.Tensor]) -> float:
+    """How far the weights moved from the initialisation: a LoRA ``B`` from zero (``A`` starts random, left out)."""
+    init = _initial_weights()
+    return max(
+        (w.float() - init[k].float() if k in init else w.float() * ("lora_B" in k)).abs().max().item()
+        for k, w in weights.items()
+    )
+
+
 def _same_weights(sharded: Path, single: Path, label: str) -> None:
     a, b = _weights(sharded), _weights(single)
-    moved, diff = _max_diff(a, _initial_weights()), _max_diff(a, b)
+    moved, diff = _moved(a), _max_diff(a, b)
     print(f"{label}: weights moved up to {moved:.3g} from the initialisation; 2 vs 1 process: max |diff| {diff:.3g}")
     assert moved > 1e-4, "the runs did not train: the comparison would be empty"
     assert diff <= 1e-4 * moved
@@ -89,6 +100,40 @@ def test_fsdp2_sft_on_two_processes_matches_one_with_accumulation(tmp_path):
     assert float(va["val/exact_match"]) == float(vb["val/exact_match"])
     for key in ("val/loss", "val/token_accuracy"):
         assert float(va[key]) == pytest.approx(float(vb[key]), rel=1e-4), key
+
+
+ACCUMULATED = {  # objective: (config, arguments)
+    "dpo": ("dpo", ["--data.init_args.train.init_args.n=12"]),
+    "sft_lora": (  # no LoRA dropout: ranks and micro-batches would draw other masks
+        "sft",
+        [
+            "--data.init_args.train.init_args.n=12",
+            "--model.init_args.backbone.lora.r=4",
+            "--model.init_args.backbone.lora.dropout=0.0",
+        ],
+    ),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(ACCUMULATED))
+def test_fsdp2_on_two_processes_matches_one_with_accumulation(name, tmp_path):
+    config, extra = ACCUMULATED[name]
+    args = [
+        "--config",
+        str(ROOT / f"configs/objectives/{config}.yaml"),
+        *COMMON,
+        "--model.init_args.optimizer.class_path=torch.optim.SGD",
+        "--model.init_args.optimizer.init_args.lr=0.1",
+        "--data.init_args.val=null",
+        "--data.init_args.eval_prompts=null",
+        "--data.init_args.batch_size=1",
+        "--trainer.max_steps=3",
+        *extra,
+    ]
+    runs = {"fsdp2": [*args, *FSDP2], "single": [*args, "--trainer.accumulate_grad_batches=2"]}
+    sharded, single = fit_side_by_side(tmp_path, runs)
+    _same_weights(sharded, single, name)
 
 
 @pytest.mark.slow

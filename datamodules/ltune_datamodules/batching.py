@@ -97,13 +97,14 @@ class TokenBudgetSampler(ResumableSampler):
 
 
 class Batches(Sequence):
-    """Rows indexed by a list of indices at once, for a loader whose sampler yields whole batches."""
+    """Rows indexed by a list of indices at once, for a loader whose sampler yields whole batches (an int index is one
+    row, as in the rows themselves: a plain loader over them, e.g. the reference precompute's, reads rows)."""
 
     def __init__(self, rows: Sequence) -> None:
         self.rows = rows
 
-    def __getitem__(self, index: list[int]) -> list:
-        return [self.rows[i] for i in index]
+    def __getitem__(self, index: int | list[int]) -> Any:
+        return self.rows[index] if isinstance(index, int) else [self.rows[i] for i in index]
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -1,14 +1,17 @@
-"""Task formats: instruction (SFT), critique (CFT) and prompts (RL, evaluation)."""
+"""Task formats: instruction (SFT), unpaired preference (KTO), critique (CFT) and prompts (RL, evaluation)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from ltune.datamodules.base import LTuneData, with_input
 from ltune.datamodules.chat import LossOn, chat_messages
+from ltune.datamodules.sources import SourceLike, as_source
+from ltune.datamodules.unpaired import MaybeUnpaired, kl_partners, with_kl_sequences
 
 
 class InstructionData(LTuneData):
@@ -116,11 +119,34 @@ class UnpairedPreferenceData(InstructionData):
     """Unpaired preference rows (TRL's layout; KTO's data): a ``prompt``, one ``completion`` and a boolean
     ``label`` (desirable or not), strings or message lists. Validated and tokenized as a prompt-completion row of
     :class:`InstructionData` (the completion is trained); batches also carry ``label``, a bool tensor ``[B]``.
+
+    Paired preference rows (``chosen``/``rejected``, any layout of :class:`PreferenceData`) are unpaired first, as
+    TRL's KTO trainer does (:class:`~ltune.datamodules.unpaired.MaybeUnpaired`): ``EmbeddedTasks(format=preference)``
+    or a DPO data set trains KTO as it is.
+
+    For KTO's KL estimate each training or validation row also gets a mismatched sequence, its prompt followed by the
+    completion of another row of its split, chosen when the split is encoded by a seeded random cycle through all its
+    rows (:func:`~ltune.datamodules.unpaired.kl_partners`: never the row itself, fixed for the run, whatever the batch
+    size, shuffling or number of ranks; TRL instead rotates completions within each batch and so must not shuffle).
+    Batches carry it as ``KL_input_ids``/``KL_attention_mask``/``KL_labels`` (``-100`` outside that completion).
     Constructor arguments are those of :class:`InstructionData`.
     """
 
     fields = {"prompt": (str, list), "completion": (str, list), "label": bool}
     optional = {"tools": (list, str), "category": str}
+
+    def load_rows(
+        self, spec: SourceLike, fields: dict, optional: dict, check: Callable[[dict], str | None] | None = None
+    ) -> list[dict]:
+        if fields is self.fields:  # training or validation rows (not evaluation prompts): unpaired if paired
+            spec = MaybeUnpaired(as_source(spec), self.columns)
+        return super().load_rows(spec, fields, optional, check)
+
+    def _encode_all(self, split: str, rows: list[dict], fn: Callable[[dict], dict]) -> list[dict]:
+        out = super()._encode_all(split, rows, fn)
+        if fn != self.encode:  # evaluation prompts
+            return out
+        return with_kl_sequences(out, kl_partners(len(out), self.seed, split), self.max_length)
 
     def encode(self, row: dict) -> dict[str, Any]:
         return {**super().encode(row), "label": row["label"]}

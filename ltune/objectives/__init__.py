@@ -6,6 +6,7 @@ from ltune.objectives.coin import CoIN
 from ltune.objectives.cut import CUT
 from ltune.objectives.dpo import DPO, SimPO
 from ltune.objectives.grpo import GRPO
+from ltune.objectives.kto import KTO
 from ltune.objectives.orpo import ORPO
 from ltune.objectives.reward_model import RewardModel
 from ltune.objectives.rlaif import RLAIF
@@ -19,6 +20,7 @@ __all__ = [
     "CheckpointMismatch",
     "DPO",
     "GRPO",
+    "KTO",
     "ORPO",
     "RLAIF",
     "RLSC",

@@ -68,15 +68,22 @@ class Objective(FrozenOutOfCheckpoint, GenerationEval, L.LightningModule):
     def configure_model(self) -> None:
         if self.model is None:  # idempotent: Lightning may call it more than once
             self.model = self.backbone.load_model()
+            if self.needs_reference_copy():  # before sharding: a sharded module cannot be copied
+                self.keep_reference_copy()
             if self.device_mesh is not None:  # ModelParallelStrategy: FSDP2 over the data-parallel ranks
                 if self.device_mesh["tensor_parallel"].size() > 1:
                     raise ValueError("ltune applies no tensor parallelism: set the strategy's tensor_parallel_size=1")
                 fully_shard_model(self.model, self.device_mesh["data_parallel"])
 
     # ---- the reference policy (DPO, GRPO with a KL) ----------------------------------------------------------------
+    def needs_reference_copy(self) -> bool:
+        """Whether the objective scores with a reference policy (DPO; GRPO with a KL): then ``configure_model`` keeps
+        a frozen copy of the policy as loaded, before any sharding (under FSDP2 every rank holds the whole copy)."""
+        return False
+
     def keep_reference_copy(self) -> None:
         """Freeze a copy of the policy as loaded, when it trains without LoRA (with LoRA the reference is the policy
-        with its adapter disabled, no copy). Call from ``configure_model``, before any checkpoint is restored."""
+        with its adapter disabled, no copy). Called by ``configure_model``, before any checkpoint is restored."""
         if self.backbone.lora is None and not self._frozen_reference:
             self._frozen_reference.append(copy.deepcopy(self.model).eval().requires_grad_(False))
 

@@ -1,4 +1,5 @@
-"""DPO (and cDPO, IPO) against a reference, live or cached; SimPO without one.
+"""DPO (and cDPO, IPO, TRL's other DPO loss types and their weighted sums) against a reference, live or cached; SimPO
+without one.
 
 ltune fit --config configs/objectives/dpo.yaml
 ltune fit --config configs/objectives/simpo.yaml
@@ -15,7 +16,8 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
-from ltune.losses.dpo import DPOLossType, dpo_loss, sequence_logps, simpo_loss
+from ltune.losses.dpo import dpo_mix_loss, sequence_logps, simpo_loss
+from ltune.losses.dpo_types import DPOLossType, check_loss_types
 from ltune.objectives.preference import PairObjective
 from ltune.objectives.reference_cache import ReferenceLogps, cache_name, pair_keys
 from ltune.seeding import run_seed
@@ -24,7 +26,8 @@ log = logging.getLogger(__name__)
 
 
 class DPO(PairObjective):
-    """Direct Preference Optimization (Rafailov et al., 2023, arXiv:2305.18290) on ``PreferenceData`` batches.
+    """Direct Preference Optimization (Rafailov et al., 2023, arXiv:2305.18290) on ``PreferenceData`` batches, with
+    every loss type of TRL 1.16's ``DPOTrainer``, alone or in a weighted sum.
 
     The reference is the policy as loaded: with LoRA the policy with its adapter disabled (no second model), without
     LoRA a frozen copy. With ``precompute_ref_log_probs`` every training and validation pair's reference log-probs are
@@ -35,8 +38,16 @@ class DPO(PairObjective):
 
     Args:
         beta: Inverse temperature of the implicit reward (IPO's tau); TRL default 0.1.
-        loss_type: ``"sigmoid"`` (DPO; cDPO with ``label_smoothing``) or ``"ipo"``.
-        label_smoothing: cDPO's label-flip probability in ``[0, 0.5)``.
+        loss_type: A name or a list of names, TRL's (formulas in :mod:`ltune.losses.dpo_types`): ``sigmoid`` (DPO;
+            cDPO with ``label_smoothing``), ``hinge`` (SLiC/RSO), ``ipo``, ``exo_pair`` (EXO; needs
+            ``label_smoothing``), ``nca_pair``, ``robust`` (robust DPO), ``bco_pair``, ``sppo_hard``, ``aot`` and
+            ``aot_unpaired`` (sorted over each rank's batch), ``apo_zero``, ``apo_down``, ``discopop``, ``sft`` (NLL
+            of the chosen responses), ``sigmoid_norm`` (length-normalised DPO, Tulu 3).
+        loss_weights: One weight per loss type (default all 1.0); the loss is ``sum_k w_k * mean_k``, e.g. MPO's
+            ``[sigmoid, bco_pair, sft]`` with ``[0.8, 0.2, 1.0]``.
+        label_smoothing: Label-flip probability eps in ``[0, 0.5)`` of ``sigmoid`` (cDPO), ``robust``, ``exo_pair``,
+            ``aot`` and ``aot_unpaired``; an error with types that do not read it.
+        discopop_tau: DiscoPOP's temperature (TRL's and the paper's default 0.05).
         precompute_ref_log_probs: Compute the reference log-probs once before fitting and cache them on disk.
         cache_dir: Folder of the reference cache (moves with ``--trainer.default_root_dir``).
         **kwargs: Arguments of :class:`~ltune.objectives.base.Objective` (backbone, optimizer, scheduler, ...).
@@ -45,24 +56,23 @@ class DPO(PairObjective):
     def __init__(
         self,
         beta: float = 0.1,
-        loss_type: DPOLossType = "sigmoid",
+        loss_type: DPOLossType | list[DPOLossType] = "sigmoid",
+        loss_weights: list[float] | None = None,
         label_smoothing: float = 0.0,
+        discopop_tau: float = 0.05,
         precompute_ref_log_probs: bool = False,
         cache_dir: str = "runs/reference_cache",
         **kwargs,
     ) -> None:
+        loss_types, weights = check_loss_types(loss_type, loss_weights, label_smoothing, discopop_tau)
         super().__init__(**kwargs)
-        if loss_type not in ("sigmoid", "ipo"):
-            raise ValueError(f"loss_type must be 'sigmoid' or 'ipo', got {loss_type!r}")
-        if not 0.0 <= label_smoothing < 0.5 or (label_smoothing and loss_type != "sigmoid"):
-            raise ValueError(f"label_smoothing={label_smoothing}: cDPO takes [0, 0.5) with loss_type='sigmoid'")
         self.beta, self.loss_type, self.label_smoothing = beta, loss_type, label_smoothing
+        self.loss_types, self.loss_weights, self.discopop_tau = loss_types, weights, discopop_tau
         self.precompute_ref_log_probs, self.cache_dir = precompute_ref_log_probs, cache_dir
         self.ref_cache: ReferenceLogps | None = None
 
-    def configure_model(self) -> None:
-        super().configure_model()
-        self.keep_reference_copy()
+    def needs_reference_copy(self) -> bool:
+        return True
 
     # ---- the reference ------------------------------------------------------------------------------------------
     def live_reference(self, batch: dict) -> tuple[Tensor, Tensor]:
@@ -151,7 +161,7 @@ class DPO(PairObjective):
         lp, response = self.pair_logprobs(self.model, batch), self.response_mask(batch)
         ref_chosen, ref_rejected = self.reference_logps(batch)
         n = lp.shape[0] // 2
-        return dpo_loss(
+        return dpo_mix_loss(
             lp[:n],
             lp[n:],
             response[:n],
@@ -159,8 +169,10 @@ class DPO(PairObjective):
             ref_chosen,
             ref_rejected,
             beta=self.beta,
-            loss_type=self.loss_type,
+            loss_type=self.loss_types,
+            loss_weights=self.loss_weights,
             label_smoothing=self.label_smoothing,
+            discopop_tau=self.discopop_tau,
         )
 
 

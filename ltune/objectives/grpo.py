@@ -69,9 +69,10 @@ class GRPO(OwnRNG, Objective):
             generates the whole batch at once.
         loss_type: Aggregation: ``grpo``, ``bnpo``, ``dapo`` (default) or ``dr_grpo``.
         scale_rewards: Advantage scaling: ``group`` (default), ``batch`` or ``none`` (Dr. GRPO). ``batch`` takes the
-            standard deviation over this process's batch (per rank under DDP, per micro-batch under accumulation;
-            TRL's spans every process's generation batch); ``loss_type: dapo`` divides by the global batch's tokens
-            (every rank's, as TRL does).
+            standard deviation over this process's batch (per rank under DDP, per micro-batch under accumulation:
+            two ranks train as one process accumulating two micro-batches; TRL's spans every process's generation
+            batch); ``loss_type: dapo`` divides by the tokens of the step's batch on every rank (global under DDP,
+            as TRL; under accumulation each micro-batch's own, where TRL counts the accumulated ones too).
         beta: Coefficient of the k3 KL to the reference (default 0: no reference forward).
         epsilon: Lower clip range of the ratio.
         epsilon_high: Upper clip range (None = ``epsilon``; DAPO uses 0.28); CISPO's cap of the weight.
@@ -143,10 +144,11 @@ class GRPO(OwnRNG, Objective):
         """Completions sampled per prompt; the first ``num_generations`` of each group enter the update."""
         return self.num_generations
 
+    def needs_reference_copy(self) -> bool:
+        return self.beta > 0
+
     def configure_model(self) -> None:
         super().configure_model()
-        if self.beta > 0:
-            self.keep_reference_copy()
         if not self.reward_funcs:
             self.reward_funcs = list(self._given_rewards or self.default_rewards())
             if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_funcs):

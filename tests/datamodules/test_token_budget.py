@@ -5,6 +5,7 @@ import random
 
 import lightning as L
 import pytest
+import torch
 from datasets import Dataset
 from trl.data_utils import pack_dataset
 
@@ -99,3 +100,24 @@ def test_a_pairs_tokens_count_both_rows(tokenizer):
     assert row_tokens(ex) == len(chosen) + len(rejected) > len(chosen)
     with pytest.raises(ValueError, match="batch_tokens=0"):
         InstructionData(batch_tokens=0)
+
+
+def test_dpo_precomputes_its_reference_over_budgeted_batches(tmp_path):
+    """The reference pass reads the budgeted loader's rows one by one: every pair gets its log-probs, equal to the live
+    reference's (a batch of index lists used to fail there)."""
+    from ltune.objectives import DPO
+    from ltune.objectives.reference_cache import pair_keys
+
+    dm = PreferenceData(train=EmbeddedTasks(format="preference", n=8), batch_tokens=400, val=None)
+    model = DPO(backbone=micro_backbone(), precompute_ref_log_probs=True, cache_dir=str(tmp_path))
+    trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer.fit(model, dm)
+    rows = dm.train_dataloader().dataset.rows
+    batch = dm.collate(list(rows))
+    assert len(rows) == 8 and all(k in model.ref_cache for k in pair_keys(batch))
+    cached = model.reference_logps(batch)
+    fresh = DPO(backbone=micro_backbone())  # the same initial weights
+    fresh.configure_model()
+    for got, want in zip(cached, fresh.live_reference(batch)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

