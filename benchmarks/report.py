@@ -197,13 +197,16 @@ REDUCE = {"median": statistics.median, "mean": statistics.fmean, "min": min, "ma
 def benchmark_section(study: dict) -> tuple[list[str], list[tuple[str, str, str]], str]:
     cols = study["columns"]
     lines = [f"| {' | '.join(c['name'] for c in cols)} |", "|" + "---|" * len(cols)]
-    rows = []
+    rows, rule = [], study.get("verdict")
     for rec in study["records"]:
-        rec = rec if isinstance(rec, dict) else {"file": rec}  # a file, or {file, label}
+        rec = rec if isinstance(rec, dict) else {"file": rec}  # a file, or {file, label, target}
         data, row = json.loads((HERE / rec["file"]).read_text()), {}
         for c in cols:
             if c.get("label"):  # the record's label: the row's name
                 row[c["name"]] = rec.get("label")
+                continue
+            if c.get("target"):  # the row's target: its record's, else the study's
+                row[c["name"]] = rec.get("target", rule and rule["target"])
                 continue
             if "ratio" in c:
                 a, b = (row[n] for n in c["ratio"])
@@ -217,15 +220,16 @@ def benchmark_section(study: dict) -> tuple[list[str], list[tuple[str, str, str]
         rows.append(row)
         lines.append("| " + " | ".join(fmt(row[c["name"]]) for c in cols) + " |")
     verdicts = []
-    if v := study.get("verdict"):
+    if v := rule:
+        targets = [rec.get("target", v["target"]) if isinstance(rec, dict) else v["target"] for rec in study["records"]]
         ok = [
-            r[v["column"]] is not None
-            and (r[v["column"]] >= v["target"] if v["rule"] == "at_least" else r[v["column"]] <= v["target"])
-            for r in rows
+            r[v["column"]] is not None and (r[v["column"]] >= t if v["rule"] == "at_least" else r[v["column"]] <= t)
+            for r, t in zip(rows, targets)
         ]
         word = "met" if ok and all(ok) else "not met" if not any(ok) else "met in part"
         bound = ">=" if v["rule"] == "at_least" else "<="
-        verdicts.append(("", word, f"{sum(ok)} of {len(ok)} rows have {v['column']} {bound} {v['target']}"))
+        limit = v["target"] if len(set(targets)) == 1 else "its target"
+        verdicts.append(("", word, f"{sum(ok)} of {len(ok)} rows have {v['column']} {bound} {limit}"))
     body = section_head(study) + [*lines, ""]
     for _, word, figures in verdicts:
         body.append(f"**Target {word}**: {figures}.  ")

@@ -300,6 +300,12 @@ def main() -> None:
         help="ltune: a token budget per step (the DataModule's batch_tokens) instead of --batch rows; with "
         "--trl-packing and --max-length equal to it, both sides step on the same best-fit-decreasing bins",
     )
+    p.add_argument(
+        "--malloc-mmap-threshold",
+        type=int,
+        help="both sides: glibc's MALLOC_MMAP_THRESHOLD_ (bytes): larger blocks are mapped and go back to the system "
+        "when freed (unset: glibc's dynamic threshold, which keeps freed activations in its heap)",
+    )
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--warmup", type=int, default=2, help="first steps left out of the timing")
     p.add_argument("--max-length", type=int, default=256)
@@ -322,6 +328,9 @@ def main() -> None:
     tuning = (f"LoRA r={a.lora}" if a.lora else "full FT") + (", reference precomputed" if a.precompute else "")
     tuning += ", gradient checkpointing" if a.gradient_checkpointing else ", no gradient checkpointing"
     tuning += f", ltune's steps at most {a.batch_tokens} tokens" if a.batch_tokens else ""
+    if a.malloc_mmap_threshold:  # read by glibc when each side's process starts
+        os.environ["MALLOC_MMAP_THRESHOLD_"] = str(a.malloc_mmap_threshold)
+        tuning += f", MALLOC_MMAP_THRESHOLD_={a.malloc_mmap_threshold}"
     if a.method != "sft":
         tuning += ", ltune's pairs as 2B rows" if a.no_share_prompt else ", ltune's pairs share their prefix"
     print(

@@ -7,6 +7,9 @@ with token lengths (under the model's tokenizer and chat template) that follow a
 - ``pairs``: ``prompt`` / ``chosen`` / ``rejected`` (DPO, ORPO): a long shared prompt (its own log-normal draw) and two
   responses of different drawn lengths; prompt + the longer response fits ``--max-tokens``.
 - ``prompts``: ``prompt`` rows of 100-1,000 tokens (log-uniform), for GRPO.
+- ``--exact L`` (sft, pairs): every row, or every pair's prompt and longer response, about ``L`` tokens instead (half
+  of a pair's the prompt, the other response half as long; an SFT row up to ~40 over, its turns' role headers): the
+  memory-against-length benchmark's rows.
 
 Text is sentences of words drawn (Zipf-weighted, seeded) from the tokenizer's own word pieces, cut to the drawn token
 count. The summary (row count, token quantiles, prompt share) is printed and written next to the rows.
@@ -61,9 +64,9 @@ def rendered_tokens(tok, messages: list[dict]) -> int:
     return len(tok(tok.apply_chat_template(messages, tokenize=False), add_special_tokens=False)["input_ids"])
 
 
-def sft_rows(w: Writer, n: int, median: float, sigma: float, max_tokens: int) -> list[dict]:
+def sft_rows(w: Writer, n: int, median: float, sigma: float, max_tokens: int, exact: int | None = None) -> list[dict]:
     rows = []
-    for total in w.lengths(n, median, sigma, 50, max_tokens):
+    for total in [exact] * n if exact else w.lengths(n, median, sigma, 50, max_tokens):
         turns = int(w.rng.integers(1, 5))
         per = max(total - 30, 16) / turns  # about 30 tokens of template and system prompt
         messages = []
@@ -79,7 +82,10 @@ def sft_rows(w: Writer, n: int, median: float, sigma: float, max_tokens: int) ->
     return rows
 
 
-def pair_rows(w: Writer, n: int, median: float, sigma: float, max_tokens: int) -> list[dict]:
+def pair_rows(w: Writer, n: int, median: float, sigma: float, max_tokens: int, exact: int | None = None) -> list[dict]:
+    if exact:  # the chat template adds about 30 tokens around the prompt
+        p, a = exact // 2 - 30, exact - exact // 2
+        return [{"prompt": w.text(p), "chosen": w.text(a), "rejected": w.text(a // 2)} for _ in range(n)]
     rows = []
     prompts = w.lengths(n, median, sigma, 30, max_tokens // 2)
     for p in prompts:
@@ -123,15 +129,16 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--sigma", type=float, default=1.0, help="log-normal sigma: the tail's weight")
     p.add_argument("--max-tokens", type=int, default=4096)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--exact", type=int, help="sft, pairs: every row (pair) about this many tokens")
     a = p.parse_args(argv)
     from ltune.backbone import Backbone
 
     tok = Backbone(a.model).tokenizer
     w = Writer(tok, a.seed)
     if a.kind == "sft":
-        rows = sft_rows(w, a.rows, a.median, a.sigma, a.max_tokens)
+        rows = sft_rows(w, a.rows, a.median, a.sigma, a.max_tokens, a.exact)
     elif a.kind == "pairs":
-        rows = pair_rows(w, a.rows, a.median, a.sigma, a.max_tokens)
+        rows = pair_rows(w, a.rows, a.median, a.sigma, a.max_tokens, a.exact)
     else:
         rows = prompt_rows(w, a.rows)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)

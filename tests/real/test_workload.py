@@ -40,3 +40,12 @@ def test_pairs_share_a_long_prompt_and_prompts_stay_in_range(tmp_path):
     assert all(r["chosen"] != r["rejected"] for r in rows) and 0.2 < pairs["prompt_share"] < 0.9
     prompts = workload.main(["prompts", "--rows", "16", "--out", str(tmp_path / "q.jsonl")])
     assert 100 <= prompts["quantiles"]["min"] and prompts["quantiles"]["max"] <= 1100  # the template adds ~30
+
+
+def test_exact_rows_and_pairs_are_about_the_asked_length(tmp_path):
+    """``--exact L``: the memory benchmark's rows, about L tokens. An SFT row budgets 30 tokens for the template and
+    system prompt, and each of its 1-4 exchanges adds two role headers of about 5 tokens: up to ~40 over L."""
+    for kind, over in (("sft", 48), ("pairs", 8)):
+        info = workload.main([kind, "--rows", "2", "--exact", "1024", "--out", str(tmp_path / f"{kind}.jsonl")])
+        q = info["quantiles"]
+        assert 1024 - 16 <= q["min"] <= q["max"] <= 1024 + over, (kind, q)
