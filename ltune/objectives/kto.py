@@ -142,9 +142,14 @@ class KTO(DPO):
                 "%d desirable and %d undesirable rows: desirable_weight * n_D / (undesirable_weight * n_U) = %.3g, "
                 "outside the KTO paper's [1, 4/3]; e.g. desirable_weight in [%.3g, %.3g] or undesirable_weight in "
                 "[%.3g, %.3g] (not both)",
-                n_d, n_u, ratio, self.undesirable_weight * n_u / n_d, 4 / 3 * self.undesirable_weight * n_u / n_d,
-                0.75 * self.desirable_weight * n_d / n_u, self.desirable_weight * n_d / n_u,
-            )  # fmt: skip
+                n_d,
+                n_u,
+                ratio,
+                self.undesirable_weight * n_u / n_d,
+                4 / 3 * self.undesirable_weight * n_u / n_d,
+                0.75 * self.desirable_weight * n_d / n_u,
+                self.desirable_weight * n_d / n_u,
+            )
 
     # ---- the loss -------------------------------------------------------------------------------------------------
     def policy_logprobs(self, pair: dict) -> tuple[Tensor, Tensor | None]:
