@@ -3,7 +3,8 @@
 
     python benchmarks/prepare.py truncated --layers 8 --out DIR          # the real model cut to its first layers
     python benchmarks/prepare.py rows --config C [--config C2 ...] --key K [--format F] [--seed S] [--label 1.0]
-        [--categories-from C3 --categories-key K3] --out FILE           # the EmbeddedTasks that configs name, as jsonl
+        [--categories-from C3 --categories-key K3] [--unpaired-halves] --out FILE
+                                                                         # the EmbeddedTasks that configs name, as jsonl
     python benchmarks/prepare.py references --run DIR --config C --key K --seed S --out FILE
                                                                          # reference solutions of the prompts a
                                                                          # ReST-EM run's last round kept
@@ -57,6 +58,19 @@ def write_jsonl(rows: list[dict], out: str) -> None:
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_jsonl(Path(out), rows)  # two processes may write it at once
     print(f"{out}: {len(rows)} rows")
+
+
+def halves(pairs: list[dict]) -> list[dict]:
+    """Preference pairs as truly unpaired rows (KTO's setting): the chosen completion of each even-numbered pair as a
+    desirable row, the rejected one of each odd-numbered pair as an undesirable row, so no prompt keeps both."""
+    out = []
+    for i, pair in enumerate(pairs):
+        label = i % 2 == 0
+        extra = {k: pair[k] for k in ("answer", "category") if k in pair}
+        out.append(
+            {"prompt": pair["prompt"], "completion": pair["chosen" if label else "rejected"], "label": label, **extra}
+        )
+    return out
 
 
 def truncated(layers: int, out: str) -> None:
@@ -122,6 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--categories-from")
     r.add_argument("--categories-key")
     r.add_argument("--label", type=float, help="a preference label every row gets (the truth of generated pairs)")
+    r.add_argument("--unpaired-halves", action="store_true", help="pairs split in two halves, unpaired (see halves)")
     f = sub.add_parser("references")
     f.add_argument("--seed", type=int, required=True)
     i = sub.add_parser("imitation")
@@ -143,6 +158,7 @@ def main(argv: list[str] | None = None) -> None:
         if a.categories_from:
             wanted = set(lookup([a.categories_from], a.categories_key))
             rows = [row for row in rows if row["category"] in wanted]
+        rows = halves(rows) if a.unpaired_halves else rows
         write_jsonl([{**row, "preference": a.label} if a.label is not None else row for row in rows], a.out)
     elif a.cmd == "references":
         references(a.run, a.config, a.key, a.seed, a.out)

@@ -1,5 +1,6 @@
-"""Training throughput side by side: ltune ``SFT`` / ``ORPO`` / ``DPO`` (Lightning) vs TRL's ``SFTTrainer`` (default
-loss) / ``ORPOTrainer`` (``trl.experimental.orpo``) / ``DPOTrainer`` (sigmoid, beta 0.1) on the same model, rows,
+"""Training throughput side by side: ltune ``SFT`` / ``ORPO`` / ``DPO`` / ``KTO`` (Lightning) vs TRL's ``SFTTrainer``
+(default loss) / ``ORPOTrainer`` (``trl.experimental.orpo``) / ``DPOTrainer`` (sigmoid, beta 0.1) / ``KTOTrainer`` (kto,
+beta 0.1) on the same model, rows,
 rendered token ids, batch, lengths, precision (float32) and optimizer (fused AdamW lr 1e-5, constant: TRL's default),
 full fine-tuning or LoRA; each side in its own process, sides alternated over ``--repeats``.
 
@@ -17,10 +18,10 @@ full fine-tuning or LoRA; each side in its own process, sides alternated over ``
 Gradient checkpointing is the same on both sides: off unless ``--gradient-checkpointing`` (TRL's SFT/ORPO/DPO configs
 default to on, ltune's ``Backbone`` to off; figures before 2026-11-30 20:30 left TRL's default on, see RESULTS).
 
-DPO's reference: with LoRA the adapter-disabled policy, in full FT a frozen copy, on both sides; ``--precompute``
-computes every pair's reference log-probs before the first step on both sides (ltune's ``precompute_ref_log_probs``,
-TRL's), so the steps run one model; that pass is outside the timed steps on both sides and reported as
-``precompute_s`` (ltune: ``on_fit_start``; TRL: the trainer's construction).
+DPO's and KTO's reference: with LoRA the adapter-disabled policy, in full FT a frozen copy, on both sides;
+``--precompute`` computes every row's reference log-probs before the first step on both sides (ltune's
+``precompute_ref_log_probs``, TRL's), so the steps run one model; that pass is outside the timed steps on both sides
+and reported as ``precompute_s`` (ltune: ``on_fit_start``; TRL: the trainer's construction).
 
 Rows: the embedded preference (ORPO) or instruction (SFT) rows, rendered once by ltune's DataModule (the model's chat
 template); TRL gets the same prompt text and completion text (it appends the same EOS), so both sides tokenize to the
@@ -29,6 +30,11 @@ Tokens/s counts those tokens over the steps after ``--warmup``. The compute floo
 for full fine-tuning, 4 for LoRA: no weight gradients of frozen weights; N = parameters, tied embeddings once;
 attention scores left out, small at these lengths) at the machine's measured float32 matmul rate. Phases: forward
 (loss included), backward, optimizer, and the rest of the step (data, framework).
+
+KTO: the preference pairs unpaired on both sides (ltune's ``UnpairedPreferenceData``, TRL's
+``unpair_preference_dataset``, shuffled once with seed 0: TRL samples sequentially), ``--batch`` rows a step, each with
+its KL sequence (its prompt and another row's completion: TRL rotates completions within a batch, ltune pairs rows by a
+seeded cycle); tokens count the rows and the KL sequences on both sides. TRL's KL estimate needs a batch of >= 2 rows.
 
 ORPO/DPO pairs: ltune runs each pair's chosen and rejected rows as one sequence around their shared prefix (its
 default, ``ltune.packing``; ``--no-share-prompt`` turns it off). Tokens/s still counts the pairs' tokens as TRL's
@@ -55,9 +61,9 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 
 def _data(a: argparse.Namespace):
-    from ltune.datamodules import InstructionData, PreferenceData
+    from ltune.datamodules import InstructionData, PreferenceData, UnpairedPreferenceData
 
-    cls = InstructionData if a.method == "sft" else PreferenceData
+    cls = {"sft": InstructionData, "kto": UnpairedPreferenceData}.get(a.method, PreferenceData)
     return cls(train=a.data, batch_size=a.batch, batch_tokens=a.batch_tokens, max_length=a.max_length, seed=0)
 
 
@@ -91,15 +97,15 @@ def run_ltune(a: argparse.Namespace) -> dict:
     import lightning as L
     import torch
 
-    from ltune.objectives import DPO, ORPO, SFT
+    from ltune.objectives import DPO, KTO, ORPO, SFT
 
     torch.manual_seed(0)
     opt = lambda p: torch.optim.AdamW(p, lr=1e-5, fused=True)  # noqa: E731
     share = not a.no_share_prompt
     if a.method == "orpo":
         model = ORPO(backbone=_backbone(a), beta=0.1, optimizer=opt, share_prompt=share)
-    elif a.method == "dpo":
-        model = DPO(
+    elif a.method in ("dpo", "kto"):
+        model = (DPO if a.method == "dpo" else KTO)(
             backbone=_backbone(a),
             beta=0.1,
             optimizer=opt,
@@ -112,7 +118,7 @@ def run_ltune(a: argparse.Namespace) -> dict:
     tokens, phases = [], Phases()  # ORPO: chosen and rejected rows of one batch share its attention mask
     phases.wrap(model, "training_step", "forward")
     precompute = []
-    if a.method == "dpo":
+    if a.method in ("dpo", "kto"):
         inner = model.on_fit_start
 
         def on_fit_start():
@@ -122,7 +128,10 @@ def run_ltune(a: argparse.Namespace) -> dict:
 
         model.on_fit_start = on_fit_start
 
-    clock = lightning_clock(phases, a.warmup, lambda batch: tokens.append(int(batch["attention_mask"].sum())))
+    keys = ("attention_mask", "KL_attention_mask")  # KTO: the rows and their KL sequences
+    clock = lightning_clock(
+        phases, a.warmup, lambda batch: tokens.append(sum(int(batch[k].sum()) for k in keys if k in batch))
+    )
     trainer = L.Trainer(
         accelerator="cpu",
         max_steps=-1 if a.workload else a.steps,  # a workload: one pass over all its rows, as TRL's side
@@ -203,6 +212,27 @@ def run_trl(a: argparse.Namespace) -> dict:
         )
         precompute_s = time.perf_counter() - t if a.precompute else None
         keys = ("attention_mask",)
+    elif a.method == "kto":
+        from trl import KTOConfig, KTOTrainer
+        from trl.data_utils import unpair_preference_dataset
+
+        data = []
+        for r in rows:
+            p, c = split(r["prompt"], r["chosen"])
+            data.append({"prompt": p, "chosen": c, "rejected": split(r["prompt"], r["rejected"])[1]})
+        data = unpair_preference_dataset(datasets.Dataset.from_list(data)).shuffle(seed=0)
+        t = time.perf_counter()
+        trainer = KTOTrainer(
+            model=model,
+            args=KTOConfig(
+                beta=0.1, precompute_ref_log_probs=a.precompute, precompute_ref_batch_size=a.batch, **common
+            ),
+            processing_class=tok,
+            train_dataset=data,
+            peft_config=peft,
+        )
+        precompute_s = time.perf_counter() - t if a.precompute else None
+        keys = ("attention_mask", "KL_attention_mask")
     elif a.method == "orpo":
         from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
@@ -274,11 +304,11 @@ def run_trl(a: argparse.Namespace) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--method", choices=["orpo", "sft", "dpo"], default="orpo")
+    p.add_argument("--method", choices=["orpo", "sft", "dpo", "kto"], default="orpo")
     p.add_argument("--model", default="smollm2-135m-instruct", help="'tiny', a preset, or a Hugging Face folder")
     p.add_argument("--lora", type=int, default=0, help="LoRA rank (all linear layers, alpha = 2r); 0 = full FT")
-    p.add_argument("--batch", type=int, default=8, help="rows (SFT) or pairs (ORPO, DPO) per step")
-    p.add_argument("--precompute", action="store_true", help="DPO: reference log-probs computed before the steps")
+    p.add_argument("--batch", type=int, default=8, help="rows (SFT, KTO) or pairs (ORPO, DPO) per step")
+    p.add_argument("--precompute", action="store_true", help="DPO, KTO: reference log-probs computed before the steps")
     p.add_argument(
         "--gradient-checkpointing",
         action="store_true",
@@ -287,7 +317,7 @@ def main() -> None:
     p.add_argument(
         "--no-share-prompt",
         action="store_true",
-        help="ORPO/DPO: ltune runs the 2B rows as they are (its shared-prefix forward of each pair off)",
+        help="ORPO/DPO/KTO: ltune runs the 2B rows as they are (its shared-prefix forward of each pair off)",
     )
     p.add_argument(
         "--workload",

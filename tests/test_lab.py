@@ -164,6 +164,18 @@ def test_prepare_reads_its_values_from_the_configs(tmp_path):
     shipped["init_args"]["rounds"], shipped["init_args"]["instructions"]["init_args"]["n"] = 1, 452
     assert callback == shipped  # nothing else changed
 
+    # KTO's study: the DPO config's pairs split into unpaired halves, one completion per prompt
+    out = tmp_path / "halves.jsonl"
+    key = "data.init_args.train"
+    prepare.main(
+        ["rows", "--config", "configs/objectives/dpo.yaml", "--key", key, "--unpaired-halves", "--out", str(out)]
+    )
+    pairs = prepare.tasks(["configs/objectives/dpo.yaml"], key)
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(rows) == len(pairs) == 4000 and [r["prompt"] for r in rows] == [p["prompt"] for p in pairs]
+    assert [r["completion"] for r in rows[:2]] == [pairs[0]["chosen"], pairs[1]["rejected"]]
+    assert [r["label"] for r in rows[:4]] == [True, False, True, False] and sum(r["label"] for r in rows) == 2000
+
 
 def numbers(text: str) -> list[str]:
     """Decimal figures (``0.385``, ``1.58x``) and durations (``230 s``, ``1,307 s``) of a text, versions left out."""

@@ -5,6 +5,10 @@ arXiv:2312.06585): expectation-maximisation with a binary verifier reward.
   verifier accepts (:func:`ltune.rewards.verifier_reward`), at most ``max_solutions`` per problem, chosen at random.
 * M-step: SFT **from the base model** on that round's kept solutions only (not cumulative), i.e. the reward-weighted
   NLL with r in {0, 1}. Repeat for ``rounds`` rounds; round 0 trains on samples of the initial model.
+* With ``keep_rejected`` the E-step also keeps samples the verifier rejects (at most ``max_solutions`` per problem),
+  and a round's rows become unpaired preference rows (``prompt``, ``completion``, ``label``: verified or not) that
+  :class:`ltune.KTO` trains on with :class:`ltune.datamodules.UnpairedPreferenceData`: ReST-EM's samples as KTO's
+  thumbs-up/thumbs-down feedback (``configs/loops/rest_em_kto.yaml``).
 * Keep the best round (``keep_best``): the model ends with the weights of the round whose held-out metric
   (``val/exact_match``) was best, restored before ``on_train_end`` so ``HFExport`` writes them; optionally stop at
   the first round whose held-out metric falls below the best (``early_stop_on_regression``).
@@ -32,8 +36,10 @@ class ReSTEM(Rounds):
     """ReST-EM rounds: sample, filter by a binary reward, cap per problem, retrain from the base model.
 
     Use with :class:`ltune.SFT` and :class:`ltune.datamodules.InstructionData` (the kept solutions become
-    ``prompt``/``response`` rows). Logs per round ``round/pass_rate`` (correct samples / samples),
-    ``round/solved`` (problems with at least one correct sample), ``round/kept`` (training rows) and
+    ``prompt``/``response`` rows), or with ``keep_rejected`` with :class:`ltune.KTO` and
+    :class:`ltune.datamodules.UnpairedPreferenceData` (``prompt``/``completion``/``label`` rows). Logs per round
+    ``round/pass_rate`` (correct samples / samples), ``round/solved`` (problems with at least one correct sample),
+    ``round/kept`` (training rows), ``round/kept_rejected`` (of them, rejected samples; with ``keep_rejected``) and
     ``round/held_out/exact_match`` (the objective's ``val/exact_match`` after the round's M-step) and, with
     ``keep_best``, ``round/best_round`` (the best round so far; ``rounds.json`` keeps it per round, and the last
     entry's is the round whose weights the model ends with).
@@ -43,7 +49,11 @@ class ReSTEM(Rounds):
             a Hub dataset id or a ``Source`` such as ``EmbeddedTasks(format="prompts")``.
         rounds: Number of M-steps (paper: 3 on MATH; APPS peaked after 1).
         num_samples: Completions sampled per problem in each E-step (paper: 32 on MATH, 64 on APPS).
-        max_solutions: Most correct solutions kept per problem (paper: 10).
+        max_solutions: Most correct solutions kept per problem (paper: 10); with ``keep_rejected`` also the most
+            rejected samples kept per problem.
+        keep_rejected: Keep rejected samples too (chosen at random among a problem's samples the verifier rejects,
+            or that ``max_new_tokens`` cut, non-empty), as ``label: false`` rows beside the verified ``label: true``
+            ones, for KTO; needs a DataModule that reads a ``label`` field.
         temperature: Sampling temperature (the paper's 0.7 is recalled, unverified).
         top_p: Nucleus sampling threshold.
         top_k: Sample among the ``top_k`` most likely tokens (paper: 40); None = no top-k filter.
@@ -69,6 +79,7 @@ class ReSTEM(Rounds):
         rounds: int = 3,
         num_samples: int = 32,
         max_solutions: int = 10,
+        keep_rejected: bool = False,
         temperature: float = 0.7,
         top_p: float = 1.0,
         top_k: int | None = 40,
@@ -88,12 +99,27 @@ class ReSTEM(Rounds):
         if num_samples < 1 or max_solutions < 1:
             raise ValueError(f"num_samples and max_solutions must be >= 1, got {num_samples}, {max_solutions}")
         self.problems = problems
-        self.num_samples, self.max_solutions = num_samples, max_solutions
+        self.num_samples, self.max_solutions, self.keep_rejected = num_samples, max_solutions, keep_rejected
         self.temperature, self.top_p, self.max_new_tokens = temperature, top_p, max_new_tokens
         self.top_k, self.generation_batch_size = top_k, generation_batch_size
         self.keep_best, self.early_stop_on_regression = keep_best, early_stop_on_regression
         self.best = BestRound(monitor, mode)
         self._items: list[dict] | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        fields = getattr(trainer.datamodule, "fields", {})
+        if self.keep_rejected and "label" not in fields:
+            raise ValueError(
+                f"ReSTEM(keep_rejected=True) makes prompt/completion/label rows, which "
+                f"{type(trainer.datamodule).__name__} does not read: use ltune.datamodules.UnpairedPreferenceData "
+                "with ltune.KTO (configs/loops/rest_em_kto.yaml)"
+            )
+        if not self.keep_rejected and "label" in fields:
+            raise ValueError(
+                f"ReSTEM makes prompt/response rows of verified solutions only, but {type(trainer.datamodule).__name__}"
+                " reads labelled rows: set keep_rejected: true to keep the rejected samples as label-false rows"
+            )
+        super().setup(trainer, pl_module, stage)
 
     def e_step_items(self, trainer: L.Trainer, pl_module: L.LightningModule, round: int) -> list[dict]:
         if self._items is None:
@@ -131,18 +157,30 @@ class ReSTEM(Rounds):
         out = []
         for i, it in enumerate(items):
             group = range(i * k, (i + 1) * k)
-            correct = [texts[j] for j in group if rewards[j] == 1.0 and done[j] and texts[j]]
+            verified = [rewards[j] == 1.0 and done[j] for j in group]
+            correct = [texts[j] for j, ok in zip(group, verified) if ok and texts[j]]
             kept = random.sample(correct, min(self.max_solutions, len(correct)))  # seeded per chunk by Rounds
-            out.append({**it, "samples": k, "correct": len(correct), "solutions": kept})
+            produced = {**it, "samples": k, "correct": len(correct), "solutions": kept}
+            if self.keep_rejected:
+                wrong = [texts[j] for j, ok in zip(group, verified) if not ok and texts[j]]
+                produced["rejected"] = random.sample(wrong, min(self.max_solutions, len(wrong)))
+            out.append(produced)
         return out
 
     def train_rows(
         self, trainer: L.Trainer, pl_module: L.LightningModule, round: int, produced: list[dict]
     ) -> list[dict]:
+        if not self.keep_rejected:
+            return [
+                {"prompt": p["prompt"], "response": s, "answer": p["answer"], "category": p["category"]}
+                for p in produced
+                for s in p["solutions"]
+            ]
         return [
-            {"prompt": p["prompt"], "response": s, "answer": p["answer"], "category": p["category"]}
+            {"prompt": p["prompt"], "completion": s, "label": label, "category": p["category"]}
             for p in produced
-            for s in p["solutions"]
+            for label, key in ((True, "solutions"), (False, "rejected"))
+            for s in p[key]
         ]
 
     def round_metrics(self, round: int, produced: list[dict], rows: list[dict]) -> dict[str, float]:
@@ -151,6 +189,7 @@ class ReSTEM(Rounds):
             "pass_rate": sum(p["correct"] for p in produced) / max(samples, 1),
             "solved": sum(p["correct"] > 0 for p in produced) / max(len(produced), 1),
             "kept": float(len(rows)),
+            **({"kept_rejected": float(sum(not r["label"] for r in rows))} if self.keep_rejected else {}),
         }
 
     # ---- keep the best round --------------------------------------------------------------------------------------

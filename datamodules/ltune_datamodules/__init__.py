@@ -23,6 +23,7 @@ from ltune.datamodules.selection import (
 )
 from ltune.datamodules.sources import DataError, Files, Hub, Source, SourceLike, as_source
 from ltune.datamodules.tasks import EmbeddedTasks
+from ltune.datamodules.unpaired import MaybeUnpaired
 
 __all__ = [
     "SKIPPED",
@@ -39,6 +40,7 @@ __all__ = [
     "LESS",
     "LIMA",
     "LTuneData",
+    "MaybeUnpaired",
     "MoDS",
     "PairwiseData",
     "ParaphraseData",

@@ -128,12 +128,13 @@ class UnpairedPreferenceData(InstructionData):
     completion of another row of its split, chosen when the split is encoded by a seeded random cycle through all its
     rows (:func:`~ltune.datamodules.unpaired.kl_partners`: never the row itself, fixed for the run, whatever the batch
     size, shuffling or number of ranks; TRL instead rotates completions within each batch and so must not shuffle).
-    Batches carry it as ``KL_input_ids``/``KL_attention_mask``/``KL_labels`` (``-100`` outside that completion).
-    Constructor arguments are those of :class:`InstructionData`.
+    Batches carry it as ``KL_input_ids``/``KL_attention_mask``/``KL_labels`` (``-100`` outside that completion),
+    and ``pair``, a long tensor ``[B]``: the optional ``pair`` field (rows of one preference pair share it; set when
+    pairs are unpaired), -1 where absent. Constructor arguments are those of :class:`InstructionData`.
     """
 
     fields = {"prompt": (str, list), "completion": (str, list), "label": bool}
-    optional = {"tools": (list, str), "category": str}
+    optional = {"tools": (list, str), "category": str, "pair": int}
 
     def load_rows(
         self, spec: SourceLike, fields: dict, optional: dict, check: Callable[[dict], str | None] | None = None
@@ -149,12 +150,13 @@ class UnpairedPreferenceData(InstructionData):
         return with_kl_sequences(out, kl_partners(len(out), self.seed, split), self.max_length)
 
     def encode(self, row: dict) -> dict[str, Any]:
-        return {**super().encode(row), "label": row["label"]}
+        return {**super().encode(row), "label": row["label"], "pair": row.get("pair", -1)}
 
     def collate(self, examples: list[dict]) -> dict[str, Any]:
         batch = super().collate(examples)
         if "label" in batch:
             batch["label"] = torch.tensor(batch["label"], dtype=torch.bool)
+            batch["pair"] = torch.tensor(batch["pair"], dtype=torch.long)
         return batch
 
 

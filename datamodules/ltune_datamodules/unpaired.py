@@ -17,8 +17,9 @@ class MaybeUnpaired(Source):
     """A source's rows as unpaired preference rows: rows with ``chosen`` and ``rejected`` (and no ``completion``), in
     any layout :class:`~ltune.datamodules.PreferenceData` reads (explicit or implicit prompt, strings or messages),
     become two rows each, ``(prompt, chosen, label=True)`` and ``(prompt, rejected, label=False)``: all the desirable
-    rows first, then all the undesirable ones, ``answer`` and ``category`` copied (TRL unpairs the same way). Other
-    sources pass through unchanged.
+    rows first, then all the undesirable ones, ``answer`` and ``category`` copied (TRL unpairs the same way), and
+    ``pair``, the index of the pair both came from (validation scores held-out pairs with it). Other sources pass
+    through unchanged.
 
     Args:
         source: The rows.
@@ -44,9 +45,10 @@ class MaybeUnpaired(Source):
         self.paired = True
         out: list[dict[str, Any]] = []
         for label, key in ((True, "chosen"), (False, "rejected")):
-            for row in rows:
+            for i, row in enumerate(rows):
                 extra = {k: row[k] for k in ("answer", "category") if k in row}
-                out.append({**extra, col("prompt"): row["prompt"], col("completion"): row[key], col("label"): label})
+                unpaired = {col("prompt"): row["prompt"], col("completion"): row[key], col("label"): label}
+                out.append({**extra, **unpaired, col("pair"): i})
         return datasets.Dataset.from_list(out)
 
 

@@ -46,6 +46,13 @@ def stack_kl(batch: dict, kl: bool = True) -> dict:
     return out
 
 
+def paired_accuracy(rewards: dict[tuple[int, bool], float]) -> float | None:
+    """DPO's ``rewards/accuracies`` on unpaired rows: the share of pairs whose desirable row has the higher implicit
+    reward, over the pairs with both rows in ``rewards`` (keyed by ``(pair, label)``); None when there is none."""
+    pairs = [(r, rewards[(p, False)]) for (p, label), r in rewards.items() if label and (p, False) in rewards]
+    return sum(chosen > rejected for chosen, rejected in pairs) / len(pairs) if pairs else None
+
+
 class KTO(DPO):
     """Kahneman-Tversky Optimization (Ethayarajh et al., 2024, arXiv:2402.01306) on ``UnpairedPreferenceData``
     batches: each completion desirable or not, no pairs needed (paired rows are unpaired by the data).
@@ -62,8 +69,11 @@ class KTO(DPO):
     frozen copy; ``precompute_ref_log_probs`` caches the reference log-probs of every row and of its KL sequence
     before fitting. Logs TRL's KTO metric names under ``train/`` and ``val/``: ``loss``, ``kl``,
     ``rewards/{chosen,rejected,margins}`` (``beta`` times the log-ratio, averaged per label; margins when both labels
-    occur) and ``logps/{chosen,rejected}``. A warning says when the label counts and weights fall outside the paper's
-    recommended ``desirable_weight * n_desirable / (undesirable_weight * n_undesirable)`` in ``[1, 4/3]`` (eq. 8).
+    occur) and ``logps/{chosen,rejected}``; on held-out pairs (validation rows sharing a ``pair`` id, as unpaired
+    preference pairs are) also DPO's ``val/rewards/accuracies``, the share of pairs whose desirable completion has the
+    higher implicit reward (:func:`paired_accuracy`). A warning says when the label counts and weights fall outside
+    the paper's recommended ``desirable_weight * n_desirable / (undesirable_weight * n_undesirable)`` in ``[1, 4/3]``
+    (eq. 8).
 
     Args:
         beta: Inverse temperature of the implicit reward; TRL default 0.1.
@@ -105,6 +115,7 @@ class KTO(DPO):
         if desirable_weight < 0 or undesirable_weight < 0:
             raise ValueError(f"weights must be >= 0, got {desirable_weight} and {undesirable_weight}")
         self.loss_type, self.desirable_weight, self.undesirable_weight = loss_type, desirable_weight, undesirable_weight
+        self._val_rewards: dict[tuple[int, bool], float] = {}
 
     @property
     def uses_kl(self) -> bool:
@@ -174,14 +185,22 @@ class KTO(DPO):
         return lambda t: self.trainer.strategy.reduce(t, reduce_op="sum")
 
     def forward_loss(self, batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
+        loss, metrics, _ = self.scored(batch)
+        return loss, metrics
+
+    def scored(self, batch: dict) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+        """The loss and metrics of :func:`~ltune.losses.kto.kto_loss`, and each row's implicit reward
+        ``beta * (log pi(y|x) - log pi_ref(y|x))`` (``[B]``, detached)."""
         pair = self.stacked(batch)
         n = len(batch["label"])
         logprobs, kl_logps = self.policy_logprobs(pair)
         ref, ref_kl = self.reference_logps(pair)
         kl = kto_kl(kl_logps, ref_kl, self._all_sum()) if self.uses_kl else None
-        return kto_loss(
+        mask = self.response_mask(pair)[:n]
+        rewards = self.beta * (sequence_logps(logprobs.detach(), mask) - ref.to(logprobs.dtype))
+        loss, metrics = kto_loss(
             logprobs,
-            self.response_mask(pair)[:n],
+            mask,
             ref,
             batch["label"],
             kl,
@@ -190,6 +209,7 @@ class KTO(DPO):
             undesirable_weight=self.undesirable_weight,
             loss_type=self.loss_type,
         )
+        return loss, metrics, rewards
 
     @staticmethod
     def _counts(batch: dict) -> dict[str, int]:
@@ -210,8 +230,12 @@ class KTO(DPO):
         if "prompt_ids" in batch:
             self.eval_step(batch)
             return
-        loss, metrics = self.forward_loss(batch)
+        loss, metrics, rewards = self.scored(batch)
         metrics["loss"], counts = loss, self._counts(batch)
+        if "pair" in batch:  # rows of held-out pairs: scored pairwise at the end
+            for pair, label, reward in zip(batch["pair"].tolist(), batch["label"].tolist(), rewards.tolist()):
+                if pair >= 0:
+                    self._val_rewards[(pair, label)] = reward
         for name, rows in VAL_WEIGHTS.items():  # row-weighted over the whole validation set, per label where named
             weight = counts[rows]
             value = metrics[name] if weight else torch.zeros((), device=self.device)
@@ -219,6 +243,11 @@ class KTO(DPO):
 
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()
+        rewards = {k: v for part in per_rank(self._val_rewards) for k, v in part.items()}  # every rank's rows
+        self._val_rewards = {}
+        accuracy = paired_accuracy(rewards)
+        if accuracy is not None:
+            self.log("val/rewards/accuracies", accuracy, sync_dist=False)
         if not any(per_rank(self.val_metrics["loss"].update_called)):  # decided alike on every rank
             return
         values = {}

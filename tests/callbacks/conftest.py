@@ -47,9 +47,12 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def rest_em_config(tmp_path: Path, solver_dir: Path, rounds: int = 2, name: str = "rest_em") -> Path:
-    """configs/loops/rest_em.yaml shrunk to seconds: 64 comparison problems, 4 samples each, the micro solver."""
-    cfg = yaml.safe_load((ROOT / "configs/loops/rest_em.yaml").read_text())
+def rest_em_config(
+    tmp_path: Path, solver_dir: Path, rounds: int = 2, name: str = "rest_em", config: str = "configs/loops/rest_em.yaml"
+) -> Path:
+    """A ReST-EM config (configs/loops/rest_em.yaml) shrunk to seconds: 64 comparison problems, 4 samples each, the
+    micro solver."""
+    cfg = yaml.safe_load((ROOT / config).read_text())
     loop = cfg["trainer"]["callbacks"][0]["init_args"]
     loop["problems"]["init_args"].update(n=64, categories=["compare"], difficulties=[1])
     loop.update(rounds=rounds, num_samples=4, max_solutions=2, max_new_tokens=40, epochs_per_round=1, chunk_size=8)

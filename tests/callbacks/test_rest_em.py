@@ -13,7 +13,7 @@ import torch
 from ltune.callbacks import rest_em
 from ltune.callbacks.rest_em import ReSTEM
 from ltune.cli import main
-from ltune.datamodules import InstructionData
+from ltune.datamodules import InstructionData, UnpairedPreferenceData
 from ltune.datamodules.batching import pad_left
 from ltune.generation import HFSampler, Samples
 from ltune.rewards import extract_answer, is_equivalent
@@ -53,6 +53,32 @@ def test_e_step_keeps_verified_stopped_solutions_capped_per_problem(monkeypatch)
     rows = loop.train_rows(trainer, module, 0, produced)
     assert rows == [{"prompt": "What is 3+4?", "response": "3+4=7. The answer is 7.", "answer": "7", "category": "add"}]
     assert loop.round_metrics(0, produced, rows) == {"pass_rate": 2 / 8, "solved": 0.5, "kept": 1.0}
+
+    # keep_rejected: the same samples also give label-false rows, the non-empty ones the verifier rejects or the
+    # token budget cut, capped per problem like the verified ones
+    loop = ReSTEM(problems="unused.jsonl", num_samples=4, max_solutions=4, keep_rejected=True)
+    produced = loop.e_step(trainer, module, 0, items)
+    assert produced[0]["solutions"] == ["3+4=7. The answer is 7."] * 2
+    assert sorted(produced[0]["rejected"]) == ["3+4=7. The answer is 7.", "3+4=8. The answer is 8."]
+    assert sorted(produced[1]["rejected"]) == ["2+2=3.", "2+2=5. The answer is 5.", "The answer is 44"]
+    rows = loop.train_rows(trainer, module, 0, produced)
+    labelled = sorted((r["prompt"][8:11], r["completion"], r["label"]) for r in rows)
+    assert labelled == [("2+2", "2+2=3.", False), ("2+2", "2+2=5. The answer is 5.", False),
+                        ("2+2", "The answer is 44", False), ("3+4", "3+4=7. The answer is 7.", False),
+                        ("3+4", "3+4=7. The answer is 7.", True), ("3+4", "3+4=7. The answer is 7.", True),
+                        ("3+4", "3+4=8. The answer is 8.", False)]  # fmt: skip
+    metrics = loop.round_metrics(0, produced, rows)
+    assert metrics == {"pass_rate": 2 / 8, "solved": 0.5, "kept": 7.0, "kept_rejected": 5.0}
+    capped = ReSTEM(problems="unused.jsonl", num_samples=4, max_solutions=1, keep_rejected=True)
+    assert [len(p["rejected"]) for p in capped.e_step(trainer, module, 0, items)] == [1, 1]
+
+
+@pytest.mark.parametrize("keep_rejected", [True, False])
+def test_rest_em_refuses_a_datamodule_of_the_other_row_layout(keep_rejected):
+    data = InstructionData() if keep_rejected else UnpairedPreferenceData()
+    loop = ReSTEM(problems="unused.jsonl", keep_rejected=keep_rejected)
+    with pytest.raises(ValueError, match="UnpairedPreferenceData" if keep_rejected else "keep_rejected: true"):
+        loop.setup(SimpleNamespace(datamodule=data), None, "fit")
 
 
 def test_top_k_1_sampling_at_temperature_1_is_greedy_decoding():
@@ -115,6 +141,29 @@ def test_rest_em_config_runs_through_the_cli(tmp_path, solver_dir, one_thread):
         logged = [row for row in csv.DictReader(f) if row.get("round/pass_rate")]
     assert len(logged) == 2
     assert (run / "hf/config.json").is_file()
+
+
+def test_rest_em_kto_config_trains_kto_on_verified_and_rejected_samples(tmp_path, solver_dir, one_thread):
+    config = rest_em_config(tmp_path, solver_dir, name="rest_em_kto", config="configs/loops/rest_em_kto.yaml")
+    main(["fit", "--config", str(config)])
+    run = tmp_path / "runs/rest_em_kto/version_0"
+    history = json.loads((run / "rounds/rounds.json").read_text())
+    assert [h["round"] for h in history] == [0, 1]
+    for r, h in enumerate(history):
+        rows = [json.loads(line) for line in open(run / f"rounds/round_{r}/train.jsonl")]
+        assert len(rows) == h["kept"] and sum(not row["label"] for row in rows) == h["kept_rejected"]
+        assert 0 < h["kept_rejected"] <= h["kept"] and "held_out/exact_match" in h, history
+        answers = {
+            p["prompt"]: p["answer"]
+            for f in (run / f"rounds/round_{r}").glob("chunk_*")
+            for p in map(json.loads, open(f))
+        }
+        for row in rows:  # label true: verified; label false: rejected (or cut, whose answer may still be right)
+            assert not row["label"] or is_equivalent(extract_answer(row["completion"]), answers[row["prompt"]])
+    assert history[0]["kept_rejected"] < history[0]["kept"]  # the micro solver's round 0 verifies some samples
+    with open(run / "metrics.csv") as f:
+        logged = [row for row in csv.DictReader(f) if row.get("train/kl") or row.get("train/loss")]
+    assert logged, "KTO logged no training step"
 
 
 def test_a_lora_rounds_checkpoint_holds_the_adapter_not_the_base(tmp_path, solver_dir, one_thread):

@@ -16,6 +16,7 @@ from ltune.datamodules.sources import DataError
 from ltune.datamodules.unpaired import kl_partners
 from ltune.losses.kto import kto_kl, kto_loss
 from ltune.objectives import KTO, Objective
+from ltune.objectives.kto import paired_accuracy
 from tests.conftest import MICRO, ROOT, micro_backbone, quiet_trainer, trained_runs, write_jsonl
 
 
@@ -115,6 +116,42 @@ def test_kl_sequences_pair_each_prompt_with_another_rows_completion():
     assert batch["KL_input_ids"][1, : len(rows[3]["KL_input_ids"])].tolist() == rows[3]["KL_input_ids"]
 
 
+def test_paired_accuracy_counts_pairs_with_both_rows_and_ties_as_misses():
+    rewards = {(0, True): 1.0, (0, False): 0.5, (1, True): -1.0, (1, False): 0.0, (2, True): 3.0,
+               (3, True): 0.25, (3, False): 0.25, (4, False): 9.0}  # fmt: skip
+    assert paired_accuracy(rewards) == pytest.approx(1 / 3)  # pairs 0, 1, 3; DPO's strict chosen > rejected
+    assert paired_accuracy({(0, True): 1.0}) is None
+
+
+def test_validation_scores_held_out_pairs_as_dpo_does():
+    """Validation rows unpaired from preference pairs keep their pair id; val/rewards/accuracies is DPO's share of
+    pairs whose chosen completion has the higher implicit reward, against float64 log-probs of the policy and the
+    frozen reference, with batches that split pairs."""
+    model = KTO(backbone=micro_backbone(), beta=0.5)
+    model.configure_model()
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p in model.model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    dm = _data(model, n=9)
+    rows = dm.data["train"]
+    assert sorted((r["pair"], r["label"]) for r in rows) == [(i, b) for i in range(9) for b in (False, True)]
+    for start in range(0, len(rows), 4):  # batches of 4 rows: pairs split across batches
+        with torch.no_grad():
+            model.validation_step(dm.collate(rows[start : start + 4]), 0)
+    batch = dm.collate(rows)
+    main_ = (batch["input_ids"], batch["attention_mask"], batch["labels"])
+    with torch.no_grad():
+        reward = 0.5 * (_full_logps(model.model, *main_) - _full_logps(model._frozen_reference[0], *main_))
+    by_pair = {(p, lab): r for p, lab, r in zip(batch["pair"].tolist(), batch["label"].tolist(), reward.tolist())}
+    expect = sum(by_pair[(i, True)] > by_pair[(i, False)] for i in range(9)) / 9
+    assert model._val_rewards.keys() == by_pair.keys()
+    assert paired_accuracy(model._val_rewards) == pytest.approx(expect)
+    assert 0 < expect < 1
+    for key, value in by_pair.items():
+        assert model._val_rewards[key] == pytest.approx(value, rel=1e-4, abs=1e-5)
+
+
 def _setup(train, tok):
     dm = UnpairedPreferenceData(train=train)
     dm.tokenizer = tok
@@ -193,7 +230,14 @@ def test_config_runs_through_the_cli_and_the_checkpoint_reloads(tmp_path, monkey
     run = tmp_path / "runs/kto/version_0"
     with open(run / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
-    for key in ("train/loss", "train/kl", "train/rewards/chosen", "train/logps/rejected", "val/rewards/margins"):
+    for key in (
+        "train/loss",
+        "train/kl",
+        "train/rewards/chosen",
+        "train/logps/rejected",
+        "val/rewards/margins",
+        "val/rewards/accuracies",
+    ):  # the held-out rows are unpaired pairs: scored pairwise too
         assert any(r.get(key) for r in rows), key
     ckpt = str(next((run / "checkpoints").glob("*.ckpt")))
     model = KTO.load_from_checkpoint(ckpt, map_location="cpu", weights_only=False)  # DPO's saved arguments too
