@@ -14,19 +14,30 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
-def matmul_gflops(threads: int, n: int = 2048, repeats: int = 5) -> float:
-    """Median float32 ``n x n @ n x n`` rate on ``threads`` threads, in GFLOP/s (the compute floor's rate)."""
+def matmul_gflops(threads: int, n: int = 2048, repeats: int = 5, device: str = "cpu", dtype: str = "float32") -> float:
+    """Median ``n x n @ n x n`` rate on ``threads`` threads (or a GPU: ``device="cuda"``) in ``dtype``, in GFLOP/s
+    (the compute floor's rate)."""
     import torch
 
     torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    n = 8192 if device != "cpu" else n  # a GPU needs a large product to reach its rate
+    a, b = (torch.randn(n, n, device=device, dtype=getattr(torch, dtype)) for _ in range(2))
     a @ b  # warm-up
     times = []
     for _ in range(repeats):
-        t = time.perf_counter()
+        t = now()
         a @ b
-        times.append(time.perf_counter() - t)
+        times.append(now() - t)
     return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def now() -> float:
+    """``time.perf_counter()`` after the GPU's queued work has finished (on a GPU, work runs asynchronously)."""
+    import torch
+
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+    return time.perf_counter()
 
 
 def alternate(script: str, args: list[str], sides: tuple[str, ...], repeats: int) -> dict[str, list[dict]]:
@@ -93,13 +104,13 @@ class Phases:
 
     @contextmanager
     def __call__(self, name: str):
-        t = time.perf_counter()
+        t = now()
         try:
             yield
         finally:
             self.mark(f"after {name}")
             if self.on:
-                self.total[name] += time.perf_counter() - t
+                self.total[name] += now() - t
 
     def wrap(self, obj, attr: str, name: str) -> None:
         fn = getattr(obj, attr)
@@ -125,22 +136,22 @@ def lightning_clock(phases: Phases, warmup: int, on_start=None):
             phases.on = len(self.steps) >= warmup
             if on_start is not None:
                 on_start(batch)
-            self.t = time.perf_counter()
+            self.t = now()
 
         def on_before_backward(self, *args) -> None:
-            self.b = time.perf_counter()
+            self.b = now()
 
         def on_after_backward(self, *args) -> None:
             phases.mark("after backward")
-            phases.total["backward"] += (time.perf_counter() - self.b) if phases.on else 0.0
+            phases.total["backward"] += (now() - self.b) if phases.on else 0.0
 
         def on_before_optimizer_step(self, *args) -> None:
-            self.o = time.perf_counter()
+            self.o = now()
 
         def on_train_batch_end(self, *args) -> None:
-            now = time.perf_counter()
+            end = now()
             phases.mark("after optimizer")
-            phases.total["optimizer"] += (now - self.o) if phases.on else 0.0
-            self.steps.append((self.t, now))
+            phases.total["optimizer"] += (end - self.o) if phases.on else 0.0
+            self.steps.append((self.t, end))
 
     return Clock()

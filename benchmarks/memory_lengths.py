@@ -5,12 +5,13 @@ Each length gets rows of about that many tokens (``benchmarks/workload.py --exac
 and longer response) and runs ``train_throughput.py`` on them: two steps of one row (pair), full fine-tuning, each
 side in its own process, TRL with packing and ``padding_free`` (SFT) or ``precompute_ref_log_probs`` (DPO, as ltune's
 cached reference). A side's *step memory* at a length is its peak RSS there minus its peak RSS at ``--base`` tokens,
-where activations are negligible: what one step adds on top of the static part. ``--checkpointing`` adds runs at the
-longest length with activation checkpointing on (both sides). The records keep each run's tokens/s too, worth reading
-only when nothing else ran beside the benchmark.
+where activations are negligible: what one step adds on top of the static part. A side whose run dies (e.g. killed
+out of memory) is recorded as failed, with its exit status, and the other side's figures kept. ``--checkpointing``
+adds runs at the longest length with activation checkpointing on (both sides). The records keep each run's tokens/s
+too, worth reading only when nothing else ran beside the benchmark.
 
     python benchmarks/memory_lengths.py --out benchmarks/results/lengths/memory --checkpointing
-    python benchmarks/memory_lengths.py --methods sft --lengths 128 256 --base 64 --model tiny --out /tmp/m  # smoke
+    python benchmarks/memory_lengths.py --methods orpo --lengths 128 --base 64 --out /tmp/m             # smoke
 
 Writes one record per method (``<out>/<method>.json``: peaks, step memory, the slope in MB per 1,000 tokens between
 lengths, ltune / TRL at each length) and ``<out>/memory.png``: step memory against tokens, a line per method and side.
@@ -39,17 +40,20 @@ def _run(method: str, tokens: int, model: str, tmp: Path, checkpointing: bool = 
     rows = tmp / f"{kind}{tokens}.jsonl"
     if not rows.exists():
         workload.main([kind, "--rows", "2", "--exact", str(tokens), "--model", model, "--out", str(rows)])
-    out = tmp / f"{method}{tokens}{'gc' if checkpointing else ''}.json"
     cmd = [sys.executable, str(HERE / "train_throughput.py"), "--method", method, "--model", model]
-    cmd += ["--workload", str(rows), "--batch", "1", "--max-length", str(tokens + 64), "--warmup", "1"]
-    cmd += ["--repeats", "1", "--json", str(out)]
+    cmd += ["--workload", str(rows), "--data", str(rows), "--tmp", str(tmp), "--batch", "1"]
+    cmd += ["--max-length", str(tokens + 64), "--warmup", "1"]
     cmd += {"sft": ["--trl-packing"], "dpo": ["--precompute"], "orpo": []}[method]
     cmd += ["--gradient-checkpointing"] if checkpointing else []
-    subprocess.run(cmd, check=True)
-    record = json.loads(out.read_text())
     sides = {}
-    for side in ("ltune", "trl"):
-        (run,) = record["runs"][side]
+    for side in ("ltune", "trl"):  # each side in its own process; one that dies (killed out of memory) is recorded
+        done = subprocess.run([*cmd, "--side", side], capture_output=True, text=True)
+        line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
+        if line is None:
+            sides[side] = {"peak_rss_mb": None, "failed": f"exit status {done.returncode}: {done.stderr[-300:]}"}
+            print(f"{method} {tokens} {side}: failed, exit status {done.returncode}", flush=True)
+            continue
+        run = json.loads(line[len("RESULT ") :])
         sides[side] = {
             "peak_rss_mb": run["summary"]["peak_rss_mb"],
             "tokens_per_s": run["summary"]["tokens_per_s"],
@@ -58,17 +62,25 @@ def _run(method: str, tokens: int, model: str, tmp: Path, checkpointing: bool = 
     return {"tokens": tokens, "workload": json.loads(rows.with_suffix(".summary.json").read_text()), **sides}
 
 
+def above(peak: float | None, base: float | None) -> float | None:
+    """A peak above the base run's, None where a side's run failed."""
+    return None if peak is None or base is None else peak - base
+
+
 def summarise(method: str, base: dict, runs: list[dict]) -> dict:
     """Step memory (MB above the base run's peak) per side and length, its slope per 1,000 tokens between lengths,
     and ltune / TRL at each length."""
     out = {"method": method, "base": base, "runs": runs, "lengths": [r["tokens"] for r in runs]}
-    step = {s: [r[s]["peak_rss_mb"] - base[s]["peak_rss_mb"] for r in runs] for s in ("ltune", "trl")}
+    step = {s: [above(r[s]["peak_rss_mb"], base[s]["peak_rss_mb"]) for r in runs] for s in ("ltune", "trl")}
     out["step_memory_mb"] = step
     out["slope_mb_per_1k_tokens"] = {
-        s: [1000 * (b - a) / (n2 - n1) for a, b, n1, n2 in zip(v, v[1:], out["lengths"], out["lengths"][1:])]
+        s: [
+            1000 * (b - a) / (n2 - n1) if None not in (a, b) else None
+            for a, b, n1, n2 in zip(v, v[1:], out["lengths"], out["lengths"][1:])
+        ]
         for s, v in step.items()
     }
-    out["ratio"] = [lt / tr if tr > 0 else None for lt, tr in zip(step["ltune"], step["trl"])]
+    out["ratio"] = [lt / tr if lt is not None and tr else None for lt, tr in zip(step["ltune"], step["trl"])]
     return out
 
 
@@ -81,7 +93,8 @@ def plot(results: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for m in results:
         for side, style in (("ltune", "-o"), ("trl", "--s")):
-            ax.plot(m["lengths"], [v / 1024 for v in m["step_memory_mb"][side]], style, label=f"{m['method']} {side}")
+            points = [(n, v / 1024) for n, v in zip(m["lengths"], m["step_memory_mb"][side]) if v is not None]
+            ax.plot(*zip(*points), style, label=f"{m['method']} {side}")
     ax.set_xlabel("tokens of the row (pair)")
     ax.set_ylabel("step memory above the static part (GiB)")
     ax.set_xscale("log", base=2)
@@ -109,7 +122,9 @@ def main(argv: list[str] | None = None) -> dict:
             entry = summarise(method, base, [_run(method, n, a.model, Path(tmp)) for n in a.lengths])
             if a.checkpointing:
                 gc = _run(method, a.lengths[-1], a.model, Path(tmp), checkpointing=True)
-                gc["step_memory_mb"] = {s: gc[s]["peak_rss_mb"] - base[s]["peak_rss_mb"] for s in ("ltune", "trl")}
+                gc["step_memory_mb"] = {
+                    s: above(gc[s]["peak_rss_mb"], base[s]["peak_rss_mb"]) for s in ("ltune", "trl")
+                }
                 entry["checkpointing"] = gc
             entry["args"], entry["provenance"] = vars(a), provenance()
             (out / f"{method}.json").write_text(json.dumps(entry, indent=1) + "\n")

@@ -49,10 +49,18 @@ import os
 import resource
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import Phases, alternate, lightning_clock, load_average, matmul_gflops, provenance, summary  # noqa: E402
+from _common import (  # noqa: E402
+    Phases,
+    alternate,
+    lightning_clock,
+    load_average,
+    matmul_gflops,
+    now,
+    provenance,
+    summary,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
@@ -71,19 +79,23 @@ def _backbone(a: argparse.Namespace):
     from ltune.backbone import Backbone, LoRA
 
     lora = LoRA(r=a.lora, alpha=2 * a.lora, dropout=0.0) if a.lora else None
-    return Backbone(a.model, lora=lora, gradient_checkpointing=a.gradient_checkpointing)
+    return Backbone(a.model, dtype=a.dtype, lora=lora, gradient_checkpointing=a.gradient_checkpointing)
 
 
 def _result(a, tokens: list[int], times: list[float], phases: Phases, n_params: int, precompute_s=None) -> dict:
+    import torch
+
     timed = slice(a.warmup, None)
     seconds, toks = sum(times[timed]), sum(tokens[timed])
     flops = (4 if a.lora else 6) * n_params * toks
+    gpu = {"peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20} if a.device == "cuda" else {}
     return {
         "summary": {
             "tokens_per_s": toks / seconds,
             "step_ms": 1000 * seconds / len(times[timed]),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "gflops": flops / seconds / 1e9,
+            **gpu,
         },
         "tokens_total": sum(tokens),
         "tokens_per_step": tokens,  # a step's size: peak memory follows the largest
@@ -122,9 +134,9 @@ def run_ltune(a: argparse.Namespace) -> dict:
         inner = model.on_fit_start
 
         def on_fit_start():
-            t = time.perf_counter()
+            t = now()
             inner()
-            precompute.append(time.perf_counter() - t)
+            precompute.append(now() - t)
 
         model.on_fit_start = on_fit_start
 
@@ -133,7 +145,8 @@ def run_ltune(a: argparse.Namespace) -> dict:
         phases, a.warmup, lambda batch: tokens.append(sum(int(batch[k].sum()) for k in keys if k in batch))
     )
     trainer = L.Trainer(
-        accelerator="cpu",
+        accelerator="gpu" if a.device == "cuda" else "cpu",
+        devices=1,
         max_steps=-1 if a.workload else a.steps,  # a workload: one pass over all its rows, as TRL's side
         max_epochs=1 if a.workload else None,
         logger=False,
@@ -177,7 +190,8 @@ def run_trl(a: argparse.Namespace) -> dict:
         logging_steps=10**6,
         save_strategy="no",
         report_to=[],
-        use_cpu=True,
+        use_cpu=a.device == "cpu",
+        bf16=a.dtype == "bfloat16",  # the weights are loaded in it too, as ltune's
         dataloader_num_workers=0,
         disable_tqdm=True,
         seed=0,
@@ -191,7 +205,7 @@ def run_trl(a: argparse.Namespace) -> dict:
         peft = LoraConfig(
             r=a.lora, lora_alpha=2 * a.lora, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
         )
-    model = bb.__class__(a.model).load_model()  # without LoRA or checkpointing: the trainer adds its own
+    model = bb.__class__(a.model, dtype=a.dtype).load_model()  # without LoRA or checkpointing: the trainer adds its own
     precompute_s = None
     if a.method == "dpo":
         from trl import DPOConfig, DPOTrainer
@@ -200,7 +214,7 @@ def run_trl(a: argparse.Namespace) -> dict:
         for r in rows:
             p, c = split(r["prompt"], r["chosen"])
             data.append({"prompt": p, "chosen": c, "rejected": split(r["prompt"], r["rejected"])[1]})
-        t = time.perf_counter()
+        t = now()
         trainer = DPOTrainer(
             model=model,
             args=DPOConfig(
@@ -210,7 +224,7 @@ def run_trl(a: argparse.Namespace) -> dict:
             train_dataset=datasets.Dataset.from_list(data),
             peft_config=peft,
         )
-        precompute_s = time.perf_counter() - t if a.precompute else None
+        precompute_s = now() - t if a.precompute else None
         keys = ("attention_mask",)
     elif a.method == "kto":
         from trl import KTOConfig, KTOTrainer
@@ -221,7 +235,7 @@ def run_trl(a: argparse.Namespace) -> dict:
             p, c = split(r["prompt"], r["chosen"])
             data.append({"prompt": p, "chosen": c, "rejected": split(r["prompt"], r["rejected"])[1]})
         data = unpair_preference_dataset(datasets.Dataset.from_list(data)).shuffle(seed=0)
-        t = time.perf_counter()
+        t = now()
         trainer = KTOTrainer(
             model=model,
             args=KTOConfig(
@@ -231,7 +245,7 @@ def run_trl(a: argparse.Namespace) -> dict:
             train_dataset=data,
             peft_config=peft,
         )
-        precompute_s = time.perf_counter() - t if a.precompute else None
+        precompute_s = now() - t if a.precompute else None
         keys = ("attention_mask", "KL_attention_mask")
     elif a.method == "orpo":
         from trl.experimental.orpo import ORPOConfig, ORPOTrainer
@@ -285,16 +299,16 @@ def run_trl(a: argparse.Namespace) -> dict:
             phases.mark("step start")
             phases.on = len(times) >= a.warmup
             tokens.append(0)
-            self.t = time.perf_counter()
+            self.t = now()
 
         def on_pre_optimizer_step(self, *_, **__):
-            self.o = time.perf_counter()
+            self.o = now()
 
         def on_step_end(self, *_, **__):
-            now = time.perf_counter()
+            end = now()
             phases.mark("after optimizer")
-            phases.total["optimizer"] += (now - self.o) if phases.on else 0.0
-            times.append(now - self.t)
+            phases.total["optimizer"] += (end - self.o) if phases.on else 0.0
+            times.append(end - self.t)
 
     trainer.add_callback(Clock())
     trainer.train()
@@ -336,6 +350,10 @@ def main() -> None:
         help="both sides: glibc's MALLOC_MMAP_THRESHOLD_ (bytes): larger blocks are mapped and go back to the system "
         "when freed (unset: glibc's dynamic threshold, which keeps freed activations in its heap)",
     )
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="both sides (cuda: one GPU)")
+    p.add_argument(
+        "--dtype", choices=["float32", "bfloat16"], default="float32", help="weights and compute, both sides"
+    )
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--warmup", type=int, default=2, help="first steps left out of the timing")
     p.add_argument("--max-length", type=int, default=256)
@@ -354,7 +372,7 @@ def main() -> None:
         return
     from ltune.datamodules import EmbeddedTasks
 
-    peak = matmul_gflops(a.threads)
+    peak = matmul_gflops(a.threads, device=a.device, dtype=a.dtype)
     tuning = (f"LoRA r={a.lora}" if a.lora else "full FT") + (", reference precomputed" if a.precompute else "")
     tuning += ", gradient checkpointing" if a.gradient_checkpointing else ", no gradient checkpointing"
     tuning += f", ltune's steps at most {a.batch_tokens} tokens" if a.batch_tokens else ""
@@ -365,7 +383,7 @@ def main() -> None:
         tuning += ", ltune's pairs as 2B rows" if a.no_share_prompt else ", ltune's pairs share their prefix"
     print(
         f"{a.method} {a.model} {tuning}; batch {a.batch}, {a.steps} steps ({a.warmup} warm-up), {a.threads} "
-        f"threads; float32 matmul {peak:.0f} GFLOP/s; {load_average()}"
+        f"threads; {a.device} {a.dtype} matmul {peak:.0f} GFLOP/s; {load_average()}"
     )
     fmt = "instruction" if a.method == "sft" else "preference"
     with tempfile.TemporaryDirectory() as tmp:

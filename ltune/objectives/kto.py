@@ -46,6 +46,15 @@ def stack_kl(batch: dict, kl: bool = True) -> dict:
     return out
 
 
+def trimmed_logprobs(model: torch.nn.Module, ids: Tensor, mask: Tensor, labels: Tensor) -> Tensor:
+    """:func:`~ltune.backbone.completion_logprobs` of right-padded rows cut to their longest row first (the stacked
+    layout pads the rows and their KL sequences to one width, so one half may carry many padding columns), returned
+    zero-padded to ``[B, T-1]``."""
+    width = int(mask.any(0).nonzero().max()) + 1
+    lp = completion_logprobs(model, ids[:, :width], mask[:, :width], labels[:, :width]).logprobs
+    return F.pad(lp, (0, ids.shape[1] - width))
+
+
 def paired_accuracy(rewards: dict[tuple[int, bool], float]) -> float | None:
     """DPO's ``rewards/accuracies`` on unpaired rows: the share of pairs whose desirable row has the higher implicit
     reward, over the pairs with both rows in ``rewards`` (keyed by ``(pair, label)``); None when there is none."""
@@ -83,7 +92,8 @@ class KTO(DPO):
         precompute_ref_log_probs: Compute the reference log-probs once before fitting and cache them on disk.
         cache_dir: Folder of the reference cache (moves with ``--trainer.default_root_dir``).
         **kwargs: Arguments of :class:`~ltune.objectives.preference.PairObjective` (``share_prompt``: one packed
-            forward of each row and its KL sequence; False: the rows, then the KL sequences without gradient) and
+            forward of each row and its KL sequence where that costs less, see :meth:`pack_kl`; False: always the
+            rows, then the KL sequences without gradient) and
             :class:`~ltune.objectives.base.Objective` (backbone, optimizer, scheduler, ...).
     """
 
@@ -167,16 +177,25 @@ class KTO(DPO):
         """``[B, T-1]`` per-token log-probs of the rows under the policy (with gradient), and the ``[B]`` summed
         log-probs of their KL sequences (no gradient; None without a KL estimate)."""
         n = len(pair["input_ids"]) // 2
-        if self.uses_kl and self.share_prompt:  # one packed forward; the KL half leaves the graph
+        if self.uses_kl and self.share_prompt and self.pack_kl(pair):  # one packed forward; the KL half detached
             lp = self.pair_logprobs(self.model, pair)
             return lp[:n], sequence_logps(lp[n:].detach(), self.response_mask(pair)[n:])
         ids, mask, labels = pair["input_ids"], pair["attention_mask"], pair["labels"]
-        lp = completion_logprobs(self.model, ids[:n], mask[:n], labels[:n]).logprobs
+        lp = trimmed_logprobs(self.model, ids[:n], mask[:n], labels[:n])
         if not self.uses_kl:
             return lp, None
         with torch.no_grad():
-            kl = completion_logprobs(self.model, ids[n:], mask[n:], labels[n:]).logprobs
+            kl = trimmed_logprobs(self.model, ids[n:], mask[n:], labels[n:])
         return lp, sequence_logps(kl, self.response_mask(pair)[n:])
+
+    def pack_kl(self, pair: dict) -> bool:
+        """Whether to score the rows and their KL sequences in one packed forward (each prompt once) rather than the
+        rows with gradient and then the KL sequences without. Packing saves the KL sequences' prompts a forward but
+        puts their completions through the backward (a forward and a backward cost about 3 forwards), so it pays
+        when those prompts hold more than twice the tokens of the KL completions (short answers to long prompts)."""
+        n = len(pair["input_ids"]) // 2
+        completion = int(self.response_mask(pair)[n:].sum())
+        return int(pair["attention_mask"][n:].sum()) - completion > 2 * completion
 
     def _all_sum(self) -> Callable[[Tensor], Tensor] | None:
         """Sum across ranks while training under data parallelism (every rank steps alike), else None."""

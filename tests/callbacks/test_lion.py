@@ -253,7 +253,8 @@ def test_api_rating_reads_a_leading_integer_from_1_to_10():
 
 
 def test_every_loop_config_has_a_cli_run_test():
-    # rest_em.yaml: test_rest_em.py (and the SIGKILL resume test); lion.yaml: the two CLI runs above
+    # rest_em.yaml: test_rest_em.py (and the SIGKILL resume test); rest_em_kto.yaml: test_rest_em.py; lion.yaml: the
+    # two CLI runs above
     # lion_sum.yaml: the verifier-referee run above; rest_em_smollm2.yaml and lion_smollm2.yaml:
     # tests/real/test_smollm2_runs.py (shrunk)
     assert sorted(p.name for p in (ROOT / "configs/loops").glob("*.yaml")) == [
@@ -261,6 +262,7 @@ def test_every_loop_config_has_a_cli_run_test():
         "lion_smollm2.yaml",
         "lion_sum.yaml",
         "rest_em.yaml",
+        "rest_em_kto.yaml",
         "rest_em_smollm2.yaml",
     ]
 

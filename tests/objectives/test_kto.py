@@ -77,6 +77,7 @@ def test_kl_sequences_carry_no_gradient_packed_or_not():
     for share in (True, False):
         torch.manual_seed(2)  # a perturbation under which z0 > 0
         model = KTO(backbone=micro_backbone(), share_prompt=share)
+        model.pack_kl = lambda pair, share=share: share  # the packed path whatever the rows' lengths
         model.configure_model()
         with torch.no_grad():
             for p in model.model.parameters():
@@ -89,6 +90,15 @@ def test_kl_sequences_carry_no_gradient_packed_or_not():
     assert grads[True][0] == pytest.approx(grads[False][0], rel=1e-5)
     for a, b in zip(grads[True][1], grads[False][1], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_packs_only_when_the_prompts_outweigh_twice_the_kl_completions():
+    def pair(prompt: int, completion: int) -> dict:  # a row and its KL sequence, each prompt + completion tokens
+        labels = torch.tensor([[-100] * prompt + [1] * completion] * 2)
+        return {"input_ids": torch.ones_like(labels), "attention_mask": torch.ones_like(labels), "labels": labels}
+
+    model = KTO(backbone=micro_backbone())
+    assert model.pack_kl(pair(21, 10)) and not model.pack_kl(pair(20, 10))
 
 
 def test_kl_sequences_pair_each_prompt_with_another_rows_completion():
