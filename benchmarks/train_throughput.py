@@ -207,58 +207,36 @@ def run_trl(a: argparse.Namespace) -> dict:
         )
     model = bb.__class__(a.model, dtype=a.dtype).load_model()  # without LoRA or checkpointing: the trainer adds its own
     precompute_s = None
-    if a.method == "dpo":
-        from trl import DPOConfig, DPOTrainer
-
-        data = []
-        for r in rows:
-            p, c = split(r["prompt"], r["chosen"])
-            data.append({"prompt": p, "chosen": c, "rejected": split(r["prompt"], r["rejected"])[1]})
-        t = now()
-        trainer = DPOTrainer(
-            model=model,
-            args=DPOConfig(
-                beta=0.1, precompute_ref_log_probs=a.precompute, precompute_ref_batch_size=a.batch, **common
-            ),
-            processing_class=tok,
-            train_dataset=datasets.Dataset.from_list(data),
-            peft_config=peft,
-        )
-        precompute_s = now() - t if a.precompute else None
-        keys = ("attention_mask",)
-    elif a.method == "kto":
-        from trl import KTOConfig, KTOTrainer
+    pairs = []  # preference rows rendered by ltune, EOS left to TRL
+    for r in rows if a.method != "sft" else []:
+        p, c = split(r["prompt"], r["chosen"])
+        pairs.append({"prompt": p, "chosen": c, "rejected": split(r["prompt"], r["rejected"])[1]})
+    if a.method in ("dpo", "kto"):
+        from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer
         from trl.data_utils import unpair_preference_dataset
 
-        data = []
-        for r in rows:
-            p, c = split(r["prompt"], r["chosen"])
-            data.append({"prompt": p, "chosen": c, "rejected": split(r["prompt"], r["rejected"])[1]})
-        data = unpair_preference_dataset(datasets.Dataset.from_list(data)).shuffle(seed=0)
+        data = datasets.Dataset.from_list(pairs)
+        if a.method == "kto":  # TRL samples sequentially: unpaired rows shuffled once
+            data = unpair_preference_dataset(data).shuffle(seed=0)
+        config, trainer_cls = (DPOConfig, DPOTrainer) if a.method == "dpo" else (KTOConfig, KTOTrainer)
         t = now()
-        trainer = KTOTrainer(
+        trainer = trainer_cls(
             model=model,
-            args=KTOConfig(
-                beta=0.1, precompute_ref_log_probs=a.precompute, precompute_ref_batch_size=a.batch, **common
-            ),
+            args=config(beta=0.1, precompute_ref_log_probs=a.precompute, precompute_ref_batch_size=a.batch, **common),
             processing_class=tok,
             train_dataset=data,
             peft_config=peft,
         )
         precompute_s = now() - t if a.precompute else None
-        keys = ("attention_mask", "KL_attention_mask")
+        keys = ("attention_mask",) if a.method == "dpo" else ("attention_mask", "KL_attention_mask")
     elif a.method == "orpo":
         from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-        data = []
-        for r in rows:
-            p, c = split(r["prompt"], r["chosen"])
-            data.append({"prompt": p, "chosen": c, "rejected": split(r["prompt"], r["rejected"])[1]})
         trainer = ORPOTrainer(
             model=model,
             args=ORPOConfig(beta=0.1, **common),
             processing_class=tok,
-            train_dataset=datasets.Dataset.from_list(data),
+            train_dataset=datasets.Dataset.from_list(pairs),
             peft_config=peft,
         )
         keys = ("chosen_attention_mask", "rejected_attention_mask")
