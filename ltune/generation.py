@@ -162,7 +162,7 @@ def prefilled(model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, copies:
         position_ids=position_ids[:, :-1],
         use_cache=True,
     )
-    cache = out.past_key_values
+    cache = getattr(out, CACHE_KWARG)
     cache.batch_repeat_interleave(copies)
     return {
         "input_ids": prompt_ids.repeat_interleave(copies, 0),

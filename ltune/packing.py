@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from ltune.backbone import completion_logprobs, hidden_states, unwrap
+from ltune.generation import CACHE_KWARG
 from ltune.kernels import LogProbs
 
 MASKABLE = ("sdpa", "eager")  # attention implementations that honour a custom 4D mask
@@ -217,3 +218,60 @@ def grouped_logprobs(
     forward); ``kwargs`` are its keyword arguments (``temperature``, ``with_entropy``, ``with_argmax``)."""
     hidden = None if groups is None else shared_prefix_hidden(model, input_ids, attention_mask, groups)
     return completion_logprobs(model, input_ids, attention_mask, labels, hidden=hidden, **kwargs)
+
+
+def shared_prefix_lengths(a: Tensor, a_mask: Tensor, b: Tensor, b_mask: Tensor) -> Tensor:
+    """``[N]`` length of the leading real tokens that row ``i`` of ``a`` and row ``i`` of ``b`` share (right-padded)."""
+    width = min(a.shape[1], b.shape[1])
+    agree = (a[:, :width] == b[:, :width]) & a_mask[:, :width].bool() & b_mask[:, :width].bool()
+    return agree.long().cumprod(1).sum(1)
+
+
+def continued_hidden(
+    model: nn.Module, input_ids: Tensor, attention_mask: Tensor, twin_ids: Tensor, twin_mask: Tensor
+) -> tuple[Tensor, Tensor | None]:
+    """Final hidden states ``[N, T, H]`` of right-padded rows (with gradient), and ``[N, T', H]`` of their twins
+    (without): row ``i`` of ``twin_ids`` repeats the first tokens of row ``i`` (e.g. a KTO row's prompt with another
+    completion), so only its rest runs, under ``torch.no_grad``, off the rows' KV cache. Equal at every real token to
+    :func:`~ltune.backbone.hidden_states` of each (causal attention: the shared tokens have the same keys and
+    values). The twins come back None where the model cannot continue (no custom-mask attention, a cache-less
+    forward, e.g. under activation checkpointing, or FSDP): the caller then runs them in their own forward.
+
+    Args:
+        model: A causal LM (optionally wrapped by peft).
+        input_ids: ``[N, T]`` the rows' token ids.
+        attention_mask: ``[N, T]`` 1 for real tokens.
+        twin_ids: ``[N, T']`` the twins' token ids.
+        twin_mask: ``[N, T']`` 1 for real tokens.
+    """
+    base = unwrap(model)
+    if base.config._attn_implementation not in MASKABLE or getattr(base, "_is_fsdp_managed_module", False):
+        return hidden_states(model, input_ids, attention_mask), None
+    out = base.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=True)
+    hidden, cache = out.last_hidden_state, getattr(out, CACHE_KWARG, None)
+    if cache is None:
+        return hidden, None
+    with torch.no_grad():
+        n, width, device = len(input_ids), input_ids.shape[1], input_ids.device
+        share = shared_prefix_lengths(input_ids, attention_mask, twin_ids, twin_mask)
+        rest = twin_mask.sum(1) - share
+        steps = torch.arange(max(int(rest.max()), 1), device=device)
+        real = steps < rest[:, None]  # [N, R] the twins' tokens after their shared prefix
+        pos = share[:, None] + steps
+        ids = twin_ids.gather(1, pos.clamp(max=twin_ids.shape[1] - 1)) * real
+        sees_cache = torch.arange(width, device=device) < share[:, None]  # [N, width]
+        causal = (steps[:, None] >= steps[None, :]) & real[:, None, :]
+        allowed = torch.cat([sees_cache[:, None, :].expand(-1, len(steps), -1), causal], -1)
+        allowed[:, :, width:] |= torch.eye(len(steps), dtype=torch.bool, device=device)  # padding sees itself
+        mask = allowed[:, None]
+        if base.config._attn_implementation != "sdpa":
+            dtype = hidden.dtype
+            mask = torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill(~mask, torch.finfo(dtype).min)
+        kwargs = {CACHE_KWARG: cache}
+        tail = base.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, **kwargs)
+        tail = tail.last_hidden_state
+        at = torch.arange(twin_ids.shape[1], device=device).expand(n, -1)
+        from_rows = hidden.detach().gather(1, at.clamp(max=width - 1)[..., None].expand(-1, -1, hidden.shape[-1]))
+        from_tail = tail.gather(1, (at - share[:, None]).clamp(0, len(steps) - 1)[..., None].expand_as(from_rows))
+        twins = torch.where((at < share[:, None])[..., None], from_rows, from_tail)
+    return hidden, twins

@@ -1,6 +1,6 @@
 """Packing (ltune/packing.py): the layout and best-fit-decreasing bins by hand, hidden states, log-probs and
-gradients equal to each row alone in float64 (sdpa and eager attention), and pair objectives equal with and without
-it."""
+gradients equal to each row alone in float64 (sdpa and eager attention), pair objectives equal with and without
+it, and twins continued off their rows' KV cache equal to their own forward."""
 
 import pytest
 import torch
@@ -11,11 +11,13 @@ from ltune.packing import (
     best_fit_groups,
     common_prefix_length,
     consecutive_groups,
+    continued_hidden,
     grouped_logprobs,
     pack_groups,
     pair_groups,
     row_groups,
     shared_prefix_hidden,
+    shared_prefix_lengths,
 )
 from tests.conftest import micro_backbone
 from tests.objectives.test_dpo import _batch
@@ -164,3 +166,33 @@ def test_pair_objectives_equal_with_and_without_sharing(cls, monkeypatch):
     assert len(grads[0]) == len(grads[1]) > 0
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6 * a.abs().max().item())
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_twins_continued_off_the_rows_cache_equal_their_own_forward(attn):
+    """Twins sharing 4, 1 and all 3 of their rows' leading tokens (the third a row's strict prefix extended, the
+    widths differ): hidden states at every real token equal each row's and twin's own unpadded forward in float64,
+    the rows' with their gradients, the twins' without; a cache-less forward (activation checkpointing) leaves the
+    twins to the caller."""
+    torch.manual_seed(0)
+    model = micro_backbone(attn_implementation=attn).load_model().double()
+    b = torch.randint(3, 300, (40,), generator=torch.Generator().manual_seed(1)).tolist()
+    ids, mask = _rows([b[:9], b[10:16], b[20:23]], t=9)
+    twin_ids, twin_mask = _rows([b[:4] + b[30:36], b[10:11] + [7], b[20:23] + [5, 6, 8, 9]], t=10)
+    assert shared_prefix_lengths(ids, mask, twin_ids, twin_mask).tolist() == [4, 1, 3]
+    hidden, twins = continued_hidden(model, ids, mask, twin_ids, twin_mask)
+    assert hidden.requires_grad and not twins.requires_grad
+    for rows, m, out in ((ids, mask, hidden), (twin_ids, twin_mask, twins)):
+        real = m.bool()
+        alone = [hidden_states(model, rows[i, real[i]][None], m[i, real[i]][None])[0] for i in range(len(rows))]
+        torch.testing.assert_close(out[real], torch.cat(alone).detach(), rtol=0, atol=1e-6)  # float32 softmax
+    w = torch.randn(hidden.shape, dtype=torch.float64) * mask[..., None]
+    (hidden * w).sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    (hidden_states(model, ids, mask) * w).sum().backward()
+    for a, p in zip(grads, model.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, a, rtol=0, atol=1e-9 * a.abs().max().item())
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})  # as Backbone does
+    model.train()
+    assert continued_hidden(model, ids, mask, twin_ids, twin_mask)[1] is None

@@ -20,6 +20,7 @@ from ltune.losses.dpo import sequence_logps
 from ltune.losses.kto import KTOLossType, kto_kl, kto_loss
 from ltune.objectives.checkpoint import per_rank
 from ltune.objectives.dpo import DPO
+from ltune.packing import continued_hidden
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +47,13 @@ def stack_kl(batch: dict, kl: bool = True) -> dict:
     return out
 
 
-def trimmed_logprobs(model: torch.nn.Module, ids: Tensor, mask: Tensor, labels: Tensor) -> Tensor:
-    """:func:`~ltune.backbone.completion_logprobs` of right-padded rows cut to their longest row first (the stacked
-    layout pads the rows and their KL sequences to one width, so one half may carry many padding columns), returned
-    zero-padded to ``[B, T-1]``."""
+def trimmed(pair: dict, rows: slice) -> tuple[Tensor, Tensor, Tensor]:
+    """``input_ids``, ``attention_mask`` and ``labels`` of some right-padded rows of ``pair``, cut to their longest
+    row (the stacked layout pads the rows and their KL sequences to one width, so one half may carry many padding
+    columns)."""
+    mask = pair["attention_mask"][rows]
     width = int(mask.any(0).nonzero().max()) + 1
-    lp = completion_logprobs(model, ids[:, :width], mask[:, :width], labels[:, :width]).logprobs
-    return F.pad(lp, (0, ids.shape[1] - width))
+    return pair["input_ids"][rows, :width], mask[:, :width], pair["labels"][rows, :width]
 
 
 def paired_accuracy(rewards: dict[tuple[int, bool], float]) -> float | None:
@@ -91,9 +92,9 @@ class KTO(DPO):
         loss_type: ``"kto"``, or ``"apo_zero_unpaired"`` (APO-zero, arXiv:2408.06266; no KL estimate).
         precompute_ref_log_probs: Compute the reference log-probs once before fitting and cache them on disk.
         cache_dir: Folder of the reference cache (moves with ``--trainer.default_root_dir``).
-        **kwargs: Arguments of :class:`~ltune.objectives.preference.PairObjective` (``share_prompt``: one packed
-            forward of each row and its KL sequence where that costs less, see :meth:`pack_kl`; False: always the
-            rows, then the KL sequences without gradient) and
+        **kwargs: Arguments of :class:`~ltune.objectives.preference.PairObjective` (``share_prompt``: a KL
+            sequence runs only its completion, without gradient, off the KV cache of its row's prompt; False: the
+            rows, then the whole KL sequences without gradient) and
             :class:`~ltune.objectives.base.Objective` (backbone, optimizer, scheduler, ...).
     """
 
@@ -175,27 +176,20 @@ class KTO(DPO):
     # ---- the loss -------------------------------------------------------------------------------------------------
     def policy_logprobs(self, pair: dict) -> tuple[Tensor, Tensor | None]:
         """``[B, T-1]`` per-token log-probs of the rows under the policy (with gradient), and the ``[B]`` summed
-        log-probs of their KL sequences (no gradient; None without a KL estimate)."""
-        n = len(pair["input_ids"]) // 2
-        if self.uses_kl and self.share_prompt and self.pack_kl(pair):  # one packed forward; the KL half detached
-            lp = self.pair_logprobs(self.model, pair)
-            return lp[:n], sequence_logps(lp[n:].detach(), self.response_mask(pair)[n:])
-        ids, mask, labels = pair["input_ids"], pair["attention_mask"], pair["labels"]
-        lp = trimmed_logprobs(self.model, ids[:n], mask[:n], labels[:n])
+        log-probs of their KL sequences (no gradient; None without a KL estimate). With ``share_prompt`` a KL
+        sequence runs only its completion, off its row's KV cache (:func:`~ltune.packing.continued_hidden`)."""
+        n, width = len(pair["input_ids"]) // 2, pair["input_ids"].shape[1] - 1
+        rows, kl_rows = trimmed(pair, slice(None, n)), trimmed(pair, slice(n, None))
+        hidden = kl_hidden = None
+        if self.uses_kl and self.share_prompt:
+            hidden, kl_hidden = continued_hidden(self.model, *rows[:2], *kl_rows[:2])
+        lp = completion_logprobs(self.model, *rows, hidden=hidden).logprobs
+        lp = F.pad(lp, (0, width - lp.shape[1]))
         if not self.uses_kl:
             return lp, None
         with torch.no_grad():
-            kl = trimmed_logprobs(self.model, ids[n:], mask[n:], labels[n:])
-        return lp, sequence_logps(kl, self.response_mask(pair)[n:])
-
-    def pack_kl(self, pair: dict) -> bool:
-        """Whether to score the rows and their KL sequences in one packed forward (each prompt once) rather than the
-        rows with gradient and then the KL sequences without. Packing saves the KL sequences' prompts a forward but
-        puts their completions through the backward (a forward and a backward cost about 3 forwards), so it pays
-        when those prompts hold more than twice the tokens of the KL completions (short answers to long prompts)."""
-        n = len(pair["input_ids"]) // 2
-        completion = int(self.response_mask(pair)[n:].sum())
-        return int(pair["attention_mask"][n:].sum()) - completion > 2 * completion
+            kl = completion_logprobs(self.model, *kl_rows, hidden=kl_hidden).logprobs
+        return lp, kl.sum(-1)
 
     def _all_sum(self) -> Callable[[Tensor], Tensor] | None:
         """Sum across ranks while training under data parallelism (every rank steps alike), else None."""

@@ -70,14 +70,13 @@ def test_loss_is_the_pure_function_on_full_logit_logps(loss_type, share_prompt):
     assert grads and all(torch.isfinite(g).all() for g in grads)
 
 
-def test_kl_sequences_carry_no_gradient_packed_or_not():
-    """One packed forward of each row with its KL sequence (share_prompt) and two forwards (the KL one without
-    gradient) give the same loss and gradients: z0 enters as a constant."""
+def test_kl_sequences_carry_no_gradient_continued_or_not():
+    """KL sequences continued off their rows' KV cache (share_prompt) and run whole in a second forward (both
+    without gradient) give the same loss, z0 and gradients: z0 enters as a constant."""
     grads = {}
     for share in (True, False):
         torch.manual_seed(2)  # a perturbation under which z0 > 0
         model = KTO(backbone=micro_backbone(), share_prompt=share)
-        model.pack_kl = lambda pair, share=share: share  # the packed path whatever the rows' lengths
         model.configure_model()
         with torch.no_grad():
             for p in model.model.parameters():
@@ -86,19 +85,11 @@ def test_kl_sequences_carry_no_gradient_packed_or_not():
         loss, m = model.forward_loss(dm.collate(dm.data["train"]))
         loss.backward()
         assert m["kl"].item() > 0  # z0 is not clamped to 0 here: it shapes the loss
-        grads[share] = (loss.item(), [p.grad.clone() for p in model.model.parameters()])
+        grads[share] = (loss.item(), m["kl"].item(), [p.grad.clone() for p in model.model.parameters()])
     assert grads[True][0] == pytest.approx(grads[False][0], rel=1e-5)
-    for a, b in zip(grads[True][1], grads[False][1], strict=True):
+    assert grads[True][1] == pytest.approx(grads[False][1], rel=1e-5)
+    for a, b in zip(grads[True][2], grads[False][2], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
-
-
-def test_packs_only_when_the_prompts_outweigh_twice_the_kl_completions():
-    def pair(prompt: int, completion: int) -> dict:  # a row and its KL sequence, each prompt + completion tokens
-        labels = torch.tensor([[-100] * prompt + [1] * completion] * 2)
-        return {"input_ids": torch.ones_like(labels), "attention_mask": torch.ones_like(labels), "labels": labels}
-
-    model = KTO(backbone=micro_backbone())
-    assert model.pack_kl(pair(21, 10)) and not model.pack_kl(pair(20, 10))
 
 
 def test_kl_sequences_pair_each_prompt_with_another_rows_completion():
