@@ -7,14 +7,15 @@ side in its own process, TRL with packing and ``padding_free`` (SFT) or ``precom
 cached reference). A side's *step memory* at a length is its peak RSS there minus its peak RSS at ``--base`` tokens,
 where activations are negligible: what one step adds on top of the static part. A side whose run dies (e.g. killed
 out of memory) is recorded as failed, with its exit status, and the other side's figures kept. ``--checkpointing``
-adds runs at the longest length with activation checkpointing on (both sides). The records keep each run's tokens/s
+adds runs at the longest length (or ``--checkpointing-length``) with activation checkpointing on (both sides). The records keep each run's tokens/s
 too, worth reading only when nothing else ran beside the benchmark.
 
     python benchmarks/memory_lengths.py --out benchmarks/results/lengths/memory --checkpointing
     python benchmarks/memory_lengths.py --methods orpo --lengths 128 --base 64 --out /tmp/m             # smoke
 
 Writes one record per method (``<out>/<method>.json``: peaks, step memory, the slope in MB per 1,000 tokens between
-lengths, ltune / TRL at each length) and ``<out>/memory.png``: step memory against tokens, a line per method and side.
+lengths, ltune / TRL at each length) and ``<out>/memory.png``: step memory against tokens, a line per method and side
+of every record in ``<out>``.
 """
 
 from __future__ import annotations
@@ -110,7 +111,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--lengths", nargs="+", type=int, default=[512, 1024, 2048, 4096])
     p.add_argument("--base", type=int, default=64, help="the length whose peak stands for the static part")
     p.add_argument("--model", default="smollm2-135m-instruct")
-    p.add_argument("--checkpointing", action="store_true", help="also the longest length with checkpointing on")
+    p.add_argument("--checkpointing", action="store_true", help="also a length with checkpointing on")
+    p.add_argument("--checkpointing-length", type=int, help="that length (default: the longest)")
     p.add_argument("--out", required=True, help="folder of the records and the plot")
     a = p.parse_args(argv)
     out = Path(a.out)
@@ -121,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
             base = _run(method, a.base, a.model, Path(tmp))
             entry = summarise(method, base, [_run(method, n, a.model, Path(tmp)) for n in a.lengths])
             if a.checkpointing:
-                gc = _run(method, a.lengths[-1], a.model, Path(tmp), checkpointing=True)
+                gc = _run(method, a.checkpointing_length or a.lengths[-1], a.model, Path(tmp), checkpointing=True)
                 gc["step_memory_mb"] = {
                     s: above(gc[s]["peak_rss_mb"], base[s]["peak_rss_mb"]) for s in ("ltune", "trl")
                 }
@@ -130,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
             (out / f"{method}.json").write_text(json.dumps(entry, indent=1) + "\n")
             print(method, json.dumps({k: entry[k] for k in ("step_memory_mb", "ratio")}), flush=True)
             results.append(entry)
-    plot(results, out / "memory.png")
+    plot([json.loads(f.read_text()) for f in sorted(out.glob("*.json"))], out / "memory.png")  # every method's
     return results
 
 

@@ -179,7 +179,8 @@ def effect_section(study: dict, records: Path = RECORDS) -> tuple[list[str], lis
 
 # ---- benchmarks --------------------------------------------------------------------------------------------------
 def resolve(value, path: str):
-    """Dotted keys; ``[*]`` maps over a list (``runs.ltune[*].summary.tokens_per_s``), ``[i]`` takes its item i."""
+    """Dotted keys; ``[*]`` maps over a list (``runs.ltune[*].summary.tokens_per_s``), ``[i]`` takes its item i (None
+    past its end: a record measured at fewer points than another of its table)."""
     for part in path.split("."):
         m = re.fullmatch(r"([^[\]]+)(?:\[(\*|\d+)\])?", part)
         key, index = m.group(1), m.group(2)
@@ -187,7 +188,7 @@ def resolve(value, path: str):
         if index is not None and not isinstance(value, list):
             raise ValueError(f"{path}: {key} is not a list")
         if index not in (None, "*"):
-            value = value[int(index)]
+            value = value[int(index)] if int(index) < len(value) else None
     return value
 
 

@@ -32,7 +32,8 @@ attention scores left out, small at these lengths) at the machine's measured flo
 (loss included), backward, optimizer, and the rest of the step (data, framework).
 
 KTO: the preference pairs unpaired on both sides (ltune's ``UnpairedPreferenceData``, TRL's
-``unpair_preference_dataset``, shuffled once with seed 0: TRL samples sequentially), ``--batch`` rows a step, each with
+``unpair_preference_dataset``, put in ltune's shuffled order: TRL samples sequentially, so both sides' steps hold the
+same rows and the untimed warm-up step is the same on both), ``--batch`` rows a step, each with
 its KL sequence (its prompt and another row's completion: TRL rotates completions within a batch, ltune pairs rows by a
 seeded cycle); tokens count the rows and the KL sequences on both sides. TRL's KL estimate needs a batch of >= 2 rows.
 
@@ -216,8 +217,13 @@ def run_trl(a: argparse.Namespace) -> dict:
         from trl.data_utils import unpair_preference_dataset
 
         data = datasets.Dataset.from_list(pairs)
-        if a.method == "kto":  # TRL samples sequentially: unpaired rows shuffled once
-            data = unpair_preference_dataset(data).shuffle(seed=0)
+        if a.method == "kto":  # TRL samples sequentially: the unpaired rows in ltune's order (see the docstring)
+            dm.setup("fit")
+            order = [dm.data["train"][i] for i in dm.train_dataloader().sampler]
+            data = unpair_preference_dataset(data)
+            data = data.select([r["pair"] + (0 if r["label"] else len(pairs)) for r in order])  # chosen rows first
+            want = [pairs[r["pair"]]["chosen" if r["label"] else "rejected"] for r in order]
+            assert data["completion"] == want, "TRL's unpaired rows are not in ltune's order"
         config, trainer_cls = (DPOConfig, DPOTrainer) if a.method == "dpo" else (KTOConfig, KTOTrainer)
         t = now()
         trainer = trainer_cls(
