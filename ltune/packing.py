@@ -220,6 +220,22 @@ def grouped_logprobs(
     return completion_logprobs(model, input_ids, attention_mask, labels, hidden=hidden, **kwargs)
 
 
+ROW_MIN_TOKENS = 256  # shorter rows stay batched: a forward of fewer tokens runs its matmuls at a lower rate
+
+
+def row_slices(model: nn.Module, attention_mask: Tensor) -> list[slice]:
+    """How to run a batch of right-padded rows: one forward of the whole batch, or (on CPU, when the rows differ in
+    length and each holds at least ``ROW_MIN_TOKENS`` tokens) one forward per row, unpadded. A padded batch with
+    its ``[B, T]`` mask computes every score of the ``B x T x T`` attention (the mask forces SDPA's masked path) and
+    every padding position; a row alone runs causal attention (half the scores) on its own tokens only."""
+    lengths = attention_mask.sum(1)
+    base = unwrap(model)
+    on_cpu = next(base.parameters()).device.type == "cpu"
+    if not on_cpu or int(lengths.min()) < ROW_MIN_TOKENS or int(lengths.min()) == int(lengths.max()):
+        return [slice(0, len(lengths))]
+    return [slice(i, i + 1) for i in range(len(lengths))]
+
+
 def shared_prefix_lengths(a: Tensor, a_mask: Tensor, b: Tensor, b_mask: Tensor) -> Tensor:
     """``[N]`` length of the leading real tokens that row ``i`` of ``a`` and row ``i`` of ``b`` share (right-padded)."""
     width = min(a.shape[1], b.shape[1])

@@ -20,7 +20,7 @@ from ltune.losses.dpo import sequence_logps
 from ltune.losses.kto import KTOLossType, kto_kl, kto_loss
 from ltune.objectives.checkpoint import per_rank
 from ltune.objectives.dpo import DPO
-from ltune.packing import continued_hidden
+from ltune.packing import continued_hidden, row_slices
 
 log = logging.getLogger(__name__)
 
@@ -177,14 +177,22 @@ class KTO(DPO):
     def policy_logprobs(self, pair: dict) -> tuple[Tensor, Tensor | None]:
         """``[B, T-1]`` per-token log-probs of the rows under the policy (with gradient), and the ``[B]`` summed
         log-probs of their KL sequences (no gradient; None without a KL estimate). With ``share_prompt`` a KL
-        sequence runs only its completion, off its row's KV cache (:func:`~ltune.packing.continued_hidden`)."""
+        sequence runs only its completion, off its row's KV cache (:func:`~ltune.packing.continued_hidden`). Long
+        rows of unequal lengths run one at a time on CPU, without padding (:func:`~ltune.packing.row_slices`)."""
         n, width = len(pair["input_ids"]) // 2, pair["input_ids"].shape[1] - 1
-        rows, kl_rows = trimmed(pair, slice(None, n)), trimmed(pair, slice(n, None))
+        logprobs, kl_logps = [], []
+        for part in row_slices(self.model, pair["attention_mask"][:n]):
+            lp, kl = self._logprobs(trimmed(pair, part), trimmed(pair, slice(n + part.start, n + part.stop)))
+            logprobs.append(F.pad(lp, (0, width - lp.shape[1])))
+            kl_logps.append(kl)
+        return torch.cat(logprobs), torch.cat(kl_logps) if self.uses_kl else None
+
+    def _logprobs(self, rows: tuple[Tensor, ...], kl_rows: tuple[Tensor, ...]) -> tuple[Tensor, Tensor | None]:
+        """The rows' per-token log-probs and their KL sequences' summed ones (see :meth:`policy_logprobs`)."""
         hidden = kl_hidden = None
         if self.uses_kl and self.share_prompt:
             hidden, kl_hidden = continued_hidden(self.model, *rows[:2], *kl_rows[:2])
         lp = completion_logprobs(self.model, *rows, hidden=hidden).logprobs
-        lp = F.pad(lp, (0, width - lp.shape[1]))
         if not self.uses_kl:
             return lp, None
         with torch.no_grad():

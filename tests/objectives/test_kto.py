@@ -17,6 +17,7 @@ from ltune.datamodules.unpaired import kl_partners
 from ltune.losses.kto import kto_kl, kto_loss
 from ltune.objectives import KTO, Objective
 from ltune.objectives.kto import paired_accuracy
+from ltune.packing import row_slices
 from tests.conftest import MICRO, ROOT, micro_backbone, quiet_trainer, trained_runs, write_jsonl
 
 
@@ -70,26 +71,43 @@ def test_loss_is_the_pure_function_on_full_logit_logps(loss_type, share_prompt):
     assert grads and all(torch.isfinite(g).all() for g in grads)
 
 
-def test_kl_sequences_carry_no_gradient_continued_or_not():
-    """KL sequences continued off their rows' KV cache (share_prompt) and run whole in a second forward (both
-    without gradient) give the same loss, z0 and gradients: z0 enters as a constant."""
-    grads = {}
-    for share in (True, False):
+@pytest.mark.parametrize("share,row_min", [(True, 10**6), (True, 1), (False, 1)])
+def test_kl_continued_or_whole_rows_batched_or_alone_agree(share, row_min, monkeypatch):
+    """KL sequences continued off their rows' KV cache (share_prompt) or run whole in a second forward (both without
+    gradient), and rows run as one padded batch or one at a time unpadded (``ROW_MIN_TOKENS`` 1: the micro rows
+    count as long), give the batched whole-sequence path's loss, z0 and gradients: z0 enters as a constant."""
+    import ltune.packing
+
+    runs = {}
+    for key, (share_, row_min_) in {"plain": (False, 10**6), "tried": (share, row_min)}.items():
+        monkeypatch.setattr(ltune.packing, "ROW_MIN_TOKENS", row_min_)
         torch.manual_seed(2)  # a perturbation under which z0 > 0
-        model = KTO(backbone=micro_backbone(), share_prompt=share)
+        model = KTO(backbone=micro_backbone(), share_prompt=share_)
         model.configure_model()
         with torch.no_grad():
             for p in model.model.parameters():
                 p.add_(0.05 * torch.randn_like(p))
         dm = _data(model, n=3)
-        loss, m = model.forward_loss(dm.collate(dm.data["train"]))
+        batch = dm.collate(dm.data["train"])
+        lengths = batch["attention_mask"].sum(1)
+        assert len(ltune.packing.row_slices(model.model, batch["attention_mask"])) == (6 if row_min_ == 1 else 1)
+        assert lengths.min() < lengths.max()  # padded rows
+        loss, m = model.forward_loss(batch)
         loss.backward()
         assert m["kl"].item() > 0  # z0 is not clamped to 0 here: it shapes the loss
-        grads[share] = (loss.item(), m["kl"].item(), [p.grad.clone() for p in model.model.parameters()])
-    assert grads[True][0] == pytest.approx(grads[False][0], rel=1e-5)
-    assert grads[True][1] == pytest.approx(grads[False][1], rel=1e-5)
-    for a, b in zip(grads[True][2], grads[False][2], strict=True):
+        runs[key] = (loss.item(), m["kl"].item(), [p.grad.clone() for p in model.model.parameters()])
+    assert runs["tried"][0] == pytest.approx(runs["plain"][0], rel=1e-5)
+    assert runs["tried"][1] == pytest.approx(runs["plain"][1], rel=1e-5)
+    for a, b in zip(runs["tried"][2], runs["plain"][2], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_rows_run_alone_when_long_and_unequal_on_cpu():
+    model = micro_backbone().load_model()
+    mask = lambda *lengths: torch.tensor([[1] * n + [0] * (max(lengths) - n) for n in lengths])  # noqa: E731
+    assert row_slices(model, mask(300, 256)) == [slice(0, 1), slice(1, 2)]
+    assert row_slices(model, mask(300, 255)) == [slice(0, 2)]  # a short row: the batch stays whole
+    assert row_slices(model, mask(300, 300)) == [slice(0, 2)]  # no padding: nothing to save
 
 
 def test_kl_sequences_pair_each_prompt_with_another_rows_completion():
