@@ -7,7 +7,7 @@ side in its own process, TRL with packing and ``padding_free`` (SFT) or ``precom
 cached reference). A side's *step memory* at a length is its peak RSS there minus its peak RSS at ``--base`` tokens,
 where activations are negligible: what one step adds on top of the static part. A side whose run dies (e.g. killed
 out of memory) is recorded as failed, with its exit status, and the other side's figures kept. ``--checkpointing``
-adds runs at the longest length (or ``--checkpointing-length``) with activation checkpointing on (both sides). The records keep each run's tokens/s
+adds runs at the longest length with activation checkpointing on (both sides). The records keep each run's tokens/s
 too, worth reading only when nothing else ran beside the benchmark.
 
     python benchmarks/memory_lengths.py --out benchmarks/results/lengths/memory --checkpointing
@@ -111,8 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--lengths", nargs="+", type=int, default=[512, 1024, 2048, 4096])
     p.add_argument("--base", type=int, default=64, help="the length whose peak stands for the static part")
     p.add_argument("--model", default="smollm2-135m-instruct")
-    p.add_argument("--checkpointing", action="store_true", help="also a length with checkpointing on")
-    p.add_argument("--checkpointing-length", type=int, help="that length (default: the longest)")
+    p.add_argument("--checkpointing", action="store_true", help="also the longest length with checkpointing on")
     p.add_argument("--out", required=True, help="folder of the records and the plot")
     a = p.parse_args(argv)
     out = Path(a.out)
@@ -123,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
             base = _run(method, a.base, a.model, Path(tmp))
             entry = summarise(method, base, [_run(method, n, a.model, Path(tmp)) for n in a.lengths])
             if a.checkpointing:
-                gc = _run(method, a.checkpointing_length or a.lengths[-1], a.model, Path(tmp), checkpointing=True)
+                gc = _run(method, a.lengths[-1], a.model, Path(tmp), checkpointing=True)
                 gc["step_memory_mb"] = {
                     s: above(gc[s]["peak_rss_mb"], base[s]["peak_rss_mb"]) for s in ("ltune", "trl")
                 }
