@@ -18,10 +18,15 @@ from typing import Literal
 import torch
 from peft import LoraConfig
 from torch import Tensor, nn
+from transformers.generation import utils as generation_utils
 
 from ltune.kernels import LogProbs, linear_token_logprobs
 from ltune.presets import PRESETS, loading, locate
 from ltune.seeding import run_seed
+
+# transformers' name for a KV cache (forward and generate arguments, model outputs): `cache` from 5.x, before that
+# `past_key_values`
+CACHE_KWARG = "cache" if "cache" in getattr(generation_utils, "ALL_CACHE_NAMES", ()) else "past_key_values"
 
 log = logging.getLogger(__name__)
 

@@ -11,12 +11,9 @@ from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
-from transformers.generation import utils as generation_utils
 
+from ltune.backbone import CACHE_KWARG
 from ltune.kernels import IGNORE_INDEX
-
-# generate's name for a precomputed KV cache: `cache` from transformers 5.x, `past_key_values` before
-CACHE_KWARG = "cache" if "cache" in getattr(generation_utils, "ALL_CACHE_NAMES", ()) else "past_key_values"
 
 
 @dataclass

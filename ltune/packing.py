@@ -28,8 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ltune.backbone import completion_logprobs, hidden_states, unwrap
-from ltune.generation import CACHE_KWARG
+from ltune.backbone import CACHE_KWARG, completion_logprobs, hidden_states, unwrap
 from ltune.kernels import LogProbs
 
 MASKABLE = ("sdpa", "eager")  # attention implementations that honour a custom 4D mask
