@@ -59,10 +59,15 @@ class Packed:
         q, kv = seg[:, :, None], seg[:, None, :]
         allowed = causal & (q >= 0) & (kv >= 0) & ((kv == 0) | (kv == q))
         allowed |= torch.eye(n, dtype=torch.bool, device=seg.device)
-        allowed = allowed[:, None]
-        if dtype is None:
-            return allowed
-        return torch.zeros(allowed.shape, dtype=dtype, device=seg.device).masked_fill(~allowed, torch.finfo(dtype).min)
+        return as_attention_mask(allowed[:, None], dtype)
+
+
+def as_attention_mask(allowed: Tensor, dtype: torch.dtype | None) -> Tensor:
+    """A boolean 4D mask (True = attend) as the attention takes it: as is when ``dtype`` is None (sdpa), else additive
+    0 / the dtype's minimum (eager)."""
+    if dtype is None:
+        return allowed
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
 
 def pair_groups(n_rows: int, device: torch.device | str | None = None) -> Tensor:
@@ -278,10 +283,7 @@ def continued_hidden(
         causal = (steps[:, None] >= steps[None, :]) & real[:, None, :]
         allowed = torch.cat([sees_cache[:, None, :].expand(-1, len(steps), -1), causal], -1)
         allowed[:, :, width:] |= torch.eye(len(steps), dtype=torch.bool, device=device)  # padding sees itself
-        mask = allowed[:, None]
-        if base.config._attn_implementation != "sdpa":
-            dtype = hidden.dtype
-            mask = torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill(~mask, torch.finfo(dtype).min)
+        mask = as_attention_mask(allowed[:, None], None if base.config._attn_implementation == "sdpa" else hidden.dtype)
         kwargs = {CACHE_KWARG: cache}
         tail = base.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, **kwargs)
         tail = tail.last_hidden_state
