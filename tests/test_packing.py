@@ -82,6 +82,23 @@ def test_hidden_states_and_gradients_equal_each_row_alone(attn):
             torch.testing.assert_close(p.grad, a, rtol=0, atol=1e-6 * a.abs().max().item())
 
 
+def test_a_packed_forward_keeps_one_mask_for_every_layer():
+    """SDPA saves the block mask for the backward once, not once per layer: it converts a boolean mask in every
+    layer and keeps each copy (at 4,096 tokens, 64 MB a layer)."""
+    model = micro_backbone(attn_implementation="sdpa").load_model()
+    ids, mask = _rows([[5, 6, 7, 8, 9, 10], [5, 6, 7, 8, 20, 21, 22], [11, 12], [11, 30, 31]], t=7)
+    saved = []
+
+    def keep(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+        shared_prefix_hidden(model, ids, mask, pair_groups(4), min_saving=0.0)
+    masks = {t.data_ptr() for t in saved if t.dim() == 4 and t.shape[1] == 1 and t.shape[2] == t.shape[3]}  # [G,1,P,P]
+    assert len(masks) == 1, f"{len(masks)} block masks saved over {model.config.num_hidden_layers} layers"
+
+
 def test_best_fit_decreasing_by_hand():
     """Sizes 8, 7, 5, 3, 2, 1 into bins of 10, longest first: 8 and 7 open bins, 5 fits neither (a third bin), 3 goes
     to the tightest fit (7's bin, room 3, over 5's, room 5), 2 to 8's (room 2), 1 to the only room left (5's)."""

@@ -124,6 +124,14 @@ class Objective(FrozenOutOfCheckpoint, GenerationEval, L.LightningModule):
             self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
         self.log("train/learning_rate", float(optimizer.param_groups[0]["lr"]), on_step=True, on_epoch=False)
 
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
+        """Step, then free the gradients at once, as TRL's trainers do. Lightning frees them only before the next
+        backward, so they would be held through the next forward: in full fine-tuning, one more copy of the weights
+        at the step's peak. With gradient accumulation this runs once per accumulated step, after its last
+        micro-batch."""
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        optimizer.zero_grad(set_to_none=True)
+
     def check_finite(self, loss: Tensor, batch_idx: int) -> None:
         """Stop every rank together (no DDP hang) when any rank's loss is NaN/inf."""
         bad = self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss)), all=False)

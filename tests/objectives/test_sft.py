@@ -93,3 +93,20 @@ def test_rows_sharing_a_system_prompt_pack_and_give_the_same_loss_and_gradients(
         SFT(pack_length=0)
     with pytest.warns(UserWarning, match="share_prefix_rows is gone"):  # hparams of a checkpoint saved before
         assert SFT(share_prefix_rows=4).packing
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_gradients_are_freed_after_each_optimizer_step_and_kept_between_micro_batches(accumulate):
+    import lightning as L
+
+    seen = []
+
+    class Grads(L.Callback):
+        def on_train_batch_end(self, trainer, module, *args):
+            seen.append(any(p.grad is not None for p in module.parameters()))
+
+    model = SFT(backbone=micro_backbone(), optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+    trainer = quiet_trainer(max_steps=2, accumulate_grad_batches=accumulate, callbacks=[Grads()])
+    trainer.fit(model, _data())
+    # held after a micro-batch that only accumulates; gone once the optimizer has stepped on them
+    assert seen == [False, False] if accumulate == 1 else seen == [True, False, True, False]
