@@ -65,7 +65,7 @@ class Packed:
 def as_attention_mask(allowed: Tensor, dtype: torch.dtype | None) -> Tensor:
     """A boolean 4D mask (True = attend) as is when ``dtype`` is None, else additive: 0 / the dtype's minimum, the
     form both ``eager`` and ``sdpa`` attention take. SDPA turns a boolean mask into an additive one in every layer
-    and keeps each for the backward (one ``[G, 1, T, T]`` float tensor per layer: 1.9 GB over 30 layers at 4,096
+    and keeps each for the backward (one ``[G, 1, T, T]`` float tensor per layer: 2 GB over 30 layers at 4,096
     tokens); an additive mask is used as it is, one tensor for all layers."""
     if dtype is None:
         return allowed
