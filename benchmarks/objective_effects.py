@@ -61,8 +61,8 @@ def wrong_tokens(
     difficulties: list[int] | None = None,
     categories: list[str] | None = None,
 ) -> dict[str, float]:
-    from ltune.backbone import completion_logprobs
     from ltune.datamodules import EmbeddedTasks, JudgmentData
+    from ltune.forward import completion_logprobs
     from ltune.objectives.base import Objective
 
     if ckpt.startswith("init:"):  # the randomly initialised tiny model of that init seed (before training)

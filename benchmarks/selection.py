@@ -20,11 +20,12 @@ import time
 
 import torch
 
-from ltune.backbone import Backbone, LoRA, Tiny, completion_logprobs
+from ltune.backbone import Backbone, LoRA, Tiny
 from ltune.datamodules import EmbeddedTasks, InstructionData
 from ltune.datamodules.batching import pad_right
 from ltune.datamodules.selection.geometry import k_center_greedy, repr_filter
 from ltune.datamodules.selection.less import per_example_grads
+from ltune.forward import completion_logprobs
 
 
 def sync(device):

@@ -1,5 +1,5 @@
-"""Load a causal LM and its tokenizer (Hugging Face id, local folder, or an embedded preset), add LoRA, compute
-completion log-probs through :mod:`ltune.kernels`, and export a Hugging Face folder.
+"""Load a causal LM and its tokenizer (Hugging Face id, local folder, or an embedded preset), add LoRA, and shard it
+with FSDP2. Its forward passes (hidden states, completion log-probs) are in :mod:`ltune.forward`.
 
 Two embedded presets run offline. ``tiny`` is a small random-init Llama built from a config with the file-less
 byte-level ``ByT5Tokenizer`` and a two-line chat template (``Q: ...`` / ``A: ...``): every unit test and config runs
@@ -17,10 +17,16 @@ from typing import Literal
 
 import torch
 from peft import LoraConfig
-from torch import Tensor, nn
+from torch import nn
 from transformers.generation import utils as generation_utils
 
-from ltune.kernels import LogProbs, linear_token_logprobs
+from ltune.forward import (  # noqa: F401  (ltune.backbone's public names since 0.1)
+    completion_logprobs,
+    hidden_states,
+    last_token_states,
+    reference_model,
+    unwrap,
+)
 from ltune.presets import PRESETS, loading, locate
 from ltune.seeding import run_seed
 
@@ -237,11 +243,6 @@ class Backbone:
         return model
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The ``transformers`` model under a peft wrapper (LoRA layers stay injected and active)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 def fully_shard_model(model: nn.Module, mesh) -> nn.Module:
     """Shard ``model`` in place with FSDP2 (``torch.distributed.fsdp.fully_shard``) over the 1-D ``mesh``: one unit
     per decoder layer (LoRA weights included), and the ``transformers`` model as the root unit (embeddings, final
@@ -256,71 +257,3 @@ def fully_shard_model(model: nn.Module, mesh) -> nn.Module:
     fully_shard(base, mesh=mesh)
     base._is_fsdp_managed_module = True  # transformers' flag: generate(synced_gpus=True) across ranks
     return model
-
-
-def reference_model(model: nn.Module):
-    """Context manager that runs ``model`` as its reference: LoRA adapter disabled (a no-op without LoRA).
-
-    Objectives that need a frozen reference without LoRA keep their own copy instead.
-    """
-    import contextlib
-
-    return model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
-
-
-def hidden_states(
-    model: nn.Module, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor | None = None
-) -> Tensor:
-    """Final (normed) hidden states ``[B, T, H]`` of the decoder, without computing the logits. ``attention_mask``
-    is ``[B, T]`` or a custom ``[B, 1, T, T]`` mask (with its ``position_ids``; see :mod:`ltune.packing`)."""
-    kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
-    if getattr(unwrap(model), "_is_fsdp_managed_module", False):  # FSDP2 gathers the root's weights in its forward
-        return model(**kwargs, output_hidden_states=True, logits_to_keep=1).hidden_states[-1]  # head on 1 position
-    return unwrap(model).get_decoder()(**kwargs).last_hidden_state
-
-
-def last_token_states(hidden: Tensor, attention_mask: Tensor) -> Tensor:
-    """``[B, H]`` hidden state at each row's last real token (right or left padding): sequence pooling for reward
-    models, CoIN's contrastive term and last-token embeddings."""
-    last = attention_mask.shape[1] - 1 - attention_mask.flip(1).argmax(1)
-    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last.to(hidden.device)]
-
-
-def completion_logprobs(
-    model: nn.Module,
-    input_ids: Tensor,
-    attention_mask: Tensor,
-    labels: Tensor,
-    *,
-    temperature: float = 1.0,
-    with_entropy: bool = False,
-    with_argmax: bool = False,
-    hidden: Tensor | None = None,
-) -> LogProbs:
-    """Per-token float32 log-probs of the labelled tokens, through :func:`ltune.kernels.linear_token_logprobs`.
-
-    ``labels`` is ``input_ids`` with ``-100`` at tokens that are not scored (prompt, padding). The logits at
-    position ``t`` score token ``t + 1``, so the outputs have shape ``[B, T - 1]`` and are 0 where unscored.
-
-    Args:
-        model: A causal LM (optionally wrapped by peft).
-        input_ids: ``[B, T]`` token ids.
-        attention_mask: ``[B, T]`` 1 for real tokens.
-        labels: ``[B, T]`` target ids, ``-100`` where unscored.
-        temperature: Divides the logits before the softmax.
-        with_entropy: Also return the per-token entropy (detached).
-        with_argmax: Also return whether the argmax token equals the label.
-        hidden: The ``[B, T, H]`` final hidden states if already computed (e.g. by
-            :func:`ltune.packing.shared_prefix_hidden`); ``input_ids`` and ``attention_mask`` are then unused.
-    """
-    hidden = (hidden_states(model, input_ids, attention_mask) if hidden is None else hidden)[:, :-1]
-    head = unwrap(model).get_output_embeddings()
-    return linear_token_logprobs(
-        hidden,
-        head.weight,
-        labels[:, 1:],
-        bias=getattr(head, "bias", None),
-        temperature=temperature,
-        with_entropy=with_entropy,
-        with_argmax=with_argmax,
-    )

@@ -252,7 +252,7 @@ def select(samples: Samples, index: Tensor) -> Samples:
 def training_inputs(samples: Samples, ignore_index: int = IGNORE_INDEX) -> dict[str, Tensor]:
     """Prompt + completion as one sequence for a scoring forward: ``input_ids``, ``attention_mask`` and ``labels``
     (the completion tokens up to and including the stop token; ``ignore_index`` elsewhere). Feed them to
-    :func:`ltune.backbone.completion_logprobs`; its outputs ``[:, P - 1:]`` line up with ``completion_ids``."""
+    :func:`ltune.forward.completion_logprobs`; its outputs ``[:, P - 1:]`` line up with ``completion_ids``."""
     input_ids = torch.cat([samples.prompt_ids, samples.completion_ids], 1)
     attention_mask = torch.cat([samples.prompt_mask, samples.completion_mask], 1)
     labels = torch.cat(

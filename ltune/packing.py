@@ -28,7 +28,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ltune.backbone import CACHE_KWARG, completion_logprobs, hidden_states, unwrap
+from ltune.backbone import CACHE_KWARG
+from ltune.forward import completion_logprobs, hidden_states, unwrap
 from ltune.kernels import LogProbs
 
 MASKABLE = ("sdpa", "eager")  # attention implementations that honour a custom 4D mask
@@ -219,7 +220,7 @@ def shared_prefix_hidden(
 def grouped_logprobs(
     model: nn.Module, input_ids: Tensor, attention_mask: Tensor, labels: Tensor, groups: Tensor | None, **kwargs
 ) -> LogProbs:
-    """:func:`ltune.backbone.completion_logprobs` through one packed forward per group (``groups`` None: the plain
+    """:func:`ltune.forward.completion_logprobs` through one packed forward per group (``groups`` None: the plain
     forward); ``kwargs`` are its keyword arguments (``temperature``, ``with_entropy``, ``with_argmax``)."""
     hidden = None if groups is None else shared_prefix_hidden(model, input_ids, attention_mask, groups)
     return completion_logprobs(model, input_ids, attention_mask, labels, hidden=hidden, **kwargs)
@@ -254,7 +255,7 @@ def continued_hidden(
     """Final hidden states ``[N, T, H]`` of right-padded rows (with gradient), and ``[N, T', H]`` of their twins
     (without): row ``i`` of ``twin_ids`` repeats the first tokens of row ``i`` (e.g. a KTO row's prompt with another
     completion), so only its rest runs, under ``torch.no_grad``, off the rows' KV cache. Equal at every real token to
-    :func:`~ltune.backbone.hidden_states` of each (causal attention: the shared tokens have the same keys and
+    :func:`~ltune.forward.hidden_states` of each (causal attention: the shared tokens have the same keys and
     values). The twins come back None where the model cannot continue (no custom-mask attention, a cache-less
     forward, e.g. under activation checkpointing, or FSDP): the caller then runs them in their own forward.
 

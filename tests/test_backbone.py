@@ -4,8 +4,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from ltune.backbone import LoRA, completion_logprobs, reference_model
+from ltune.backbone import LoRA
 from ltune.export import export_hf
+from ltune.forward import completion_logprobs, reference_model
 from ltune.objectives import SFT
 from tests.conftest import micro_backbone
 
@@ -129,7 +130,7 @@ def test_hub_kernels_are_off_unless_asked_whatever_the_environment_says(tmp_path
 
 
 def test_last_token_states_reads_the_last_real_token_on_either_padding_side():
-    from ltune.backbone import last_token_states
+    from ltune.forward import last_token_states
 
     hidden = torch.arange(2 * 4 * 3, dtype=torch.float32).view(2, 4, 3)
     right = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])

@@ -204,7 +204,7 @@ def test_ddp_two_cpu_processes_reduce_metrics_across_ranks(tmp_path):
 
 
 def test_budget_list_reads_fractions_and_row_counts():
-    from ltune.cli import budget_list
+    from ltune.data_verbs import budget_list
 
     assert budget_list("0.1,0.2,500,1.0") == [0.1, 0.2, 500, 1.0]
     assert [type(b) for b in budget_list("0.5,500")] == [float, int]  # a float is a fraction, an int a count

@@ -42,9 +42,9 @@ def layer_of_module(name: str) -> str | None:
         return parts[1]
     if parts[1] in ("seeding", "versions"):  # stdlib-only leaves like io
         return "io"
-    if parts[1] in ("errors", "run_record"):  # the CLI's one-line error reports and its run record
+    if parts[1] in ("errors", "run_record", "data_verbs"):  # the CLI's error reports, run record, select/scaling verbs
         return "cli"
-    if parts[1] in ("backbone", "presets", "packing", "export"):
+    if parts[1] in ("backbone", "forward", "presets", "packing", "export"):
         return "backbone"
     if parts[1] in CORE:
         return "core"

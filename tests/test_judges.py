@@ -136,7 +136,7 @@ def test_option_scores_share_each_context_and_equal_one_forward_per_option(monke
     """The K options of a context run as one packed sequence (the context once): the same log-probs, in float64, as
     a separate forward of every context + option."""
     import ltune.packing as sp
-    from ltune.backbone import completion_logprobs
+    from ltune.forward import completion_logprobs
     from ltune.judges.local import _next_token_logprobs
     from ltune.kernels import IGNORE_INDEX
 

@@ -5,7 +5,7 @@ it, and twins continued off their rows' KV cache equal to their own forward."""
 import pytest
 import torch
 
-from ltune.backbone import completion_logprobs, hidden_states
+from ltune.forward import completion_logprobs, hidden_states
 from ltune.objectives import DPO, ORPO, SimPO
 from ltune.packing import (
     best_fit_groups,

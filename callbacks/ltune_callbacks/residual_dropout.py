@@ -9,7 +9,7 @@ from __future__ import annotations
 import lightning as L
 import torch
 
-from ltune.backbone import unwrap
+from ltune.forward import unwrap
 
 
 def residual_dropout_rates(num_layers: int, p_max: float) -> list[float]:

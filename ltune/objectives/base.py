@@ -15,8 +15,9 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.strategies import FSDPStrategy
 from torch import Tensor
 
-from ltune.backbone import Backbone, fully_shard_model, reference_model
+from ltune.backbone import Backbone, fully_shard_model
 from ltune.export import export_hf
+from ltune.forward import reference_model
 from ltune.objectives.checkpoint import FrozenOutOfCheckpoint
 from ltune.objectives.evaluation import AnswerMatch, GenerationEval
 

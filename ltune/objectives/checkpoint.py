@@ -11,7 +11,7 @@ import random
 import numpy as np
 import torch
 
-from ltune.backbone import unwrap
+from ltune.forward import unwrap
 
 KEY = "ltune_frozen"  # the checkpoint entry: the keys left out and the base model they come from
 SYSTEM_KEY = "ltune_system_prompt"  # the system message the run's prompts were rendered with

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torchmetrics import MeanMetric
 
-from ltune.backbone import hidden_states, last_token_states, unwrap
+from ltune.forward import hidden_states, last_token_states, unwrap
 from ltune.kernels import IGNORE_INDEX, linear_token_logprobs
 from ltune.losses.coin import coin_loss
 from ltune.objectives.base import Objective

@@ -11,7 +11,7 @@ from typing import Literal
 import torch
 from torchmetrics import MeanMetric
 
-from ltune.backbone import completion_logprobs
+from ltune.forward import completion_logprobs
 from ltune.kernels import IGNORE_INDEX
 from ltune.losses.cut import cut_loss
 from ltune.objectives.base import Objective

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from ltune.backbone import completion_logprobs
+from ltune.forward import completion_logprobs
 from ltune.kernels import IGNORE_INDEX
 from ltune.losses.dpo import sequence_logps
 from ltune.losses.kto import KTOLossType, kto_kl, kto_loss

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
-from ltune.backbone import hidden_states, last_token_states, unwrap
+from ltune.forward import hidden_states, last_token_states, unwrap
 from ltune.losses.reward import soft_pairwise_loss
 from ltune.objectives.base import Objective
 

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import torch
 
-from ltune.backbone import hidden_states
 from ltune.cli import main
 from ltune.datamodules import EmbeddedTasks, ParaphraseData
+from ltune.forward import hidden_states
 from ltune.objectives import CoIN
 from tests.conftest import MICRO, micro_backbone
 

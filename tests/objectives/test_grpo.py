@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from ltune.backbone import LoRA, completion_logprobs
+from ltune.backbone import LoRA
 from ltune.datamodules import EmbeddedTasks, PromptData
+from ltune.forward import completion_logprobs
 from ltune.generation import HFSampler, sample_groups, training_inputs
 from ltune.objectives import GRPO, TTRL
 from ltune.reward_funcs import MajorityVote, majority_rewards
@@ -264,7 +265,7 @@ def test_update_packs_each_prompts_samples_and_equals_the_plain_update(beta, mon
     and gives the loss, metrics and gradients of ``share_prompt=False`` (float64, up to the float32 rounding of the
     norms) on the same samples and advantages."""
     import ltune.packing as sp
-    from ltune.backbone import hidden_states
+    from ltune.forward import hidden_states
 
     masks = []
     monkeypatch.setattr(sp, "hidden_states", lambda m, i, a, p=None: masks.append(a.dim()) or hidden_states(m, i, a, p))

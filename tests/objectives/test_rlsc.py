@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from ltune.backbone import completion_logprobs
 from ltune.cli import main
 from ltune.datamodules import EmbeddedTasks, PromptData
+from ltune.forward import completion_logprobs
 from ltune.generation import training_inputs
 from ltune.objectives import RLSC
 from tests.conftest import MICRO, ROOT, micro_backbone, quiet_trainer, read_metrics

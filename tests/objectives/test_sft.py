@@ -66,7 +66,7 @@ def test_rows_sharing_a_system_prompt_pack_and_give_the_same_loss_and_gradients(
     mask) and the loss, token accuracy, token count and every gradient equal the plain forward's (float64, up to the
     float32 rounding of the norms); with ``packing=False`` the rows run as they are."""
     import ltune.packing as sp
-    from ltune.backbone import hidden_states
+    from ltune.forward import hidden_states
 
     masks = []
     monkeypatch.setattr(sp, "hidden_states", lambda m, i, a, p=None: masks.append(a.shape) or hidden_states(m, i, a, p))

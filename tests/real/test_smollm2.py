@@ -11,10 +11,10 @@ import torch
 from lightning.pytorch.cli import LightningCLI
 from transformers import AutoModelForCausalLM
 
-from ltune.backbone import completion_logprobs, hidden_states, unwrap
 from ltune.cli import LTuneCLI
 from ltune.datamodules import EmbeddedTasks, InstructionData
 from ltune.datamodules.base import LTuneData
+from ltune.forward import completion_logprobs, hidden_states, unwrap
 from ltune.generation import HFSampler, decode, terminated
 from ltune.kernels import IGNORE_INDEX as IGNORE
 from ltune.objectives.base import Objective

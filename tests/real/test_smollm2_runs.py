@@ -12,7 +12,8 @@ import yaml
 from transformers import AutoModelForCausalLM
 
 from ltune.backbone import LoRA
-from ltune.cli import main, select
+from ltune.cli import main
+from ltune.data_verbs import select
 from ltune.datamodules import EmbeddedTasks, InstructionData
 from ltune.objectives import SFT
 from ltune.rewards import extract_answer, is_equivalent

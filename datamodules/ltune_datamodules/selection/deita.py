@@ -26,12 +26,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ltune.backbone import Backbone, hidden_states, last_token_states, unwrap
+from ltune.backbone import Backbone
 from ltune.datamodules.base import LTuneData
 from ltune.datamodules.batching import pad_right
 from ltune.datamodules.selection.base import Selection, pair_text
 from ltune.datamodules.selection.geometry import repr_filter
 from ltune.datamodules.selection.scoring import ScoringError, render_each
+from ltune.forward import hidden_states, last_token_states, unwrap
 
 COMPLEXITY_PROMPT = (
     "You are a helpful assistant. Please identify the complexity score of the following user query. \n"

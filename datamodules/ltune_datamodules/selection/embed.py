@@ -9,8 +9,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from ltune.backbone import Backbone, hidden_states, last_token_states
+from ltune.backbone import Backbone
 from ltune.datamodules.batching import pad_right
+from ltune.forward import hidden_states, last_token_states
 
 Batched = Callable[..., dict[str, np.ndarray]]
 

@@ -23,11 +23,12 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from ltune.backbone import Backbone, completion_logprobs
+from ltune.backbone import Backbone
 from ltune.datamodules.base import LTuneData
 from ltune.datamodules.batching import pad_right
 from ltune.datamodules.selection.base import Selection, pair_text
 from ltune.datamodules.selection.scoring import SKIPPED, render_each
+from ltune.forward import completion_logprobs
 from ltune.kernels import IGNORE_INDEX
 
 

@@ -27,13 +27,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ltune.backbone import Backbone, LoRA, completion_logprobs
+from ltune.backbone import Backbone, LoRA
 from ltune.datamodules.base import LTuneData
 from ltune.datamodules.batching import pad_right
 from ltune.datamodules.selection.base import Selection, pair_text
 from ltune.datamodules.selection.cache import fingerprint
 from ltune.datamodules.selection.scoring import SKIPPED, ScoringError, render_each
 from ltune.datamodules.sources import SourceLike, as_source
+from ltune.forward import completion_logprobs
 from ltune.kernels import IGNORE_INDEX
 
 

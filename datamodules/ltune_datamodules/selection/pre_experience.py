@@ -24,12 +24,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ltune.backbone import Backbone, completion_logprobs, hidden_states
+from ltune.backbone import Backbone
 from ltune.datamodules.base import LTuneData
 from ltune.datamodules.batching import pad_right
 from ltune.datamodules.selection.base import Selection, pair_text
 from ltune.datamodules.selection.geometry import kmeans
 from ltune.datamodules.selection.scoring import ScoringError, render_each
+from ltune.forward import completion_logprobs, hidden_states
 from ltune.kernels import IGNORE_INDEX
 
 

@@ -9,11 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
-from ltune.backbone import LoRA, completion_logprobs
+from ltune.backbone import LoRA
 from ltune.cli import main
 from ltune.datamodules import LESS, EmbeddedTasks, InstructionData
 from ltune.datamodules.batching import pad_right
 from ltune.datamodules.selection.less import CountSketchProjector, RademacherProjector, influence, per_example_grads
+from ltune.forward import completion_logprobs
 from tests.conftest import ROOT, micro_backbone, write_jsonl
 from tests.datamodules.selection.conftest import SHRINK
 
