@@ -6,9 +6,11 @@ and longer response) and runs ``train_throughput.py`` on them: two steps of one 
 side in its own process, TRL with packing and ``padding_free`` (SFT) or ``precompute_ref_log_probs`` (DPO, as ltune's
 cached reference). A side's *step memory* at a length is its peak RSS there minus its peak RSS at ``--base`` tokens,
 where activations are negligible: what one step adds on top of the static part. A side whose run dies (e.g. killed
-out of memory) is recorded as failed, with its exit status, and the other side's figures kept. ``--checkpointing``
-adds runs at the longest length with activation checkpointing on (both sides). The records keep each run's tokens/s
-too, worth reading only when nothing else ran beside the benchmark.
+out of memory) is recorded as failed, with its exit status and the highest resident memory seen from outside while
+it lived (``peak_rss_mb_at_least``, sampled every 50 ms), and the other side's figures kept; where TRL's side died,
+``ratio_at_most`` bounds ltune / TRL from above. ``--checkpointing`` adds runs at the longest length with activation
+checkpointing on (both sides). The records keep each run's tokens/s too, worth reading only when nothing else ran
+beside the benchmark.
 
     python benchmarks/memory_lengths.py --out benchmarks/results/lengths/memory --checkpointing
     python benchmarks/memory_lengths.py --methods orpo --lengths 128 --base 64 --out /tmp/m             # smoke
@@ -33,6 +35,25 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 from _common import provenance  # noqa: E402
 
 
+def watched(cmd: list[str], every: float = 0.05) -> tuple[subprocess.CompletedProcess, float]:
+    """Run ``cmd`` and sample its resident high-water mark (Linux ``VmHWM``) every ``every`` seconds while it lives:
+    a lower bound on the peak of a process that is killed (out of memory) before it can report its own."""
+    import time
+
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
+        seen = 0.0
+        while proc.poll() is None:
+            try:
+                with open(f"/proc/{proc.pid}/status") as f:
+                    seen = max(seen, next(int(x.split()[1]) for x in f if x.startswith("VmHWM:")) / 1024)
+            except (OSError, StopIteration):  # exited between poll() and open(), or a zombie without memory lines
+                pass
+            time.sleep(every)
+        out.seek(0), err.seek(0)
+        return subprocess.CompletedProcess(cmd, proc.returncode, out.read(), err.read()), seen
+
+
 def _run(method: str, tokens: int, model: str, tmp: Path, checkpointing: bool = False) -> dict:
     """One ``train_throughput.py`` invocation on two rows (pairs) of about ``tokens`` tokens: both sides' results."""
     import workload
@@ -48,11 +69,15 @@ def _run(method: str, tokens: int, model: str, tmp: Path, checkpointing: bool = 
     cmd += ["--gradient-checkpointing"] if checkpointing else []
     sides = {}
     for side in ("ltune", "trl"):  # each side in its own process; one that dies (killed out of memory) is recorded
-        done = subprocess.run([*cmd, "--side", side], capture_output=True, text=True)
+        done, seen = watched([*cmd, "--side", side])
         line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
         if line is None:
-            sides[side] = {"peak_rss_mb": None, "failed": f"exit status {done.returncode}: {done.stderr[-300:]}"}
-            print(f"{method} {tokens} {side}: failed, exit status {done.returncode}", flush=True)
+            sides[side] = {
+                "peak_rss_mb": None,
+                "peak_rss_mb_at_least": seen,
+                "failed": f"exit status {done.returncode}: {done.stderr[-300:]}",
+            }
+            print(f"{method} {tokens} {side}: failed, exit status {done.returncode}, at {seen:.0f} MB", flush=True)
             continue
         run = json.loads(line[len("RESULT ") :])
         sides[side] = {
@@ -82,6 +107,10 @@ def summarise(method: str, base: dict, runs: list[dict]) -> dict:
         for s, v in step.items()
     }
     out["ratio"] = [lt / tr if lt is not None and tr else None for lt, tr in zip(step["ltune"], step["trl"])]
+    # a TRL step killed before it could report: its high-water mark seen from outside bounds its step memory below,
+    # and so the ratio above
+    least = [above(r["trl"].get("peak_rss_mb_at_least"), base["trl"]["peak_rss_mb"]) for r in runs]
+    out["ratio_at_most"] = [lt / tr if lt is not None and tr else None for lt, tr in zip(step["ltune"], least)]
     return out
 
 
