@@ -13,6 +13,7 @@ checkpointing on (both sides). The records keep each run's tokens/s too, worth r
 beside the benchmark.
 
     python benchmarks/memory_lengths.py --out benchmarks/results/lengths/memory --checkpointing
+    python benchmarks/memory_lengths.py --methods sft --lengths 2048 4096 6144 8000 --out benchmarks/results/long
     python benchmarks/memory_lengths.py --methods orpo --lengths 128 --base 64 --out /tmp/m             # smoke
 
 Writes one record per method (``<out>/<method>.json``: peaks, step memory, the slope in MB per 1,000 tokens between
@@ -61,7 +62,8 @@ def _run(method: str, tokens: int, model: str, tmp: Path, checkpointing: bool = 
     kind = "sft" if method == "sft" else "pairs"
     rows = tmp / f"{kind}{tokens}.jsonl"
     if not rows.exists():
-        workload.main([kind, "--rows", "2", "--exact", str(tokens), "--model", model, "--out", str(rows)])
+        cap = ["--max-tokens", str(max(tokens, 4096))]  # the workload's default cap, raised for longer rows
+        workload.main([kind, "--rows", "2", "--exact", str(tokens), *cap, "--model", model, "--out", str(rows)])
     cmd = [sys.executable, str(HERE / "train_throughput.py"), "--method", method, "--model", model]
     cmd += ["--workload", str(rows), "--data", str(rows), "--tmp", str(tmp), "--batch", "1"]
     cmd += ["--max-length", str(tokens + 64), "--warmup", "1"]
