@@ -13,7 +13,8 @@ checkpointing on (both sides). The records keep each run's tokens/s too, worth r
 beside the benchmark.
 
     python benchmarks/memory_lengths.py --out benchmarks/results/lengths/memory --checkpointing
-    python benchmarks/memory_lengths.py --methods sft --lengths 2048 4096 6144 8000 --out benchmarks/results/long
+    python benchmarks/memory_lengths.py --methods sft --lengths 2048 4096 6144 8000 \
+        --out benchmarks/results/lengths/long   # past the logits chunk
     python benchmarks/memory_lengths.py --methods orpo --lengths 128 --base 64 --out /tmp/m             # smoke
 
 Writes one record per method (``<out>/<method>.json``: peaks, step memory, the slope in MB per 1,000 tokens between
