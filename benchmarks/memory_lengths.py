@@ -1,4 +1,4 @@
-"""Memory against length: the peak resident memory of training steps at 512 to 4,096 tokens, above the static part
+r"""Memory against length: the peak resident memory of training steps at 512 to 4,096 tokens, above the static part
 (weights, gradients, optimizer state, the runtime), ltune vs TRL at its best settings, for SFT, DPO and ORPO.
 
 Each length gets rows of about that many tokens (``benchmarks/workload.py --exact``: an SFT row, or a pair's prompt
