@@ -1,4 +1,4 @@
-r"""Memory against length: the peak resident memory of training steps at 512 to 4,096 tokens, above the static part
+r"""Memory against length: the peak resident memory of training steps at 512 to 8,000 tokens, above the static part
 (weights, gradients, optimizer state, the runtime), ltune vs TRL at its best settings, for SFT, DPO and ORPO.
 
 Each length gets rows of about that many tokens (``benchmarks/workload.py --exact``: an SFT row, or a pair's prompt
@@ -8,13 +8,13 @@ cached reference). A side's *step memory* at a length is its peak RSS there minu
 where activations are negligible: what one step adds on top of the static part. A side whose run dies (e.g. killed
 out of memory) is recorded as failed, with its exit status and the highest resident memory seen from outside while
 it lived (``peak_rss_mb_at_least``, sampled every 50 ms), and the other side's figures kept; where TRL's side died,
-``ratio_at_most`` bounds ltune / TRL from above. ``--checkpointing`` adds runs at the longest length with activation
-checkpointing on (both sides). The records keep each run's tokens/s too, worth reading only when nothing else ran
-beside the benchmark.
+``ratio_at_most`` bounds ltune / TRL from above. ``--checkpointing [L]`` adds runs at length ``L`` (default: the
+longest) with activation checkpointing on (both sides). The records keep each run's tokens/s too, worth reading only
+when nothing else ran beside the benchmark.
 
     python benchmarks/memory_lengths.py --out benchmarks/results/lengths/memory --checkpointing
-    python benchmarks/memory_lengths.py --methods sft --lengths 2048 4096 6144 8000 \
-        --out benchmarks/results/lengths/long   # past the logits chunk
+    python benchmarks/memory_lengths.py --methods sft --lengths 512 1024 2048 4096 6144 8000 --checkpointing 4096 \
+        --out benchmarks/results/lengths/memory   # on past the logits chunk (4,096 positions)
     python benchmarks/memory_lengths.py --methods orpo --lengths 128 --base 64 --out /tmp/m             # smoke
 
 Writes one record per method (``<out>/<method>.json``: peaks, step memory, the slope in MB per 1,000 tokens between
@@ -143,23 +143,24 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--lengths", nargs="+", type=int, default=[512, 1024, 2048, 4096])
     p.add_argument("--base", type=int, default=64, help="the length whose peak stands for the static part")
     p.add_argument("--model", default="smollm2-135m-instruct")
-    p.add_argument("--checkpointing", action="store_true", help="also the longest length with checkpointing on")
+    help = "also this length (default: the longest) with checkpointing on"
+    p.add_argument("--checkpointing", type=int, nargs="?", const=0, metavar="L", help=help)
     p.add_argument("--out", required=True, help="folder of the records and the plot")
     a = p.parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = []
+    results, source = [], provenance()  # the tree as it was at the start: a record written earlier dirties it
     with tempfile.TemporaryDirectory() as tmp:
         for method in a.methods:
             base = _run(method, a.base, a.model, Path(tmp))
             entry = summarise(method, base, [_run(method, n, a.model, Path(tmp)) for n in a.lengths])
-            if a.checkpointing:
-                gc = _run(method, a.lengths[-1], a.model, Path(tmp), checkpointing=True)
+            if a.checkpointing is not None:
+                gc = _run(method, a.checkpointing or a.lengths[-1], a.model, Path(tmp), checkpointing=True)
                 gc["step_memory_mb"] = {
                     s: above(gc[s]["peak_rss_mb"], base[s]["peak_rss_mb"]) for s in ("ltune", "trl")
                 }
                 entry["checkpointing"] = gc
-            entry["args"], entry["provenance"] = vars(a), provenance()
+            entry["args"], entry["provenance"] = vars(a), {**provenance(), "ltune": source["ltune"]}
             (out / f"{method}.json").write_text(json.dumps(entry, indent=1) + "\n")
             print(method, json.dumps({k: entry[k] for k in ("step_memory_mb", "ratio")}), flush=True)
             results.append(entry)
