@@ -223,14 +223,17 @@ def benchmark_section(study: dict) -> tuple[list[str], list[tuple[str, str, str]
     verdicts = []
     if v := rule:
         targets = [rec.get("target", v["target"]) if isinstance(rec, dict) else v["target"] for rec in study["records"]]
-        ok = [
-            r[v["column"]] is not None and (r[v["column"]] >= t if v["rule"] == "at_least" else r[v["column"]] <= t)
-            for r, t in zip(rows, targets)
-        ]
+        # an at_most rule may read an upper bound where the figure itself is missing (a side killed out of memory)
+        on_bound = [r[v["column"]] is None and v["rule"] == "at_most" and "bound" in v for r in rows]
+        values = [r[v["bound"]] if b else r[v["column"]] for r, b in zip(rows, on_bound)]
+        ok = [x is not None and (x >= t if v["rule"] == "at_least" else x <= t) for x, t in zip(values, targets)]
         word = "met" if ok and all(ok) else "not met" if not any(ok) else "met in part"
         bound = ">=" if v["rule"] == "at_least" else "<="
         limit = v["target"] if len(set(targets)) == 1 else "its target"
-        verdicts.append(("", word, f"{sum(ok)} of {len(ok)} rows have {v['column']} {bound} {limit}"))
+        figures = f"{sum(ok)} of {len(ok)} rows have {v['column']} {bound} {limit}"
+        if n := sum(o and b for o, b in zip(ok, on_bound)):
+            figures += f' ({n} read from "{v["bound"]}", the figure itself missing)'
+        verdicts.append(("", word, figures))
     body = section_head(study) + [*lines, ""]
     for _, word, figures in verdicts:
         body.append(f"**Target {word}**: {figures}.  ")

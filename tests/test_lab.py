@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from benchmarks import lab
-from benchmarks.report import anchor, effect_runs, render, resolve, verdict
+from benchmarks.report import anchor, benchmark_section, effect_runs, render, resolve, verdict
 from tests.conftest import MICRO, ROOT
 
 
@@ -28,8 +28,8 @@ def test_every_study_names_what_exists(study):
         for rec in study["records"]:
             text = (ROOT / "benchmarks" / (rec["file"] if isinstance(rec, dict) else rec)).read_text()
             data = json.loads(text)
-            for col in study["columns"]:  # None only where a run of the record failed (e.g. killed out of memory)
-                if "path" in col:
+            for col in study["columns"]:  # None only where a run of the record failed (e.g. killed out of memory),
+                if "path" in col and not col.get("optional"):  # or in a column only some records have
                     assert resolve(data, col["path"]) is not None or '"failed"' in text, (rec, col)
         return
     flags = [f for arm in study["arms"].values() for f in arm or []]
@@ -118,6 +118,29 @@ def test_a_verdict_follows_its_rule_by_hand():
     assert verdict(study, runs)[0][1] == "below its control"
     runs[3]["seed"] = 2  # seeds 0 and 1 of a, 0 and 2 of c: one matched seed is too few for a verdict
     assert verdict(study, runs)[0][1] == "too few seeds"
+
+
+def test_an_at_most_verdict_reads_its_bound_only_where_the_figure_is_missing(tmp_path):
+    records = {"measured": {"r": 0.4, "b": 0.9}, "bounded": {"r": None, "b": 0.45}, "over": {"r": None, "b": 0.7}}
+    for name, data in records.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(data))
+    study = {
+        "title": "t",
+        "question": "q",
+        "protocol": "p",
+        "command": "c",
+        "records": [{"file": str(tmp_path / f"{name}.json"), "label": name} for name in records],
+        "columns": [{"name": "case", "label": True}, {"name": "ratio", "path": "r"}, {"name": "bound", "path": "b"}],
+        "verdict": {"rule": "at_most", "column": "ratio", "bound": "bound", "target": 0.5},
+    }
+    (_, word, figures), *_ = benchmark_section(study)[1]
+    assert (word, figures) == (
+        "met in part",
+        '2 of 3 rows have ratio <= 0.5 (1 read from "bound", the figure itself missing)',
+    )
+    study["verdict"] = {"rule": "at_least", "column": "ratio", "bound": "bound", "target": 0.3}  # a bound from above
+    (_, word, figures), *_ = benchmark_section(study)[1]  # proves nothing for at_least
+    assert (word, figures) == ("met in part", "1 of 3 rows have ratio >= 0.3")
 
 
 def test_prepare_reads_its_values_from_the_configs(tmp_path):
