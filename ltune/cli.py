@@ -37,7 +37,7 @@ class LTuneCLI(LightningCLI):
     last step (:class:`ltune.callbacks.SaveOnTrainEnd`) and its record (``run.json``, :mod:`ltune.run_record`), and its
     progress bar counts steps (:class:`ltune.callbacks.StepProgress`)."""
 
-    verb: list[str] = []  # the verb before a fit config's arguments in the run's command line (``select``, ...)
+    verb: tuple[str, ...] = ()  # the verb before a fit config's arguments in the run's command line (``select``, ...)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         defaults = dict(kwargs.pop("trainer_defaults", None) or {})
@@ -225,8 +225,8 @@ def _main(argv: list[str]) -> None:
     verbs = {
         "fetch": lambda a: CLI(fetch, args=a, exit_on_error=False),
         "export": lambda a: CLI(export, args=a, as_positional=False, exit_on_error=False),
-        "select": lambda a: data_verbs.select(a),
-        "scaling": lambda a: data_verbs.scaling(a),
+        "select": data_verbs.select,
+        "scaling": data_verbs.scaling,
         "env": env,
     }
     if argv[:1] and argv[0] in verbs:

@@ -15,7 +15,7 @@ from ltune.io import atomic_write_text
 class SelectCLI(LTuneCLI):
     """``ltune select``: a fit config's arguments plus ``--output``."""
 
-    verb = ["select"]
+    verb = ("select",)
 
     def add_arguments_to_parser(self, parser) -> None:
         super().add_arguments_to_parser(parser)
@@ -33,7 +33,7 @@ def budget_list(value: str) -> list[int | float]:
 class ScalingCLI(LTuneCLI):
     """``ltune scaling``: a fit config's arguments plus ``--budgets`` and ``--output``."""
 
-    verb = ["scaling"]
+    verb = ("scaling",)
 
     def add_arguments_to_parser(self, parser) -> None:
         super().add_arguments_to_parser(parser)
