@@ -65,19 +65,25 @@ def load_average() -> str:
     return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-STARTED = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "load_average": os.getloadavg()}  # when the script began
+def _source_at_start() -> dict | None:
+    from ltune.run_record import source_commit
+
+    return source_commit()
+
+
+# when the script began, and ltune's tree then: a record the script overwrites (or wrote earlier) does not dirty it
+STARTED = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "load_average": os.getloadavg(), "ltune": _source_at_start()}
 
 
 def provenance() -> dict:
-    """What a benchmark record holds besides its figures: the command, ltune's commit, the stack's versions, the
-    machine, and the load average when the script started and now."""
-    from ltune.run_record import source_commit
+    """What a benchmark record holds besides its figures: the command, ltune's commit (when the script started), the
+    stack's versions, the machine, and the load average when the script started and now."""
     from ltune.versions import machine, stack_versions
 
     return {
         "command": [Path(sys.argv[0]).as_posix(), *sys.argv[1:]],
         "started": STARTED["time"],
-        "ltune": source_commit(),
+        "ltune": STARTED["ltune"],
         "versions": stack_versions(),
         "machine": machine(),
         "load_average": {"start": STARTED["load_average"], "end": os.getloadavg()},

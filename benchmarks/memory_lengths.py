@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
     a = p.parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    results, source = [], provenance()  # the tree as it was at the start: a record written earlier dirties it
+    results = []
     with tempfile.TemporaryDirectory() as tmp:
         for method in a.methods:
             base = _run(method, a.base, a.model, Path(tmp))
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
                     s: above(gc[s]["peak_rss_mb"], base[s]["peak_rss_mb"]) for s in ("ltune", "trl")
                 }
                 entry["checkpointing"] = gc
-            entry["args"], entry["provenance"] = vars(a), {**provenance(), "ltune": source["ltune"]}
+            entry["args"], entry["provenance"] = vars(a), provenance()
             (out / f"{method}.json").write_text(json.dumps(entry, indent=1) + "\n")
             print(method, json.dumps({k: entry[k] for k in ("step_memory_mb", "ratio")}), flush=True)
             results.append(entry)
