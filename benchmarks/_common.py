@@ -90,10 +90,16 @@ def provenance() -> dict:
     }
 
 
+def status_mb(field: str = "VmRSS", pid: int | str = "self") -> float:
+    """A memory field of a process's Linux ``/proc/<pid>/status`` in MB: ``VmRSS`` (resident now), ``VmHWM`` (its
+    high-water mark)."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(f"{field}:")) / 1024
+
+
 def rss_mb() -> float:
-    """Resident set size of this process now, in MB (Linux ``/proc/self/status``)."""
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+    """Resident set size of this process now, in MB."""
+    return status_mb()
 
 
 class Phases:

@@ -34,7 +34,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
-from _common import provenance  # noqa: E402
+from _common import provenance, status_mb  # noqa: E402
 
 
 def watched(cmd: list[str], every: float = 0.05) -> tuple[subprocess.CompletedProcess, float]:
@@ -47,8 +47,7 @@ def watched(cmd: list[str], every: float = 0.05) -> tuple[subprocess.CompletedPr
         seen = 0.0
         while proc.poll() is None:
             try:
-                with open(f"/proc/{proc.pid}/status") as f:
-                    seen = max(seen, next(int(x.split()[1]) for x in f if x.startswith("VmHWM:")) / 1024)
+                seen = max(seen, status_mb("VmHWM", proc.pid))
             except (OSError, StopIteration):  # exited between poll() and open(), or a zombie without memory lines
                 pass
             time.sleep(every)
