@@ -30,7 +30,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from _common import provenance
+from _common import provenance, status_mb
 
 import ltune.kernels as K
 
@@ -204,11 +204,6 @@ def run_gpu(args) -> list[dict]:
     return rows
 
 
-def _vm_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
-
-
 def cpu_worker(spec: dict) -> dict:
     """One CPU measurement in this (fresh) process: median ms, and peak RSS above the inputs during the timed reps.
 
@@ -224,9 +219,9 @@ def cpu_worker(spec: dict) -> dict:
     _step(fn, inputs, mode, torch.randn(inputs[-1].shape))  # warm-up (and compilation)
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the RSS high-water mark
-    rss_before = _vm_kib("VmRSS")
+    rss_before = status_mb("VmRSS")
     ms = time_cpu(fn, inputs, mode, spec["reps"], warmup=0)
-    return {**spec, "ms": ms, "peak_mib": (_vm_kib("VmHWM") - rss_before) / 1024}
+    return {**spec, "ms": ms, "peak_mib": status_mb("VmHWM") - rss_before}
 
 
 def run_cpu(args) -> list[dict]:
