@@ -180,8 +180,10 @@ def effect_section(study: dict, records: Path = RECORDS) -> tuple[list[str], lis
 # ---- benchmarks --------------------------------------------------------------------------------------------------
 def resolve(value, path: str):
     """Dotted keys; ``[*]`` maps over a list (``runs.ltune[*].summary.tokens_per_s``), ``[i]`` takes its item i (None
-    past its end: a record measured at fewer points than another of its table)."""
+    past its end: a record measured at fewer points than another of its table); None where a key is missing."""
     for part in path.split("."):
+        if value is None:
+            return None
         m = re.fullmatch(r"([^[\]]+)(?:\[(\*|\d+)\])?", part)
         key, index = m.group(1), m.group(2)
         value = value.get(key) if isinstance(value, dict) else [v.get(key) for v in value]
@@ -200,8 +202,10 @@ def benchmark_section(study: dict) -> tuple[list[str], list[tuple[str, str, str]
     lines = [f"| {' | '.join(c['name'] for c in cols)} |", "|" + "---|" * len(cols)]
     rows, rule = [], study.get("verdict")
     for rec in study["records"]:
-        rec = rec if isinstance(rec, dict) else {"file": rec}  # a file, or {file, label, target}
+        rec = rec if isinstance(rec, dict) else {"file": rec}  # a file, or {file, label, target, rerun}
         data, row = json.loads((HERE / rec["file"]).read_text()), {}
+        # a rerun: the same command rerun as written, to another file; `rerun: true` columns read it
+        again = json.loads((HERE / rec["rerun"]).read_text()) if "rerun" in rec else None
         for c in cols:
             if c.get("label"):  # the record's label: the row's name
                 row[c["name"]] = rec.get("label")
@@ -213,7 +217,7 @@ def benchmark_section(study: dict) -> tuple[list[str], list[tuple[str, str, str]
                 a, b = (row[n] for n in c["ratio"])
                 row[c["name"]] = a / b if isinstance(a, (int, float)) and b else None
                 continue
-            v = resolve(data, c["path"])
+            v = resolve(again, c["path"]) if c.get("rerun") else resolve(data, c["path"])
             if c.get("reduce"):
                 v = [x for x in v if x is not None]
                 v = REDUCE[c["reduce"]](v) if v else None
