@@ -219,7 +219,7 @@ def benchmark_section(study: dict) -> tuple[list[str], list[tuple[str, str, str]
                 continue
             v = resolve(again, c["path"]) if c.get("rerun") else resolve(data, c["path"])
             if c.get("reduce"):
-                v = [x for x in v if x is not None]
+                v = [x for x in v or [] if x is not None]  # none: a row without that record
                 v = REDUCE[c["reduce"]](v) if v else None
             row[c["name"]] = v
         rows.append(row)

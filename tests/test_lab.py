@@ -148,8 +148,6 @@ def test_an_at_most_verdict_reads_its_bound_only_where_the_figure_is_missing(tmp
 
 
 def test_a_rerun_column_reads_the_rerun_record_and_shows_a_dash_without_one(tmp_path):
-    for name, ratio in {"first": 1.59, "again": 1.69, "alone": 2.0}.items():
-        (tmp_path / f"{name}.json").write_text(json.dumps({"ratio": ratio}))
     study = {
         "title": "t",
         "question": "q",
@@ -162,11 +160,14 @@ def test_a_rerun_column_reads_the_rerun_record_and_shows_a_dash_without_one(tmp_
         "columns": [
             {"name": "case", "label": True},
             {"name": "ratio", "path": "ratio"},
-            {"name": "ratio, rerun", "path": "ratio", "rerun": True},
+            {"name": "last, rerun", "path": "ratio[2]", "rerun": True},
+            {"name": "median, rerun", "path": "ratio", "rerun": True, "reduce": "median"},
         ],
     }
+    for name, ratio in {"first": 1.59, "again": [1.6, 1.69, 1.8], "alone": 2.0}.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps({"ratio": ratio}))
     lines = benchmark_section(study)[0]
-    assert "| a | 1.590 | 1.690 |" in lines and "| b | 2.000 | – |" in lines
+    assert "| a | 1.590 | 1.800 | 1.690 |" in lines and "| b | 2.000 | – | – |" in lines
 
 
 def test_prepare_reads_its_values_from_the_configs(tmp_path):
